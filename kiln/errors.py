@@ -1,0 +1,19 @@
+"""Errors Kiln reports as one line and an exit code instead of a traceback."""
+
+
+class KilnError(Exception):
+    """Bad input or a missing prerequisite: the message says what and how to fix it (exit 2)."""
+
+    exit_code = 2
+
+
+class OperationFailed(KilnError):
+    """The operation ran and failed: a build, a check, a rollout (exit 1)."""
+
+    exit_code = 1
+
+
+class Interrupted(KilnError):
+    """The user pressed Ctrl-C; what was started has been cleaned up (exit 130)."""
+
+    exit_code = 130

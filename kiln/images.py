@@ -1,0 +1,143 @@
+"""The image catalog on the local Docker engine: labels `kiln.*` carry each image's metadata."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tarfile
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+
+from kiln.errors import KilnError
+from kiln.settings import Settings
+
+STATUSES = ("baked", "verified", "rejected", "promoted")
+
+
+def docker_client() -> docker.DockerClient:
+    """A client that answers, or a KilnError with the one-line fix."""
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise KilnError(
+            "the Docker engine does not answer (unix:///var/run/docker.sock): run ./setup.sh, "
+            "which starts dockerd, or `systemctl start docker` where systemd runs"
+        ) from exc
+    return client
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    role: str
+    version: str
+    status: str
+    image: str  # reference that runs it: <repo>/<role>:<version>
+    id: str
+    labels: dict[str, str]
+
+    def as_json(self) -> dict:
+        fields = {k.removeprefix("kiln."): v for k, v in self.labels.items() if k.startswith("kiln.")}
+        return {
+            **fields,
+            "role": self.role,
+            "version": self.version,
+            "status": self.status,
+            "image": self.image,
+            "id": self.id,
+        }
+
+
+class DockerImageStore:
+    def __init__(self, client: docker.DockerClient, settings: Settings):
+        self.client = client
+        self.settings = settings
+
+    def repository(self, role: str) -> str:
+        return f"{self.settings.image_repo}/{role}"
+
+    def ref(self, role: str, version: str) -> str:
+        return f"{self.repository(role)}:{version}"
+
+    def find(self, role: str, version: str) -> ImageRecord | None:
+        try:
+            image = self.client.images.get(self.ref(role, version))
+        except docker.errors.ImageNotFound:
+            return None
+        return self._record(image, self.ref(role, version))
+
+    def list(self, role: str | None = None) -> list[ImageRecord]:
+        """Every tagged Kiln image of this repository prefix, newest first."""
+        filters = {"label": f"kiln.role={role}" if role else "kiln.role"}
+        records = []
+        for image in self.client.images.list(filters=filters):
+            for tag in image.tags:
+                repo, _, version = tag.rpartition(":")
+                if repo == self.repository(image.labels.get("kiln.role", "")) and version != "latest":
+                    records.append(self._record(image, tag))
+        return sorted(records, key=lambda r: r.labels.get("kiln.built", ""), reverse=True)
+
+    def update_labels(self, record: ImageRecord, labels: dict[str, str]) -> ImageRecord:
+        """Docker labels are immutable: a metadata-only build (no new layer) carries new ones."""
+        lines = [f"FROM {record.id}"] + [f'LABEL {k}="{v}"' for k, v in sorted(labels.items())]
+        dockerfile = "\n".join(lines).encode()
+        context = io.BytesIO()
+        with tarfile.open(fileobj=context, mode="w") as tar:
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(dockerfile)
+            tar.addfile(info, io.BytesIO(dockerfile))
+        context.seek(0)
+        image, _ = self.client.images.build(
+            fileobj=context, custom_context=True, rm=True, pull=False, labels=None
+        )
+        repo, _, tag = record.image.rpartition(":")
+        image.tag(repo, tag)
+        if self._is_newest(record):
+            image.tag(repo, "latest")
+        image.reload()
+        return self._record(image, record.image)
+
+    def set_status(self, record: ImageRecord, status: str) -> ImageRecord:
+        if status not in STATUSES:
+            raise ValueError(status)
+        return self.update_labels(record, {"kiln.status": status})
+
+    def remove(self, ref: str) -> None:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            self.client.images.remove(ref, noprune=False)
+
+    def _is_newest(self, record: ImageRecord) -> bool:
+        try:
+            latest = self.client.images.get(f"{self.repository(record.role)}:latest")
+        except docker.errors.ImageNotFound:
+            return True
+        return latest.id == record.id
+
+    @staticmethod
+    def _record(image, ref: str) -> ImageRecord:
+        labels = image.labels or {}
+        if "kiln.role" not in labels:
+            raise KilnError(f"image {ref} has no kiln.* labels: it was not baked by Kiln")
+        return ImageRecord(
+            role=labels["kiln.role"],
+            version=labels.get("kiln.version", ""),
+            status=labels.get("kiln.status", "baked"),
+            image=ref,
+            id=image.id,
+            labels=labels,
+        )
+
+
+def require_image(store: DockerImageStore, role: str, version: str | None) -> ImageRecord:
+    """The newest image of a role (or the given version), or a message saying how to bake it."""
+    if version:
+        record = store.find(role, version)
+    else:
+        records = store.list(role)
+        record = records[0] if records else None
+    if record is None:
+        which = f"{role} version {version}" if version else f"{role}"
+        raise KilnError(f"no baked image of {which}: bake it with `invoke bake {role}`")
+    return record

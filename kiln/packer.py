@@ -1,0 +1,153 @@
+"""Running the Packer CLI: validate, build with live progress, a full log, clean cancellation.
+
+packer-py (the wrapper on the design card) returns output only after the process ends, so it
+can neither show progress nor enforce a timeout; this module wraps the CLI directly instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.errors import Interrupted, KilnError, OperationFailed
+from kiln.settings import Settings
+
+# Provisioners report back to Kiln by printing `kiln-fact: key=value` and
+# `kiln-missing-package: name=version`; Packer prefixes each output line with the builder name.
+REPORT_LINE = re.compile(r"^\s*(?:[\w.-]+: )?kiln-(?P<kind>fact|missing-package): (?P<body>.*)$")
+
+
+@dataclass
+class BuildResult:
+    facts: dict[str, str] = field(default_factory=dict)
+    missing_packages: list[str] = field(default_factory=list)
+    artifact_ids: list[str] = field(default_factory=list)
+    error_lines: list[str] = field(default_factory=list)
+    returncode: int = 0
+
+
+def require_packer(settings: Settings) -> str:
+    path = shutil.which(settings.packer)
+    if path is None:
+        raise KilnError(
+            f"Packer is not installed ('{settings.packer}' is not on PATH): run ./setup.sh, "
+            "or apt-get install packer"
+        )
+    return path
+
+
+def write_template(template: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(template, indent=2) + "\n")
+    return path
+
+
+def validate(template_path: Path, settings: Settings) -> None:
+    packer = require_packer(settings)
+    proc = subprocess.run(
+        [packer, "validate", template_path.name],
+        cwd=template_path.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        detail = (proc.stdout + proc.stderr).strip().replace("\n", " ")
+        raise OperationFailed(f"packer validate {template_path}: {detail}")
+
+
+def decode(data: str) -> str:
+    """Undo Packer's machine-readable escaping of commas and newlines."""
+    return data.replace("%!(PACKER_COMMA)", ",").replace("\\n", "\n").replace("\\r", "")
+
+
+def build(
+    template_path: Path,
+    log_path: Path,
+    settings: Settings,
+    on_step: Callable[[str], None],
+) -> BuildResult:
+    """Run `packer build`, reporting each step to `on_step` and every line to `log_path`.
+
+    Packer runs in its own session so a terminal's Ctrl-C reaches Kiln only; Kiln then sends
+    SIGTERM, which lets Packer remove its build container (SIGKILL would skip that).
+    """
+    packer = require_packer(settings)
+    result = BuildResult()
+    proc = subprocess.Popen(
+        [packer, "build", "-machine-readable", "-color=false", template_path.name],
+        cwd=template_path.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    timed_out = threading.Event()
+
+    def stop_on_timeout() -> None:
+        timed_out.set()
+        proc.send_signal(signal.SIGTERM)
+
+    timer = threading.Timer(settings.packer_timeout, stop_on_timeout)
+    timer.start()
+    try:
+        with log_path.open("w") as log:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                for line in _handle_line(raw.rstrip("\n"), result, on_step):
+                    log.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+                log.flush()
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise Interrupted(f"interrupted; Packer was stopped (log: {log_path})") from None
+    finally:
+        timer.cancel()
+    if timed_out.is_set():
+        raise OperationFailed(
+            f"packer build took longer than {settings.packer_timeout} s and was stopped "
+            f"(KILN_PACKER_TIMEOUT); log: {log_path}"
+        )
+    result.returncode = proc.returncode
+    return result
+
+
+def _handle_line(raw: str, result: BuildResult, on_step: Callable[[str], None]) -> list[str]:
+    """Parse one machine-readable line; return the human lines it contributes to the log."""
+    parts = raw.split(",", 3)
+    if len(parts) < 4:
+        return [raw] if raw.strip() else []
+    _, _, kind, data = parts
+    if kind == "ui":
+        level, _, text = data.partition(",")
+        text = decode(text)
+        lines = text.splitlines() or [""]
+        for line in lines:
+            marker = REPORT_LINE.match(line)
+            if marker and marker["kind"] == "fact":
+                key, _, value = marker["body"].partition("=")
+                result.facts[key.strip()] = value.strip()
+            elif marker:
+                result.missing_packages.append(marker["body"].strip())
+        if level == "say":
+            on_step(lines[-1].lstrip("=> ").strip())
+        elif level == "error":
+            result.error_lines.extend(line for line in lines if line.strip())
+        return lines
+    if kind == "artifact":
+        fields = data.split(",", 2)
+        if len(fields) == 3 and fields[1] == "id":
+            result.artifact_ids.append(decode(fields[2]))
+    return []

@@ -1,0 +1,63 @@
+"""The local default: Packer's docker builder on this machine's engine, no registry."""
+
+from __future__ import annotations
+
+import json
+
+from kiln.targets.base import BakeContext, Target
+
+
+def bake_container_name(role: str, bake_id: str) -> str:
+    return f"kiln-bake-{role}-{bake_id}"
+
+
+def apt_cache_volume(repository: str) -> str:
+    """One .deb cache per image repository prefix, so separate Kiln setups never share apt locks."""
+    return repository.split("/")[0].replace(".", "-") + "-apt-archives"
+
+
+class DockerTarget(Target):
+    name = "docker"
+
+    def builder(self, ctx: BakeContext) -> dict:
+        labels = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(ctx.labels.items()))
+        ports = [f"EXPOSE {p}" for p in ctx.role.spec.ports]
+        return {
+            "type": "docker",
+            "image": ctx.parent_ref,
+            "pull": False,  # no registry here: the parent is always a local image
+            "commit": True,
+            # Uploads go to / ; docker cp already makes them root's, and chowning / would walk /sys.
+            "fix_upload_owner": False,
+            # A named container is found and removed even if Packer dies; the .deb cache volume
+            # makes rebakes fast and keeps downloaded packages out of the image.
+            "run_command": [
+                "-d",
+                "-i",
+                "-t",
+                f"--network={ctx.bake_network}",
+                "--name",
+                bake_container_name(ctx.role.name, ctx.bake_id),
+                "-v",
+                f"{apt_cache_volume(ctx.labels['kiln.repository'])}:/var/cache/apt/archives",
+                "--entrypoint=/bin/sh",
+                "--",
+                "{{.Image}}",
+            ],
+            "changes": [
+                f"LABEL {labels}",
+                *ports,
+                'ENTRYPOINT ["/usr/local/sbin/kiln-init"]',
+                "CMD []",
+            ],
+        }
+
+    def post_processors(self, ctx: BakeContext) -> list:
+        return [
+            {
+                "type": "docker-tag",
+                "repository": ctx.labels["kiln.repository"],
+                "tags": [ctx.version],
+            },
+            self.manifest(ctx),
+        ]

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Last step of every bake: record image facts, count pending security updates, and leave
+# no apt caches or lists behind.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+install -d -m 0755 /etc/kiln
+cat > /etc/kiln/image.json <<JSON
+{"role": "${KILN_ROLE}", "version": "${KILN_VERSION}"}
+JSON
+chmod 0644 /etc/kiln/image.json
+
+# Freshness: security updates the mirror offers for what is installed (lists are fresh from
+# the package step).
+pending=$(apt-get -o Acquire::Languages=none -s -qq upgrade 2>/dev/null | grep -c '^Inst .*[Ss]ecurity' || true)
+echo "kiln-fact: security-pending=${pending}"
+
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt/* /tmp/* /var/tmp/*

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Kiln set-up for a Debian 12 machine: idempotent, safe to run before every command.
+# Installs the Debian packages Kiln drives, creates .venv with Kiln and its test tools,
+# and starts the Docker engine when none answers. A second run with everything in place
+# takes about a second.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+
+# Debian packages Kiln runs for real (the embedded default): engine, builder, bootstrapper,
+# linters. Later features add theirs here.
+debian_packages=(
+  docker.io packer mmdebstrap shellcheck
+  python3-venv ca-certificates git
+)
+
+missing=()
+for pkg in "${debian_packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  # An unreachable third-party source must not stop the Debian install, so update is allowed
+  # to warn; the install itself must succeed.
+  "${sudo[@]}" apt-get update -qq || log "apt-get update reported errors; trying the install anyway"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
+# Python environment: rebuilt only when pyproject.toml changed since the last install.
+stamp=.venv/.kiln-installed
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  log "installing Kiln and its test tools into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  touch "$stamp"
+fi
+
+# Docker engine: systemd where it runs, otherwise dockerd in the background with a log file.
+if ! docker info >/dev/null 2>&1; then
+  if [ -d /run/systemd/system ]; then
+    log "starting docker with systemctl"
+    "${sudo[@]}" systemctl start docker
+  else
+    log "starting dockerd (log: /var/log/kiln-dockerd.log)"
+    "${sudo[@]}" sh -c 'nohup dockerd >/var/log/kiln-dockerd.log 2>&1 &'
+  fi
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  docker info >/dev/null 2>&1 || { log "dockerd did not come up; see /var/log/kiln-dockerd.log"; exit 2; }
+fi
+log "ready"
