@@ -1,0 +1,33 @@
+"""Shared fixtures: a scratch copy of the project so tests can change roles and provisioners."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kiln.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+PROJECT_PARTS = ("images", "provisioners", "cloud-init", "tasks.py")
+
+
+def copy_project(dest: Path) -> Path:
+    for part in PROJECT_PARTS:
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, symlinks=True)
+        else:
+            shutil.copy2(src, dest / part)
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return copy_project(tmp_path / "project")
+
+
+@pytest.fixture
+def settings(project: Path) -> Settings:
+    return Settings(project_root=project, state_dir=project / ".kiln", image_repo="kilnunit")

@@ -1,0 +1,126 @@
+"""Packer templates for every target: shape checked here, `packer validate` for real."""
+
+import http.server
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from kiln import locks, packer
+from kiln.errors import KilnError
+from kiln.roles import RoleCatalog
+from kiln.targets import TARGETS, BakeContext, get_target
+
+
+def context(settings, role_name, parent_ref="sha256:parent", build_dir=Path("/tmp/b")):
+    role = RoleCatalog(settings).get(role_name)
+    lock = locks.read_lock(role)
+    labels = {
+        "kiln.role": role_name,
+        "kiln.version": "0123456789ab",
+        "kiln.status": "baked",
+        "kiln.repository": f"kilnunit/{role_name}",
+    }
+    return BakeContext(role, "0123456789ab", parent_ref, labels, lock.specs(), build_dir, "b1")
+
+
+def test_docker_template_builds_from_parent_without_pulling(settings):
+    template = get_target("docker").render(context(settings, "web"))
+    builder = template["builders"][0]
+    assert builder["image"] == "sha256:parent"
+    assert builder["pull"] is False
+    assert "kiln-bake-web-b1" in builder["run_command"]
+    assert 'kiln.status="baked"' in builder["changes"][0]
+    assert "EXPOSE 80" in builder["changes"]
+    tag, manifest = template["post-processors"][0]
+    assert tag == {"type": "docker-tag", "repository": "kilnunit/web", "tags": ["0123456789ab"]}
+    assert manifest["type"] == "manifest"
+
+
+def test_provisioners_run_packages_first_and_finish_last(settings):
+    steps = get_target("docker").render(context(settings, "web"))["provisioners"]
+    assert steps[0]["type"] == "file" and steps[0]["source"].endswith("images/web/files/")
+    scripts = [Path(s).name for s in steps[-1]["scripts"]]
+    assert scripts == ["packages.sh", "web-app.sh", "finish.sh"]
+    env = dict(e.split("=", 1) for e in steps[-1]["environment_vars"])
+    assert env["KILN_REQUESTED"] == "nginx gunicorn"
+    assert "nginx=" in env["KILN_PACKAGES"]
+    assert env["KILN_HEALTH_PATH"] == "/health"
+
+
+def test_cloud_templates_find_parent_by_kiln_tags(settings):
+    ami = get_target("amazon-ebs").render(context(settings, "web", parent_ref="abc"))["builders"][0]
+    assert ami["source_ami_filter"]["filters"] == {"tag:kiln.role": "base", "tag:kiln.version": "abc"}
+    assert ami["tags"]["kiln.role"] == "web"
+    glance = get_target("openstack").render(context(settings, "web", parent_ref="abc"))["builders"][0]
+    assert glance["source_image_filter"]["filters"]["properties"]["kiln.version"] == "abc"
+    assert glance["metadata"]["kiln.status"] == "baked"
+
+
+def test_cloud_base_starts_from_official_debian(settings):
+    ami = get_target("amazon-ebs").render(context(settings, "base", parent_ref=""))["builders"][0]
+    assert ami["source_ami_filter"]["owners"] == ["136693071363"]
+
+
+def test_unknown_target_lists_known_ones():
+    with pytest.raises(KilnError, match="unknown target 'gce'; known targets: docker, amazon-ebs, openstack"):
+        get_target("gce")
+
+
+class TokenOnlyKeystone(http.server.BaseHTTPRequestHandler):
+    """Packer 1.6.6's openstack builder logs in while validating; no OpenStack exists here, so
+    this loopback endpoint answers the Keystone v3 token request and nothing else."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        scope = {"id": "kiln", "name": "kiln", "domain": {"id": "default", "name": "Default"}}
+        token = {
+            "expires_at": "2099-01-01T00:00:00.000000Z",
+            "methods": ["password"],
+            "catalog": [],
+            "user": scope,
+            "project": scope,
+        }
+        body = json.dumps({"token": token}).encode()
+        self.send_response(201)
+        self.send_header("X-Subject-Token", "validate-only")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def keystone_url():
+    server = http.server.HTTPServer(("127.0.0.1", 0), TokenOnlyKeystone)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v3"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.skipif(shutil.which("packer") is None, reason="packer is installed by ./setup.sh")
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("role", ["base", "web"])
+def test_rendered_templates_pass_packer_validate(settings, tmp_path, monkeypatch, keystone_url, target, role):
+    # What a real run takes from the environment; nothing here contacts a cloud.
+    for name, value in {
+        "AWS_REGION": "eu-west-1",
+        "OS_AUTH_URL": keystone_url,
+        "OS_FLAVOR": "m1.small",
+        "OS_NETWORK": "private",
+        "OS_USERNAME": "kiln",
+        "OS_PASSWORD": "validate-only",
+        "OS_PROJECT_NAME": "kiln",
+        "OS_DOMAIN_NAME": "Default",
+    }.items():
+        monkeypatch.setenv(name, value)
+    ctx = context(settings, role, parent_ref="sha256:parent", build_dir=tmp_path)
+    path = packer.write_template(get_target(target).render(ctx), tmp_path / "t.json")
+    packer.validate(path, settings)

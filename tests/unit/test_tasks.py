@@ -1,0 +1,37 @@
+"""Tasks parse arguments and call the library: checked with invoke's MockContext."""
+
+import pytest
+from invoke import Exit, MockContext, Result
+
+import tasks
+
+
+def test_test_task_lints_then_runs_pytest_with_the_unit_selection():
+    c = MockContext(
+        run={
+            "ruff check .": Result(),
+            __import__("re").compile(r"shellcheck .*"): Result(),
+            "pytest -m 'not integration' ": Result(),
+        },
+        repeat=False,
+    )
+    tasks.test(c, unit=True)
+    commands = [call.args[0] for call in c.run.call_args_list]
+    assert commands[0] == "ruff check ."
+    assert "provisioners/*.sh" in commands[1]
+    assert commands[2].startswith("pytest -m 'not integration'")
+
+
+def test_bake_of_unknown_role_exits_2_with_one_line(monkeypatch, project):
+    monkeypatch.setenv("KILN_PROJECT_ROOT", str(project))
+    with pytest.raises(Exit) as exc:
+        tasks.bake(MockContext(), "nope")
+    assert exc.value.code == 2
+    assert str(exc.value.message).startswith("kiln: unknown role 'nope'; known roles: base, db, lb, web")
+
+
+def test_bake_with_unknown_target_exits_2(monkeypatch, project):
+    monkeypatch.setenv("KILN_PROJECT_ROOT", str(project))
+    with pytest.raises(Exit) as exc:
+        tasks.bake(MockContext(), "web", target="gce")
+    assert exc.value.code == 2
