@@ -1,0 +1,94 @@
+"""Integration fixtures: the real Docker engine and Packer, isolated by a per-run prefix.
+
+Everything a run creates is named `kilntest<pid>...` (images `kilntest<pid>/<role>`, bake
+containers `kiln-bake-*` from those images, the apt cache volume) and is removed at the end,
+even when tests fail. The bootstrap image is shared and kept: it is the slow, stable root.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.conftest import copy_project
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class KilnRun:
+    """Runs `invoke` in a project copy with this test run's image prefix."""
+
+    project: Path
+    prefix: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KILN_PROJECT_ROOT": str(self.project), "KILN_IMAGE_REPO": self.prefix}
+
+    def invoke(
+        self, *args: str, check: bool = True, timeout: int = 900, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=self.project,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"invoke {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def with_project(self, project: Path) -> KilnRun:
+        return KilnRun(project, self.prefix)
+
+
+def remove_prefixed(client: docker.DockerClient, prefix: str) -> None:
+    for container in client.containers.list(all=True):
+        image_tags = container.image.tags if container.image else []
+        if container.name.startswith(prefix) or any(t.startswith(prefix + "/") for t in image_tags):
+            container.remove(force=True)
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(prefix + "/"):
+                client.images.remove(tag, force=True)
+    for volume in client.volumes.list():
+        if volume.name.startswith(prefix):
+            volume.remove(force=True)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    return docker.from_env(timeout=120)
+
+
+@pytest.fixture(scope="session")
+def kiln(tmp_path_factory, docker_client) -> KilnRun:
+    prefix = f"kilntest{os.getpid()}"
+    run = KilnRun(copy_project(tmp_path_factory.mktemp("project")), prefix)
+    yield run
+    remove_prefixed(docker_client, prefix)
+
+
+@pytest.fixture(scope="session")
+def baked_web(kiln: KilnRun) -> dict[str, str]:
+    """Bake base and web once for the session; role -> version."""
+    proc = kiln.invoke("bake", "web")
+    return dict(line.split("\t")[:2] for line in proc.stdout.splitlines() if "\t" in line)
+
+
+@pytest.fixture
+def scratch_project(tmp_path, kiln: KilnRun) -> KilnRun:
+    """A private project copy (to change roles or provisioners) sharing the session's images."""
+    return kiln.with_project(copy_project(tmp_path / "project"))
