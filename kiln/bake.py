@@ -191,6 +191,11 @@ class Baker:
                     f"{', '.join(result.missing_packages)}; run `invoke lock {role.name} --update` "
                     "to re-resolve (or set KILN_MIRROR to a snapshot mirror that has them)"
                 )
+            if result.unlocked_packages:
+                raise KilnError(
+                    f"{role.display(role.lock_file)} does not cover packages apt needs on this parent: "
+                    f"{', '.join(result.unlocked_packages)}; run `invoke lock {role.name} --update`"
+                )
             if result.returncode != 0:
                 tail = "; ".join(result.error_lines[-3:]) or f"packer exited {result.returncode}"
                 raise OperationFailed(f"baking {role.name} failed: {tail} (full log: {log_path})")

@@ -20,15 +20,19 @@ from pathlib import Path
 from kiln.errors import Interrupted, KilnError, OperationFailed
 from kiln.settings import Settings
 
-# Provisioners report back to Kiln by printing `kiln-fact: key=value` and
-# `kiln-missing-package: name=version`; Packer prefixes each output line with the builder name.
-REPORT_LINE = re.compile(r"^\s*(?:[\w.-]+: )?kiln-(?P<kind>fact|missing-package): (?P<body>.*)$")
+# Provisioners report back to Kiln by printing `kiln-fact: key=value`,
+# `kiln-missing-package: name=version` and `kiln-unlocked-package: name`; Packer prefixes
+# each output line with the builder name.
+REPORT_LINE = re.compile(
+    r"^\s*(?:[\w.-]+: )?kiln-(?P<kind>fact|missing-package|unlocked-package): (?P<body>.*)$"
+)
 
 
 @dataclass
 class BuildResult:
     facts: dict[str, str] = field(default_factory=dict)
     missing_packages: list[str] = field(default_factory=list)
+    unlocked_packages: list[str] = field(default_factory=list)
     artifact_ids: list[str] = field(default_factory=list)
     error_lines: list[str] = field(default_factory=list)
     returncode: int = 0
@@ -139,8 +143,10 @@ def _handle_line(raw: str, result: BuildResult, on_step: Callable[[str], None]) 
             if marker and marker["kind"] == "fact":
                 key, _, value = marker["body"].partition("=")
                 result.facts[key.strip()] = value.strip()
-            elif marker:
+            elif marker and marker["kind"] == "missing-package":
                 result.missing_packages.append(marker["body"].strip())
+            elif marker:
+                result.unlocked_packages.append(marker["body"].strip())
         if level == "say":
             on_step(lines[-1].lstrip("=> ").strip())
         elif level == "error":
