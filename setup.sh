@@ -38,9 +38,13 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  log "installing Kiln and its test tools into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  log "installing Kiln and its test tools into .venv (log: .venv/pip.log)"
+  if ! { .venv/bin/python -m pip install --upgrade pip &&
+         .venv/bin/python -m pip install -e '.[test]'; } >.venv/pip.log 2>&1; then
+    tail -n 20 .venv/pip.log >&2
+    log "pip install failed; full log: .venv/pip.log"
+    exit 2
+  fi
   touch "$stamp"
 fi
 
