@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Bake benchmark: what Kiln's layering and content addressing save over a plain Packer build.
+
+Measured in one run, in a scratch copy of the project with its own image prefix and an empty
+.deb cache (so the cold bake downloads for real):
+  1. cold bake of base + web
+  2. no-op rebake (`invoke bake web` with nothing changed), wall time of the whole command
+  3. rebake after a web-only change
+  4. baseline: plain `packer build` of the same rendered web template
+Goals (issue 2): no-op at least 10x faster than the plain build; web-only rebake at most 0.35x
+the cold bake. Usage: .venv/bin/python benchmarks/bake.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import copy_project  # noqa: E402
+from tests.integration.conftest import remove_prefixed  # noqa: E402
+
+
+def timed(label: str, argv: list[str], cwd: Path, env: dict[str, str]) -> float:
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        sys.exit(f"{label} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    print(f"  {label}: {seconds:.2f} s", flush=True)
+    return seconds
+
+
+def main() -> None:
+    prefix = f"kilnbench{os.getpid()}"
+    client = docker.from_env()
+    scratch = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
+    project = copy_project(scratch / "project")
+    env = {**os.environ, "KILN_PROJECT_ROOT": str(project), "KILN_IMAGE_REPO": prefix}
+    invoke = [sys.executable, "-m", "invoke"]
+    no_verify = ["--no-verify"] if "--no-verify" in subprocess.run(
+        [*invoke, "--help", "bake"], cwd=project, env=env, capture_output=True, text=True
+    ).stdout else []
+    bake_web = [*invoke, "bake", "web", *no_verify]
+    try:
+        print(f"bake benchmark ({prefix}, project copy {project})")
+        cold = timed("cold bake base+web (empty .deb cache)", bake_web, project, env)
+        noop = timed("no-op rebake, whole command", bake_web, project, env)
+        with (project / "provisioners" / "web-app.sh").open("a") as f:
+            f.write("# benchmark: a web-only change\n")
+        web_only = timed("rebake after a web-only change", bake_web, project, env)
+        template = sorted((project / ".kiln" / "builds" / "web").iterdir())[-1] / "template.json"
+        plain = timed("plain `packer build` of the same web template",
+                      ["packer", "build", "-color=false", template.name], template.parent, env)
+        print()
+        print(f"{'measure':44} {'seconds':>8} {'ratio':>8}  goal")
+        print(f"{'cold bake base+web':44} {cold:8.2f} {1:8.2f}")
+        print(f"{'web-only rebake / cold bake':44} {web_only:8.2f} {web_only / cold:8.2f}  <= 0.35")
+        print(f"{'plain packer build of web (baseline)':44} {plain:8.2f} {1:8.2f}")
+        print(f"{'no-op rebake: plain build / no-op':44} {noop:8.2f} {plain / noop:8.1f}x  >= 10x")
+    finally:
+        remove_prefixed(client, prefix)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
