@@ -14,8 +14,11 @@ if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
 # linters. Later features add theirs here.
 debian_packages=(
   docker.io packer mmdebstrap shellcheck
-  python3-venv ca-certificates git
+  python3-venv ca-certificates git rsync
 )
+# gitlab-ci-local runs pipelines/ locally; it needs Node.js >= 18 and npm (Debian's, unless the
+# machine already has its own).
+command -v npm >/dev/null 2>&1 || debian_packages+=(nodejs npm)
 
 missing=()
 for pkg in "${debian_packages[@]}"; do
@@ -46,6 +49,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     exit 2
   fi
   touch "$stamp"
+fi
+
+gitlab_ci_local=.venv/npm/node_modules/.bin/gitlab-ci-local
+if [ ! -x "$gitlab_ci_local" ]; then
+  log "installing gitlab-ci-local into .venv/npm"
+  # 4.65.0 is the last release that runs on Node 18-20 (later ones crash there).
+  npm install --silent --no-audit --no-fund --prefix .venv/npm gitlab-ci-local@4.65.0 >/dev/null
 fi
 
 # Docker engine: systemd where it runs, otherwise dockerd in the background with a log file.
