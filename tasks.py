@@ -56,7 +56,7 @@ def lock(c, role, update=False):
     target_role = baker.catalog.get(role)
     parent_image, _ = baker.parent_of(target_role)
     old = locks.read_lock(target_role)
-    resolution = locks.resolve(baker.client, parent_image, target_role, baker.settings.bake_network)
+    resolution = locks.resolve(baker.client, parent_image, target_role, baker.settings)
     print(locks.diff(old, resolution).render())
     if update:
         locks.write_lock(target_role, resolution.lock)

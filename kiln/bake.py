@@ -159,7 +159,7 @@ class Baker:
                 f"{display} {why} and --locked forbids resolving: "
                 f"run `invoke lock {role.name} --update` and commit the lock"
             )
-        resolution = locks.resolve(self.client, parent_ref, role, self.settings.bake_network)
+        resolution = locks.resolve(self.client, parent_ref, role, self.settings)
         locks.write_lock(role, resolution.lock)
         console.say(
             f"{display} {why}: resolved {len(resolution.lock.packages)} packages and "
@@ -174,14 +174,13 @@ class Baker:
         build_dir = self.settings.state_dir / "builds" / role.name / bake_id
         build_dir.mkdir(parents=True)
         ref = self.store.ref(role.name, version)
-        labels = self._labels(role, version, parent_identity, lock, bake_id)
-        ctx = BakeContext(
-            role, version, parent_ref, labels, lock.specs(), build_dir, bake_id, self.settings.bake_network
-        )
+        ctx = self._context(role, version, parent_ref, parent_identity, lock, build_dir, bake_id)
         template_path = packer.write_template(self.target.render(ctx), build_dir / "template.json")
         log_path = build_dir / "build.log"
         teardown = Teardown()
-        teardown.add(lambda: self._remove_container(bake_container_name(role.name, bake_id)))
+        teardown.add(
+            lambda: self._remove_container(bake_container_name(self.settings.name_prefix, role.name, bake_id))
+        )
         try:
             with console.progress(f"baking {role.name} {version} (log: {log_path})") as step:
                 result = packer.build(template_path, log_path, self.settings, step)
@@ -205,6 +204,29 @@ class Baker:
             teardown.run()
             raise
         return record, build_dir
+
+    def _context(
+        self,
+        role: Role,
+        version: str,
+        parent_ref: str,
+        parent_identity: str,
+        lock: locks.Lock,
+        build_dir: Path,
+        bake_id: str,
+    ) -> BakeContext:
+        labels = self._labels(role, version, parent_identity, lock, bake_id)
+        return BakeContext(
+            role,
+            version,
+            parent_ref,
+            labels,
+            lock.specs(),
+            build_dir,
+            bake_id,
+            self.settings.bake_network,
+            self.settings.name_prefix,
+        )
 
     def _labels(
         self, role: Role, version: str, parent_identity: str, lock: locks.Lock, bake_id: str
@@ -234,7 +256,7 @@ class Baker:
             entrypoint=[],
             remove=True,
             network_mode="none",
-            name=f"kiln-pkglist-{role.name}-{uuid.uuid4().hex[:6]}",
+            name=f"{self.settings.name_prefix}-pkglist-{role.name}-{uuid.uuid4().hex[:6]}",
         )
         (build_dir / "packages.txt").write_bytes(packages)
         record = self.store.update_labels(record, {f"kiln.{k}": v for k, v in facts.items()})
@@ -265,10 +287,7 @@ class Baker:
         version = version_of(role.inputs_digest(self.target.template_source(), parent_identity))
         bake_id = new_bake_id()
         build_dir = self.settings.state_dir / "templates" / self.target.name / role.name
-        labels = self._labels(role, version, parent_identity, lock, bake_id)
-        ctx = BakeContext(
-            role, version, parent_ref, labels, lock.specs(), build_dir, bake_id, self.settings.bake_network
-        )
+        ctx = self._context(role, version, parent_ref, parent_identity, lock, build_dir, bake_id)
         path = packer.write_template(self.target.render(ctx), build_dir / f"{version}.json")
         packer.validate(path, self.settings)
         return path, version

@@ -17,6 +17,7 @@ import docker
 
 from kiln.errors import KilnError, OperationFailed
 from kiln.roles import Role
+from kiln.settings import Settings
 
 HEADER = "# Kiln package lock for role '{role}': every package installed on top of its parent.\n"
 REQUESTED = "# requested: "
@@ -105,7 +106,7 @@ def lock_is_current(role: Role, lock: Lock | None) -> bool:
     return lock is not None and sorted(lock.requested) == sorted(role.spec.packages)
 
 
-def resolve(client: docker.DockerClient, parent_image: str, role: Role, network: str) -> Resolution:
+def resolve(client: docker.DockerClient, parent_image: str, role: Role, settings: Settings) -> Resolution:
     """Ask apt, in a throwaway container of the parent image, what installing the role's
     packages would install today."""
     if not role.spec.packages:
@@ -115,12 +116,12 @@ def resolve(client: docker.DockerClient, parent_image: str, role: Role, network:
         f"apt-get {APT_OPTIONS} update -qq >/dev/null && "
         f"apt-get {APT_OPTIONS} install --simulate -qq {packages}"
     )
-    name = f"kiln-lock-{role.name}-{uuid.uuid4().hex[:8]}"
+    name = f"{settings.name_prefix}-lock-{role.name}-{uuid.uuid4().hex[:8]}"
     container = client.containers.create(
         parent_image,
         ["/bin/sh", "-c", script],
         name=name,
-        network_mode=network,
+        network_mode=settings.bake_network,
         entrypoint=[],
         labels={"kiln.purpose": "lock"},
     )

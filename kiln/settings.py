@@ -48,6 +48,15 @@ class Settings:
     )
     packer: str = _setting("packer", "Packer executable")
     packer_timeout: int = _setting(1800, "Seconds one Packer build may take before it is stopped")
+    audit_min_lynis: int = _setting(85, "`invoke audit` fails below this Lynis hardening index")
+    audit_min_scap: float = _setting(
+        95.0, "`invoke audit` fails below this ANSSI BP-028 intermediary (OpenSCAP) score"
+    )
+
+    @property
+    def name_prefix(self) -> str:
+        """Prefix of every Docker object Kiln creates (containers, volumes): leftovers are findable."""
+        return re.sub(r"[^a-z0-9-]", "-", self.image_repo.lower())
 
     def resolved_mirror(self) -> str:
         return self.mirror or host_debian_mirror()

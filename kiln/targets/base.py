@@ -23,6 +23,7 @@ class BakeContext:
     build_dir: Path
     bake_id: str
     bake_network: str = "host"
+    name_prefix: str = "kiln"  # of the build container and cache volume
 
 
 class Target(ABC):

@@ -7,13 +7,13 @@ import json
 from kiln.targets.base import BakeContext, Target
 
 
-def bake_container_name(role: str, bake_id: str) -> str:
-    return f"kiln-bake-{role}-{bake_id}"
+def bake_container_name(name_prefix: str, role: str, bake_id: str) -> str:
+    return f"{name_prefix}-bake-{role}-{bake_id}"
 
 
-def apt_cache_volume(repository: str) -> str:
-    """One .deb cache per image repository prefix, so separate Kiln setups never share apt locks."""
-    return repository.split("/")[0].replace(".", "-") + "-apt-archives"
+def apt_cache_volume(name_prefix: str) -> str:
+    """One .deb cache per name prefix, so separate Kiln setups never share apt locks."""
+    return f"{name_prefix}-apt-archives"
 
 
 class DockerTarget(Target):
@@ -37,9 +37,9 @@ class DockerTarget(Target):
                 "-t",
                 f"--network={ctx.bake_network}",
                 "--name",
-                bake_container_name(ctx.role.name, ctx.bake_id),
+                bake_container_name(ctx.name_prefix, ctx.role.name, ctx.bake_id),
                 "-v",
-                f"{apt_cache_volume(ctx.labels['kiln.repository'])}:/var/cache/apt/archives",
+                f"{apt_cache_volume(ctx.name_prefix)}:/var/cache/apt/archives",
                 "--entrypoint=/bin/sh",
                 "--",
                 "{{.Image}}",

@@ -1,7 +1,7 @@
 """Integration fixtures: the real Docker engine and Packer, isolated by a per-run prefix.
 
 Everything a run creates is named `kilntest<pid>...` (images `kilntest<pid>/<role>`, bake
-containers `kiln-bake-*` from those images, the apt cache volume) and is removed at the end,
+containers `kilntest<pid>-bake-*`, the apt cache volume) and is removed at the end,
 even when tests fail. The bootstrap image is shared and kept: it is the slow, stable root.
 """
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -131,3 +135,38 @@ def test_missing_packer_gives_the_fix(kiln):
     proc = kiln.invoke("bake", "web", "--force", check=False, env={"KILN_PACKER": "packer-not-installed"})
     assert proc.returncode == 2
     assert "Packer is not installed" in proc.stderr and "apt-get install packer" in proc.stderr
+
+
+def test_ctrl_c_stops_packer_and_leaves_no_container(scratch_project, baked_web, docker_client):
+    with (scratch_project.project / "provisioners" / "web-app.sh").open("a") as f:
+        f.write("sleep 60  # keep the build busy until the test interrupts it\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "bake", "web"],
+        cwd=scratch_project.project,
+        env=scratch_project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not [
+            c
+            for c in docker_client.containers.list()
+            if c.name.startswith(f"{scratch_project.prefix}-bake-web-")
+        ]:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the bake never started its build container"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C delivers to the foreground process
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted" in stderr
+    assert not [
+        c.name
+        for c in docker_client.containers.list(all=True)
+        if c.name.startswith(f"{scratch_project.prefix}-bake-web-")
+    ]

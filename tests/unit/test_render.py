@@ -40,13 +40,15 @@ def test_docker_template_builds_from_parent_without_pulling(settings):
 
 
 def test_provisioners_run_packages_first_and_finish_last(settings):
-    steps = get_target("docker").render(context(settings, "web"))["provisioners"]
+    ctx = context(settings, "web")
+    steps = get_target("docker").render(ctx)["provisioners"]
     assert steps[0]["type"] == "file" and steps[0]["source"].endswith("images/web/files/")
     scripts = [Path(s).name for s in steps[-1]["scripts"]]
-    assert scripts == ["packages.sh", "web-app.sh", "finish.sh"]
+    assert scripts[0] == "packages.sh" and scripts[-1] == "finish.sh"
+    assert scripts[1:-1] == [f"{name}.sh" for name in ctx.role.spec.provisioners]
     env = dict(e.split("=", 1) for e in steps[-1]["environment_vars"])
-    assert env["KILN_REQUESTED"] == "nginx gunicorn"
-    assert "nginx=" in env["KILN_PACKAGES"]
+    assert env["KILN_REQUESTED"].split() == ctx.role.spec.packages
+    assert env["KILN_PACKAGES"].split() == ctx.package_specs
     assert env["KILN_HEALTH_PATH"] == "/health"
 
 
