@@ -1,0 +1,167 @@
+"""HAProxy 2.6 runtime API over its stats socket, and the config file Kiln keeps in step.
+
+Facts this relies on (measured, see the HAProxy notes): a server added at run time starts in
+MAINT; enabled, it would count as UP before its first check, so it is forced DOWN in the same
+command line and waits for `rise` passing checks. A server is deleted only from MAINT with no
+connection left, so removal is drain, wait, maint, delete. A reload rebuilds servers from the
+config file, so the file is rewritten whenever the set of servers changes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.errors import OperationFailed
+
+BACKEND = "web"
+
+
+@dataclass(frozen=True)
+class ServerStat:
+    name: str
+    status: str  # UP, DOWN, MAINT, DRAIN, NOLB, "UP 1/2" while rising...
+    sessions: int  # scur + qcur: connections still attached
+    check: str  # last check status, e.g. L7OK, L4CON
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "UP"
+
+    @property
+    def lb_state(self) -> str:
+        """ready, drain or maint, as the admin set it (checks decide UP/DOWN within ready)."""
+        if self.status.startswith("MAINT"):
+            return "maint"
+        if self.status.startswith(("DRAIN", "NOLB")):
+            return "drain"
+        return "ready"
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    address: str
+    port: int
+
+
+class RuntimeAPI:
+    """One command per connection (the socket's non-interactive mode)."""
+
+    def __init__(self, socket_path: Path, timeout: float = 10.0):
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def command(self, line: str) -> str:
+        # AF_UNIX paths are limited to 108 bytes: reach deep folders through /proc/self/fd.
+        folder = os.open(self.socket_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(f"/proc/self/fd/{folder}/{self.socket_path.name}")
+                sock.sendall(line.encode() + b"\n")
+                chunks = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+        except OSError as exc:
+            raise OperationFailed(f"HAProxy runtime API at {self.socket_path}: {exc}") from exc
+        finally:
+            os.close(folder)
+        return b"".join(chunks).decode(errors="replace")
+
+    def checked(self, line: str) -> str:
+        """Run commands that answer nothing on success; any text is the error."""
+        answer = self.command(line).strip()
+        if answer and "New server registered" not in answer and "Server deleted" not in answer:
+            raise OperationFailed(f"HAProxy refused `{line}`: {answer.splitlines()[0]}")
+        return answer
+
+    def ready(self) -> bool:
+        try:
+            return "Name:" in self.command("show info")
+        except OperationFailed:
+            return False
+
+    def stats(self, backend: str = BACKEND) -> dict[str, ServerStat]:
+        text = self.command("show stat").lstrip("# ")
+        servers = {}
+        for row in csv.reader(io.StringIO(text)):
+            if len(row) < 37 or row[0] != backend or row[1] in ("FRONTEND", "BACKEND"):
+                continue
+            sessions = int(row[2] or 0) + int(row[4] or 0)
+            servers[row[1]] = ServerStat(row[1], row[17], sessions, row[36])
+        return servers
+
+    def add_server(self, server: Server, *, interval: float, rise: int, fall: int, backend: str = BACKEND):
+        ref = f"{backend}/{server.name}"
+        self.checked(
+            f"add server {ref} {server.address}:{server.port} check "
+            f"inter {int(interval * 1000)} rise {rise} fall {fall}"
+        )
+        # One line, so no check or request can see it UP before `rise` checks pass.
+        self.checked(f"enable health {ref}; enable server {ref}; set server {ref} health down")
+
+    def drain(self, name: str, backend: str = BACKEND) -> None:
+        self.checked(f"set server {backend}/{name} state drain")
+
+    def delete_server(self, name: str, *, wait: float = 10.0, backend: str = BACKEND) -> None:
+        """MAINT, end stragglers if any, then delete (refused while connections remain)."""
+        ref = f"{backend}/{name}"
+        self.checked(f"set server {ref} state maint")
+        deadline = time.monotonic() + wait
+        while True:
+            answer = self.command(f"del server {ref}").strip()
+            if "Server deleted" in answer or "No such server" in answer:
+                return
+            if time.monotonic() > deadline:
+                raise OperationFailed(f"HAProxy would not delete {ref}: {answer}")
+            self.command(f"shutdown sessions server {ref}")
+            time.sleep(0.1)
+
+
+def render_config(
+    servers: list[Server], *, port: int, health_path: str, interval: float, rise: int, fall: int
+) -> str:
+    """The whole config, listing exactly the servers in service, so a reload keeps them only."""
+    lines = [
+        "# Written by Kiln: the servers in service. Do not edit; Kiln rewrites it as they change.",
+        "global",
+        "    log stdout format raw local0",
+        "    stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners",
+        "    stats timeout 30s",
+        "    pidfile /run/haproxy/haproxy.pid",
+        "    server-state-file /run/haproxy/server-state",
+        "",
+        "defaults",
+        "    mode http",
+        "    log global",
+        "    option redispatch",
+        "    retries 3",
+        "    timeout connect 2s",
+        "    timeout client 30s",
+        "    timeout server 30s",
+        "    load-server-state-from-file global",
+        "",
+        "frontend web",
+        f"    bind :{port}",
+        f"    default_backend {BACKEND}",
+        "",
+        f"backend {BACKEND}",
+        "    balance roundrobin",
+        f"    option httpchk GET {health_path}",
+        "    http-check expect status 200",
+        f"    default-server check inter {int(interval * 1000)} rise {rise} fall {fall}",
+    ]
+    lines += [f"    server {s.name} {s.address}:{s.port}" for s in servers]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

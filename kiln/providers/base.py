@@ -1,0 +1,112 @@
+"""The provider contract: instances in zones, and the load balancer in front of them.
+
+The rollout engine and `up`/`status`/`down` speak only this; a provider maps it onto Docker,
+EC2 + ELBv2 or Nova + Octavia. A separate environment (a DR drill's, say) is just another
+Environment given to the same provider class.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass
+
+from kiln.cloudinit import UserData
+from kiln.environments import Environment
+from kiln.images import ImageRecord
+from kiln.settings import Settings
+
+INSTANCE_NAME = re.compile(r"^(?P<role>[a-z][a-z-]*?)(?P<number>\d+)$")
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str  # role + number, e.g. web3
+    role: str
+    zone: int  # index into the environment's zones
+    version: str
+    address: str  # where the load balancer reaches it
+    running: bool
+
+    @property
+    def number(self) -> int:
+        match = INSTANCE_NAME.match(self.name)
+        assert match, self.name
+        return int(match["number"])
+
+
+@dataclass(frozen=True)
+class LbServer:
+    name: str
+    healthy: bool  # the load balancer's own checks pass
+    state: str  # ready, drain or maint
+    sessions: int  # connections still attached
+    check: str  # the last check's status, for people
+
+
+class Provider(abc.ABC):
+    def __init__(self, settings: Settings, env: Environment):
+        self.settings = settings
+        self.env = env
+
+    # ---- infrastructure ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def ensure_networks(self) -> None:
+        """One network (subnet) per zone, created once."""
+
+    @abc.abstractmethod
+    def ensure_lb(self, image: ImageRecord, user_data: str) -> None:
+        """The load balancer, listening on the frontend, created once."""
+
+    @abc.abstractmethod
+    def frontend(self) -> str | None:
+        """The URL clients use, or None when there is no load balancer."""
+
+    @abc.abstractmethod
+    def destroy(self) -> list[str]:
+        """Remove everything of this environment; the names of what was removed."""
+
+    # ---- images and instances ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def image(self, role: str, version: str | None = None) -> ImageRecord:
+        """The image to launch (newest when no version); KilnError if missing."""
+
+    @abc.abstractmethod
+    def check_user_data(self, image: ImageRecord, documents: list[UserData]) -> None:
+        """`cloud-init schema` every document as the image would; KilnError naming the bad one."""
+
+    @abc.abstractmethod
+    def peer_address(self, instance: str) -> str:
+        """How other instances of the environment reach this one (a name or an address)."""
+
+    @abc.abstractmethod
+    def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:
+        """Start instance <role><number> in zone number % zones, applying user_data at first boot."""
+
+    @abc.abstractmethod
+    def instances(self, role: str | None = None) -> list[Instance]:
+        """This environment's instances (of one role), by name."""
+
+    @abc.abstractmethod
+    def terminate(self, instance: Instance) -> None:
+        """Stop (letting services end cleanly) and remove; absent is fine."""
+
+    # ---- load balancer ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def lb_register(self, instance: Instance) -> None:
+        """Add it, out of service until the load balancer's checks pass `rise` times."""
+
+    @abc.abstractmethod
+    def lb_drain(self, instance: Instance) -> None:
+        """No new connections; existing ones continue."""
+
+    @abc.abstractmethod
+    def lb_servers(self) -> dict[str, LbServer]:
+        """Every registered server by instance name."""
+
+    @abc.abstractmethod
+    def lb_deregister(self, name: str) -> None:
+        """Remove it (after a drain), ending connections that outlived the drain."""

@@ -1,0 +1,252 @@
+"""The local provider: Docker containers on per-zone networks behind an HAProxy container.
+
+Everything carries the environment's name: containers `kiln-<env>-<instance>` and
+`kiln-<env>-lb`, networks `kiln-<env>-z<N>`, label `kiln.env=<env>`. The load balancer's
+folder (config, stats socket) and each instance's NoCloud seed live under
+<state_dir>/envs/<env>/ and are bind-mounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from kiln import cloudinit, haproxy
+from kiln.cloudinit import UserData
+from kiln.environments import Environment
+from kiln.errors import KilnError, OperationFailed
+from kiln.images import DockerImageStore, ImageRecord, docker_client
+from kiln.providers.base import Instance, LbServer, Provider
+from kiln.settings import Settings
+
+STOP_TIMEOUT = 10  # seconds kiln-init gets to stop services before SIGKILL
+
+
+class LocalProvider(Provider):
+    def __init__(self, settings: Settings, env: Environment):
+        super().__init__(settings, env)
+        self.client = docker_client()
+        self.store = DockerImageStore(self.client, settings)
+        self.folder = settings.state_dir / "envs" / env.name
+        self.lb_folder = self.folder / "lb"
+        self.api = haproxy.RuntimeAPI(self.lb_folder / "admin.sock")
+
+    # ---- names ------------------------------------------------------------------------------
+
+    def network_name(self, zone: int) -> str:
+        return f"kiln-{self.env.name}-z{zone}"
+
+    def container_name(self, instance: str) -> str:
+        return f"kiln-{self.env.name}-{instance}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"kiln.env": self.env.name}
+
+    # ---- infrastructure ---------------------------------------------------------------------
+
+    def ensure_networks(self) -> None:
+        existing = {n.name for n in self.client.networks.list(filters={"label": f"kiln.env={self.env.name}"})}
+        for zone, zone_name in enumerate(self.env.zones):
+            name = self.network_name(zone)
+            if name not in existing:
+                self.client.networks.create(
+                    name, driver="bridge", labels={**self.labels, "kiln.zone": zone_name}
+                )
+
+    def ensure_lb(self, image: ImageRecord, user_data: str) -> None:
+        name = self.container_name("lb")
+        try:
+            container = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            container = None
+        if container is not None and container.status == "running":
+            return
+        if container is not None:
+            container.remove(force=True)
+        self.lb_folder.mkdir(parents=True, exist_ok=True)
+        self.sync_lb_config()
+        seed = self._seed("lb", image, user_data)
+        container = self.client.containers.create(
+            image.image,
+            name=name,
+            init=True,
+            hostname="lb",
+            labels={**self.labels, "kiln.role": "lb", "kiln.version": image.version},
+            network=self.network_name(0),
+            ports={"80/tcp": ("127.0.0.1", self.env.spec.frontend.port or None)},
+            volumes={
+                str(self.lb_folder): {"bind": "/run/haproxy", "mode": "rw"},
+                str(seed): {"bind": "/var/lib/cloud/seed/nocloud", "mode": "ro"},
+            },
+        )
+        for zone in range(1, len(self.env.zones)):
+            self.client.networks.get(self.network_name(zone)).connect(container)
+        container.start()
+        deadline = time.monotonic() + 30
+        while not self.api.ready():
+            container.reload()
+            if container.status != "running" or time.monotonic() > deadline:
+                tail = container.logs(tail=5).decode(errors="replace").strip()
+                raise OperationFailed(f"the load balancer {name} did not start: {tail}")
+            time.sleep(0.2)
+
+    def frontend(self) -> str | None:
+        try:
+            container = self.client.containers.get(self.container_name("lb"))
+        except docker.errors.NotFound:
+            return None
+        bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get("80/tcp") or []
+        return f"http://127.0.0.1:{bindings[0]['HostPort']}/" if bindings else None
+
+    def destroy(self) -> list[str]:
+        removed = []
+        for container in self.client.containers.list(
+            all=True, filters={"label": f"kiln.env={self.env.name}"}
+        ):
+            with contextlib.suppress(docker.errors.APIError):
+                container.stop(timeout=STOP_TIMEOUT)
+            container.remove(force=True)
+            removed.append(container.name)
+        for network in self.client.networks.list(filters={"label": f"kiln.env={self.env.name}"}):
+            network.remove()
+            removed.append(network.name)
+        shutil.rmtree(self.lb_folder, ignore_errors=True)
+        shutil.rmtree(self.folder / "seeds", ignore_errors=True)
+        return removed
+
+    # ---- images and instances ---------------------------------------------------------------
+
+    def image(self, role: str, version: str | None = None) -> ImageRecord:
+        if version:
+            record = self.store.find(role, version)
+            if record is None:
+                raise KilnError(
+                    f"no image {self.store.ref(role, version)}: bake it with `invoke bake {role}`"
+                )
+            return record
+        records = self.store.list(role)
+        usable = [r for r in records if r.status in ("verified", "promoted")]
+        if not usable:
+            why = f"none of its {len(records)} images is verified" if records else "no image is baked"
+            raise KilnError(f"no verified {role} image ({why}): bake it and verify it first")
+        return usable[0]
+
+    def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:
+        name = f"{role}{number}"
+        zone = self.env.zone_of(number)
+        seed = self._seed(name, image, user_data)
+        labels = {
+            **self.labels,
+            "kiln.role": role,
+            "kiln.instance": name,
+            "kiln.zone": str(zone),
+            "kiln.version": image.version,
+        }
+        # Shared roles (no load-balanced traffic of their own, e.g. db) join every zone.
+        container = self.client.containers.create(
+            image.image,
+            name=self.container_name(name),
+            init=True,
+            hostname=name,
+            labels=labels,
+            network=self.network_name(zone),
+            volumes={str(seed): {"bind": "/var/lib/cloud/seed/nocloud", "mode": "ro"}},
+        )
+        if role != self.env.spec.balanced_role:
+            for other in range(len(self.env.zones)):
+                if other != zone:
+                    self.client.networks.get(self.network_name(other)).connect(container)
+        container.start()
+        container.reload()
+        return self._instance(container)
+
+    def _seed(self, name: str, image: ImageRecord, user_data: str) -> Path:
+        """A NoCloud seed folder; user-data may hold secrets, so only root reads it."""
+        seed = self.folder / "seeds" / name
+        seed.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(seed / "user-data", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(user_data)
+        (seed / "meta-data").write_text(
+            f"instance-id: {self.container_name(name)}-{image.version}\nlocal-hostname: {name}\n"
+        )
+        return seed
+
+    def check_user_data(self, image: ImageRecord, documents: list[UserData]) -> None:
+        cloudinit.check(self.client, image.image, documents, f"kiln-{self.env.name}-schema")
+
+    def peer_address(self, instance: str) -> str:
+        return self.container_name(instance)  # Docker's DNS on every zone network it joins
+
+    def instances(self, role: str | None = None) -> list[Instance]:
+        filters = {"label": [f"kiln.env={self.env.name}", "kiln.instance"]}
+        if role:
+            filters["label"].append(f"kiln.role={role}")
+        found = [self._instance(c) for c in self.client.containers.list(all=True, filters=filters)]
+        return sorted(found, key=lambda i: (i.role, i.number))
+
+    def terminate(self, instance: Instance) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            container = self.client.containers.get(self.container_name(instance.name))
+            with contextlib.suppress(docker.errors.APIError):
+                container.stop(timeout=STOP_TIMEOUT)
+            container.remove(force=True)
+        shutil.rmtree(self.folder / "seeds" / instance.name, ignore_errors=True)
+
+    def _instance(self, container) -> Instance:
+        labels = container.labels
+        zone = int(labels["kiln.zone"])
+        networks = container.attrs["NetworkSettings"]["Networks"] or {}
+        address = (networks.get(self.network_name(zone)) or {}).get("IPAddress", "")
+        return Instance(
+            name=labels["kiln.instance"],
+            role=labels["kiln.role"],
+            zone=zone,
+            version=labels["kiln.version"],
+            address=address,
+            running=container.status == "running",
+        )
+
+    # ---- load balancer ----------------------------------------------------------------------
+
+    def lb_register(self, instance: Instance) -> None:
+        h = self.env.spec.health
+        server = haproxy.Server(instance.name, instance.address, 80)
+        self.api.add_server(server, interval=h.interval, rise=h.rise, fall=h.fall)
+        self.sync_lb_config()
+
+    def lb_drain(self, instance: Instance) -> None:
+        self.api.drain(instance.name)
+        self.sync_lb_config()
+
+    def lb_servers(self) -> dict[str, LbServer]:
+        return {
+            name: LbServer(name, s.healthy, s.lb_state, s.sessions, s.check)
+            for name, s in self.api.stats().items()
+        }
+
+    def lb_deregister(self, name: str) -> None:
+        self.api.delete_server(name)
+        self.sync_lb_config()
+
+    def sync_lb_config(self) -> None:
+        """Rewrite haproxy.cfg with the servers in service now (none before the LB runs)."""
+        stats = self.api.stats() if (self.lb_folder / "admin.sock").exists() and self.api.ready() else {}
+        addresses = {i.name: i.address for i in self.instances(self.env.spec.balanced_role)}
+        servers = [
+            haproxy.Server(name, addresses[name], 80)
+            for name, s in sorted(stats.items())
+            if s.lb_state == "ready" and name in addresses
+        ]
+        h = self.env.spec.health
+        text = haproxy.render_config(
+            servers, port=80, health_path=h.path, interval=h.interval, rise=h.rise, fall=h.fall
+        )
+        haproxy.write_config(self.lb_folder / "haproxy.cfg", text)
