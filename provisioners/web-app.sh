@@ -9,5 +9,7 @@ chmod 0644 /opt/kiln-web/app.py
 rm -f /etc/nginx/sites-enabled/default
 ln -sf /etc/nginx/sites-available/kiln-web /etc/nginx/sites-enabled/kiln-web
 install -m 0640 -o kiln-web -g adm /dev/null /var/log/kiln-web.log
+# Uploaded files live outside the code so they can be backed up and restored on their own.
+install -d -m 0750 -o kiln-web -g kiln-web /srv/kiln-web /srv/kiln-web/uploads
 nginx -t
 python3 -c "import sys; sys.path.insert(0, '/opt/kiln-web'); import app"

@@ -1,0 +1,80 @@
+"""Backups of an environment: pgBackRest for the database, restic for the uploaded files.
+
+`TOOLS` maps a tool's name to its module's class (like testinfra's backends); `take_backup`
+and `list_backups` are what `invoke backup` and `invoke backups` call.
+"""
+
+from __future__ import annotations
+
+import docker
+
+from kiln import console
+from kiln.backup.base import BackupRecord, BackupSettings, BackupTool
+from kiln.backup.pgbackrest import PgBackRest
+from kiln.backup.restic import Restic
+from kiln.backup.secrets import S3_NAMES, ensure_secrets, secret
+from kiln.backup.site import Site
+from kiln.config import load_yaml, parse
+from kiln.errors import KilnError
+from kiln.settings import Settings
+
+TOOLS: dict[str, type[BackupTool]] = {"pgbackrest": PgBackRest, "restic": Restic}
+KINDS = ("full", "diff", "incr")
+
+
+def tools(
+    settings: Settings, env: str, backup: BackupSettings, client: docker.DockerClient
+) -> list[BackupTool]:
+    """The environment's tools, each in the instance it runs in: db first, then web (if any)."""
+    site = Site.find(client, env)
+    key = secret(settings, env, "KILN_BACKUP_KEY")
+    s3 = None
+    if backup.repository == "s3":
+        if backup.s3 is None:
+            raise KilnError(f"environments/{env}.yml: field 'backup.s3': required when repository is 's3'")
+        s3 = (secret(settings, env, S3_NAMES[0]), secret(settings, env, S3_NAMES[1]))
+    found: list[BackupTool] = [PgBackRest(site.db_shell([key]), backup, key, s3)]
+    web = site.web_shell([key])
+    if web is not None:
+        found.append(Restic(web, backup, key))
+    return found
+
+
+def take_backup(
+    settings: Settings, env: str, kind: str, backup: BackupSettings, client: docker.DockerClient
+) -> list[BackupRecord]:
+    if kind not in KINDS:
+        raise KilnError(f"--type '{kind}': use one of {', '.join(KINDS)}")
+    created = ensure_secrets(settings, env)
+    if created:
+        console.say(f"created {created} with a new backup key: keep a copy off this machine")
+    records = []
+    for tool in tools(settings, env, backup, client):
+        tool.configure()
+        if isinstance(tool, PgBackRest):
+            tool.create_stanza()
+        else:
+            assert isinstance(tool, Restic)
+            tool.init_repository()
+        records.append(tool.backup(kind))
+    return records
+
+
+def list_backups(
+    settings: Settings, env: str, backup: BackupSettings, client: docker.DockerClient
+) -> list[BackupRecord]:
+    records: list[BackupRecord] = []
+    for tool in tools(settings, env, backup, client):
+        tool.configure()
+        records.extend(tool.list())
+    return records
+
+
+def backup_settings(settings: Settings, env: str) -> BackupSettings:
+    """The `backup:` section of environments/<env>.yml; defaults when the file or section is absent."""
+    path = settings.project_root / "environments" / f"{env}.yml"
+    if not path.exists():
+        return BackupSettings()
+    display = f"environments/{env}.yml"
+    section = load_yaml(path, display).get("backup")
+    return BackupSettings() if section is None else parse(BackupSettings, section, display, "backup")

@@ -1,0 +1,241 @@
+"""What every backup tool shares: the settings, the records, the faults, and the instance shell.
+
+A tool (pgbackrest.py, restic.py) runs inside an instance through a `Shell`: the commands it
+needs are baked into the role's image, so the host needs neither tool. Secrets reach the
+instance as files written through the engine's API (never a command line, never a log line),
+and any tool output quoted in an error is scrubbed of them first.
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+import tarfile
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import docker.errors
+
+from kiln.config import spec
+from kiln.errors import OperationFailed
+
+# Named causes a drill or a backup reports; tests and the drill history key on them.
+CAUSES = {
+    "repository-missing": "the backup repository is empty or missing",
+    "wrong-key": "the encryption key does not open the repository",
+    "corrupt-backup": "a backup file is corrupted",
+    "missing-wal": "a WAL segment is missing from the archive",
+    "checksum-mismatch": "a restored table differs from the source",
+    "file-mismatch": "a restored file differs from the source",
+    "restore-failed": "the restore did not complete",
+    "recovery-failed": "PostgreSQL did not finish recovery",
+    "smoke-failed": "the application smoke test failed",
+    "amcheck-failed": "pg_amcheck found corruption",
+    "tool-failed": "a backup tool failed",
+}
+
+
+@dataclass(frozen=True)
+class S3Repository:
+    bucket: str = spec(help="bucket holding the pgBackRest repository")
+    endpoint: str = spec(help="S3 endpoint host[:port], e.g. s3.eu-west-1.amazonaws.com")
+    region: str = spec("us-east-1", help="bucket region")
+    path: str = spec("/kiln", help="folder inside the bucket")
+    uri_style: str = spec("host", help="'host' (virtual-hosted) or 'path' (S3-compatible servers)")
+    verify_tls: bool = spec(True, help="check the endpoint's TLS certificate")
+
+
+@dataclass(frozen=True)
+class Retention:
+    full: int = spec(2, help="full PostgreSQL backups kept (older ones expire with their WAL)")
+    diff: int = spec(4, help="differential PostgreSQL backups kept")
+    keep_last: int = spec(7, help="file snapshots kept by restic forget --keep-last")
+    keep_daily: int = spec(7, help="daily file snapshots kept by restic forget --keep-daily")
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """The `backup:` section of an environment file."""
+
+    repository: str = spec("volume", help="'volume' (a docker volume off the instance) or 's3'")
+    s3: S3Repository | None = spec(None, help="the S3 repository when repository is 's3'")
+    retention: Retention = spec(Retention(), help="how many backups each tool keeps")
+    process_max: int = spec(2, help="parallel pgBackRest processes (compression, transfer)")
+
+
+class BackupFault(OperationFailed):
+    """A backup or restore failed for a named cause (a key of CAUSES)."""
+
+    def __init__(self, cause: str, detail: str):
+        super().__init__(f"{CAUSES[cause]} ({cause}): {detail}")
+        self.cause = cause
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+    def tail(self, lines: int = 3) -> str:
+        text = (self.err.strip() or self.out.strip()).splitlines()
+        return " | ".join(line.strip() for line in text[-lines:]) or f"exit {self.code}"
+
+
+class Shell(abc.ABC):
+    """Commands and files inside one instance; `secrets` are scrubbed from everything returned."""
+
+    def __init__(self, secrets: list[str] | None = None):
+        self.secrets = [s for s in (secrets or []) if s]
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "********")
+        return text
+
+    @abc.abstractmethod
+    def run(self, argv: list[str], user: str = "root", env: dict[str, str] | None = None) -> Result: ...
+
+    @abc.abstractmethod
+    def put(self, path: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] = (0, 0)) -> None: ...
+
+    def ids(self, user: str) -> tuple[int, int]:
+        result = self.run(["sh", "-c", f'echo "$(id -u {user}) $(id -g {user})"'])
+        uid, gid = result.out.split()
+        return int(uid), int(gid)
+
+
+class DockerShell(Shell):
+    def __init__(self, container, secrets: list[str] | None = None):
+        super().__init__(secrets)
+        self.container = container
+
+    @property
+    def name(self) -> str:
+        return self.container.name
+
+    def run(self, argv: list[str], user: str = "root", env: dict[str, str] | None = None) -> Result:
+        try:
+            code, (out, err) = self.container.exec_run(argv, user=user, environment=env, demux=True)
+        except docker.errors.APIError as exc:
+            return Result(125, "", self.scrub(f"{self.name}: {exc.explanation or exc}"))
+        return Result(
+            code,
+            self.scrub((out or b"").decode(errors="replace")),
+            self.scrub((err or b"").decode(errors="replace")),
+        )
+
+    def put(self, path: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] = (0, 0)) -> None:
+        folder, _, name = path.rpartition("/")
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            info.uid, info.gid = owner
+            tar.addfile(info, io.BytesIO(data))
+        if not self.container.put_archive(folder or "/", archive.getvalue()):
+            raise OperationFailed(f"could not write {path} into {self.name}")
+
+
+@dataclass
+class BackupRecord:
+    """One backup as a tool reports it: what `invoke backups` lists."""
+
+    tool: str
+    id: str
+    kind: str  # full, diff, incr, snapshot
+    started: float  # epoch seconds
+    finished: float
+    size: int  # bytes of the data backed up
+    stored: int  # bytes the repository holds for it
+    details: dict = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        return {
+            "tool": self.tool,
+            "id": self.id,
+            "kind": self.kind,
+            "started": iso(self.started),
+            "finished": iso(self.finished),
+            "age_seconds": round(time.time() - self.finished),
+            "size": self.size,
+            "stored": self.stored,
+            **self.details,
+        }
+
+
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+class BackupTool(abc.ABC):
+    """One backup tool working in one instance (like testinfra's backends)."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # what it protects: "database" or "files"
+
+    def __init__(self, shell: Shell, settings: BackupSettings, key: str):
+        self.shell = shell
+        self.settings = settings
+        self.key = key
+        if key not in shell.secrets:
+            shell.secrets.append(key)
+
+    @abc.abstractmethod
+    def configure(self) -> None:
+        """Write the repository settings and the key into the instance (idempotent)."""
+
+    @abc.abstractmethod
+    def backup(self, kind: str) -> BackupRecord:
+        """Take a backup, then apply retention."""
+
+    @abc.abstractmethod
+    def list(self) -> list[BackupRecord]:
+        """Backups in the repository, oldest first; BackupFault if it cannot be read."""
+
+    @abc.abstractmethod
+    def check(self) -> list[str]:
+        """Check the repository's integrity; findings as lines, BackupFault when it is unusable."""
+
+    def run(
+        self,
+        argv: list[str],
+        cause: str = "tool-failed",
+        user: str = "root",
+        env: dict[str, str] | None = None,
+    ) -> Result:
+        result = self.shell.run(argv, user=user, env=env)
+        if not result.ok:
+            raise self.fault(result, cause)
+        return result
+
+    def fault(self, result: Result, default: str) -> BackupFault:
+        """The named cause a failed command reveals (a tool overrides `classify`)."""
+        return BackupFault(self.classify(result.err + result.out) or default, f"{self.name}: {result.tail()}")
+
+    def classify(self, output: str) -> str | None:
+        return None

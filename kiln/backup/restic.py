@@ -1,0 +1,159 @@
+"""restic in the web instance: encrypted snapshots of the uploads folder, retention by
+`forget --prune`, `check --read-data` to prove every pack decrypts and matches its hash."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+
+from kiln.backup.base import BackupFault, BackupRecord, BackupTool, Result
+
+REPO_PATH = "/var/lib/kiln-restic"  # the docker volume standing for off-site storage
+PASSWORD_FILE = "/etc/kiln/restic.pass"
+UPLOADS = "/srv/kiln-web/uploads"
+TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+
+_CAUSES = (
+    ("wrong-key", ("wrong password", "no key found")),
+    (
+        "repository-missing",
+        (
+            "is there a repository",
+            "repository does not exist",
+            "unable to open config",
+            "no snapshot found",
+            "no matching id found",
+            "unable to open repository",
+        ),
+    ),
+    (
+        "corrupt-backup",
+        (
+            "ciphertext verification failed",
+            "hash does not match",
+            "pack file cannot be",
+            "errors were found",
+            "invalid data returned",
+            "error for tree",
+        ),
+    ),
+)
+
+
+def classify(output: str) -> str | None:
+    lowered = output.lower()
+    for cause, words in _CAUSES:
+        if any(word in lowered for word in words):
+            return cause
+    return None
+
+
+def parse_time(text: str) -> float:
+    """restic's RFC 3339 times carry nanoseconds, more than fromisoformat takes."""
+    match = TIME.match(text)
+    if not match:
+        raise ValueError(f"not a restic time: {text!r}")
+    whole, fraction, zone = match.groups()
+    stamp = datetime.datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    return stamp.timestamp() + float("0" + (fraction or ""))
+
+
+def parse_snapshots(text: str) -> list[BackupRecord]:
+    """`restic snapshots --json` → records, oldest first (sizes are filled in separately)."""
+    records = []
+    for snap in json.loads(text) or []:
+        when = parse_time(snap["time"])
+        records.append(
+            BackupRecord(
+                "restic",
+                snap["short_id"],
+                "snapshot",
+                when,
+                when,
+                0,
+                0,
+                {"paths": snap.get("paths", []), "host": snap.get("hostname", "")},
+            )
+        )
+    return sorted(records, key=lambda r: r.started)
+
+
+def parse_summary(text: str) -> dict:
+    """The summary line of `restic backup --json`."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("{") and '"summary"' in line:
+            return json.loads(line)
+    raise ValueError("restic backup printed no summary")
+
+
+class Restic(BackupTool):
+    name = "restic"
+    kind = "files"
+    read_only = False  # a DR instance reads the repository without taking locks
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "RESTIC_REPOSITORY": REPO_PATH,
+            "RESTIC_PASSWORD_FILE": PASSWORD_FILE,
+            "RESTIC_CACHE_DIR": "/var/cache/kiln-restic",
+        }
+
+    def classify(self, output: str) -> str | None:
+        return classify(output)
+
+    def restic(self, *args: str, cause: str = "tool-failed") -> Result:
+        lock = ["--no-lock"] if self.read_only else []
+        return self.run(["restic", "--quiet", *lock, *args], cause=cause, env=self.env)
+
+    def configure(self) -> None:
+        self.shell.put(PASSWORD_FILE, self.key.encode(), 0o600)
+
+    def init_repository(self) -> None:
+        probe = self.shell.run(["restic", "cat", "config"], env=self.env)
+        if probe.ok:
+            return
+        if classify(probe.err) != "repository-missing":
+            raise self.fault(probe, "tool-failed")
+        self.restic("init")
+
+    def backup(self, kind: str = "snapshot") -> BackupRecord:
+        result = self.restic("backup", "--json", "--tag", "kiln", UPLOADS)
+        summary = parse_summary(result.out)
+        retention = self.settings.retention
+        self.restic(
+            "forget",
+            "--prune",
+            "--keep-last",
+            str(retention.keep_last),
+            "--keep-daily",
+            str(retention.keep_daily),
+        )
+        record = next(r for r in self.list() if summary["snapshot_id"].startswith(r.id))
+        record.stored = int(summary.get("data_added", 0))
+        return record
+
+    def snapshots(self) -> list[BackupRecord]:
+        return parse_snapshots(self.restic("snapshots", "--json", cause="repository-missing").out)
+
+    def list(self) -> list[BackupRecord]:
+        records = self.snapshots()
+        for record in records:
+            stats = json.loads(self.restic("stats", "--json", "--mode", "restore-size", record.id).out)
+            record.size = int(stats.get("total_size", 0))
+        return records
+
+    def latest(self) -> BackupRecord:
+        records = self.snapshots()
+        if not records:
+            raise BackupFault("repository-missing", "restic repository holds no snapshot")
+        return records[-1]
+
+    def check(self) -> list[str]:
+        latest = self.latest()
+        self.restic("check", "--read-data", cause="corrupt-backup")
+        return [f"restic: snapshot {latest.id} is the newest; every pack read and verified"]
+
+    def restore(self, snapshot: str = "latest") -> Result:
+        return self.restic("restore", snapshot, "--target", "/", "--include", UPLOADS, cause="restore-failed")

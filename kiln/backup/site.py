@@ -1,0 +1,237 @@
+"""Instances of an environment on the local Docker engine, as the backup tools and the drill
+see them, and the DR environment a drill creates.
+
+This is the docker SDK used directly (the provider contract of kiln/providers/ has no volumes
+yet): containers carry `kiln.env`/`kiln.role` labels like the local provider's, the backup
+repositories are the docker volumes `kiln-<env>-pgbackrest` and `kiln-<env>-restic` (standing
+for off-site storage: they outlive every instance), and a DR environment is its own network
+`kiln-dr-<id>` (another region) with containers `kiln-dr-<id>-db1` and `-web1`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tarfile
+import time
+from dataclasses import dataclass, field
+
+import docker
+import docker.errors
+
+from kiln.backup import pgbackrest, restic
+from kiln.backup.base import DockerShell
+from kiln.errors import KilnError, OperationFailed
+
+DB_NAME = DB_USER = "kiln"
+
+
+def repo_volumes(env: str) -> dict[str, str]:
+    return {"pgbackrest": f"kiln-{env}-pgbackrest", "restic": f"kiln-{env}-restic"}
+
+
+def backup_mounts(env: str, role: str, read_only: bool = False) -> dict[str, dict]:
+    """The volumes an instance of `role` mounts so its backup tool reaches the repository."""
+    mode = "ro" if read_only else "rw"
+    volumes = repo_volumes(env)
+    if role == "db":
+        return {volumes["pgbackrest"]: {"bind": pgbackrest.REPO_PATH, "mode": mode}}
+    if role == "web":
+        return {volumes["restic"]: {"bind": restic.REPO_PATH, "mode": mode}}
+    return {}
+
+
+def db_env(password: str, hold: bool = False) -> bytes:
+    lines = [f"KILN_DB_NAME={DB_NAME}", f"KILN_DB_USER={DB_USER}", f"KILN_DB_PASSWORD={password}"]
+    return ("\n".join([*lines, "KILN_DB_HOLD=1"] if hold else lines) + "\n").encode()
+
+
+def web_env(db_host: str, password: str) -> bytes:
+    return (
+        f"KILN_DB_HOST={db_host}\nKILN_DB_NAME={DB_NAME}\nKILN_DB_USER={DB_USER}\n"
+        f"KILN_DB_PASSWORD={password}\n"
+    ).encode()
+
+
+def read_file(container, path: str) -> bytes:
+    stream, _ = container.get_archive(path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.next()
+        assert member is not None
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        return extracted.read()
+
+
+def owner_ids(container, owner: str) -> tuple[int, int]:
+    """uid and gid of "user:group" from the image's files: works before the container starts."""
+    user, _, group = owner.partition(":")
+
+    def lookup(path: str, name: str) -> int:
+        for line in read_file(container, path).decode().splitlines():
+            parts = line.split(":")
+            if parts[0] == name:
+                return int(parts[2])
+        raise OperationFailed(f"{container.name} has no {name} in {path}")
+
+    return lookup("/etc/passwd", user), lookup("/etc/group", group or user)
+
+
+def address(container, network: str | None = None) -> str:
+    container.reload()
+    networks = container.attrs["NetworkSettings"]["Networks"]
+    chosen = networks[network] if network else next(iter(networks.values()))
+    return chosen["IPAddress"]
+
+
+@dataclass
+class Site:
+    """An environment's running db and web instances."""
+
+    env: str
+    db: object | None
+    web: list = field(default_factory=list)
+
+    @classmethod
+    def find(cls, client: docker.DockerClient, env: str) -> Site:
+        def running(role: str) -> list:
+            found = client.containers.list(filters={"label": [f"kiln.env={env}", f"kiln.role={role}"]})
+            return sorted(found, key=lambda c: c.name)
+
+        dbs = running("db")
+        return cls(env, dbs[0] if dbs else None, running("web"))
+
+    def require_db(self) -> object:
+        if self.db is None:
+            raise KilnError(
+                f"environment '{self.env}' has no running db instance: start it with "
+                f"`invoke up {self.env}` (instances.db: 1 in environments/{self.env}.yml)"
+            )
+        return self.db
+
+    def db_shell(self, secrets: list[str]) -> DockerShell:
+        return DockerShell(self.require_db(), secrets)
+
+    def web_shell(self, secrets: list[str]) -> DockerShell | None:
+        return DockerShell(self.web[0], secrets) if self.web else None
+
+
+def launch(
+    client: docker.DockerClient,
+    *,
+    name: str,
+    image: str,
+    network: str,
+    labels: dict[str, str],
+    files: dict[str, tuple[bytes, int, str]],
+    volumes: dict[str, dict],
+) -> object:
+    """Create a container, write `files` (path → data, mode, "user:group") into it, start it.
+
+    Files go in through the engine's archive API before the first boot, so secrets never appear
+    in a command line, an environment listing or a seed folder on the host.
+    """
+    container = client.containers.create(
+        image,
+        name=name,
+        hostname=name.rsplit("-", 1)[-1],
+        labels=labels,
+        network=network,
+        volumes=volumes,
+        init=True,
+        detach=True,
+    )
+    try:
+        for path, (data, mode, owner) in files.items():
+            folder, _, base = path.rpartition("/")
+            archive = io.BytesIO()
+            with tarfile.open(fileobj=archive, mode="w") as tar:
+                info = tarfile.TarInfo(base)
+                info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+                info.uid, info.gid = owner_ids(container, owner)
+                tar.addfile(info, io.BytesIO(data))
+            container.put_archive(folder, archive.getvalue())
+        container.start()
+    except BaseException:
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
+        raise
+    return container
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.2):
+    """Poll `check` (returning a truthy value when done) for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except Exception as exc:  # the thing is still coming up: keep the reason for the message
+            value, last = None, exc
+        if value:
+            return value
+        time.sleep(interval)
+    raise OperationFailed(f"{what} not ready after {timeout:.0f} s" + (f": {last}" if last else ""))
+
+
+def db_ready(container) -> bool:
+    code, _ = container.exec_run(["psql", "-X", "-qAt", "-d", DB_NAME, "-c", "SELECT 1"], user="postgres")
+    return code == 0
+
+
+def remove_site(client: docker.DockerClient, label: str) -> list[str]:
+    """Remove the containers and networks labelled `label` (key=value); their names."""
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": label}):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+            removed.append(container.name)
+    for network in client.networks.list(filters={"label": label}):
+        with contextlib.suppress(docker.errors.NotFound):
+            network.remove()
+            removed.append(network.name)
+    return removed
+
+
+def create_site(
+    client: docker.DockerClient,
+    env: str,
+    *,
+    db_image: str,
+    web_image: str,
+    password: str,
+    repo_env: str | None = None,
+    hold_db: bool = False,
+    labels: dict[str, str] | None = None,
+) -> Site:
+    """Network `kiln-<env>` with `kiln-<env>-db1` and `-web1` whose backup tools reach the
+    repositories of `repo_env` (default: its own); a restore site holds PostgreSQL and mounts
+    them read-only. Half-created sites are removed before the error propagates."""
+    network = f"kiln-{env}"
+    labels = {"kiln.env": env, **(labels or {})}
+    repo_env = repo_env or env
+    read_only = repo_env != env
+    try:
+        client.networks.create(network, driver="bridge", labels=labels)
+        db = launch(
+            client,
+            name=f"{network}-db1",
+            image=db_image,
+            network=network,
+            labels={**labels, "kiln.role": "db", "kiln.instance": "db1"},
+            files={"/etc/kiln/db.env": (db_env(password, hold=hold_db), 0o600, "root")},
+            volumes=backup_mounts(repo_env, "db", read_only),
+        )
+        web = launch(
+            client,
+            name=f"{network}-web1",
+            image=web_image,
+            network=network,
+            labels={**labels, "kiln.role": "web", "kiln.instance": "web1"},
+            files={"/etc/kiln/web.env": (web_env(f"{network}-db1", password), 0o640, "root:kiln-web")},
+            volumes=backup_mounts(repo_env, "web", read_only),
+        )
+    except BaseException:
+        remove_site(client, f"kiln.env={env}")
+        raise
+    return Site(env, db, [web])

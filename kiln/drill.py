@@ -1,0 +1,497 @@
+"""The DR drill: restore an environment's backups into a fresh, isolated environment, prove the
+data, and measure how long it took (RTO) and how much would have been lost (RPO).
+
+Order of a drill (../shared/notes/backups.md):
+1. Reference, in the source while it still runs: per-table row counts and checksums under
+   share locks, sealed by a named restore point, then `pgbackrest check` so that point's WAL
+   reaches the archive. The RTO clock starts after this: it is drill bookkeeping, not recovery.
+2. DR environment `kiln-dr-<id>`: its own network (another region), a db instance held before
+   PostgreSQL starts, a web instance from the verified web image; both read the repositories
+   through read-only mounts, so a drill cannot damage the backups it proves.
+3. Pre-check: repositories present, the key opens them, WAL continuous after the newest backup.
+4. Restore the database (to the restore point, or --target-time), replay WAL, promote; restore
+   the files in parallel. 5. HTTP smoke test of the app on the restored data: the RTO ends here.
+6. Deep checks: pgbackrest verify, restic check --read-data, pg_amcheck, every table against
+   the reference, sha256 of every restored file. 7. Report (JSON + Markdown) into the drill
+   history; tear down unless --keep. Any failed check fails the drill with its named cause.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import docker
+import docker.errors
+
+from kiln import console
+from kiln.backup import dbcheck, site
+from kiln.backup.base import CAUSES, BackupFault, BackupSettings, DockerShell, iso
+from kiln.backup.pgbackrest import PgBackRest
+from kiln.backup.restic import UPLOADS, Restic
+from kiln.backup.secrets import secret
+from kiln.errors import KilnError, OperationFailed
+from kiln.images import DockerImageStore
+from kiln.settings import Settings
+
+RECOVERY_TIMEOUT = 900  # seconds PostgreSQL may take to replay WAL and promote
+PREFERRED_STATUS = ("promoted", "verified")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    cause: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class DrillReport:
+    id: str
+    env: str
+    dr_env: str
+    started: str
+    target_time: str | None = None
+    ok: bool = False
+    rto_seconds: float | None = None
+    rpo_seconds: float | None = None
+    backups: dict[str, str] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    kept: bool = False
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        data["failures"] = [f"{c.name}: {c.cause}: {c.detail}" for c in self.failures]
+        return data
+
+    def markdown(self) -> str:
+        verdict = "PASSED" if self.ok else "FAILED"
+        lines = [
+            f"# DR drill {self.id}: {verdict}",
+            "",
+            f"- environment: `{self.env}` restored into `{self.dr_env}`"
+            + (" (kept)" if self.kept else " (torn down)"),
+            f"- started: {self.started}"
+            + (f"; point in time: {self.target_time}" if self.target_time else ""),
+            f"- RTO: {_fmt(self.rto_seconds)} (drill start to green smoke test)",
+            f"- RPO: {_fmt(self.rpo_seconds)} (newest transaction in the source vs. the restore)",
+            "- backups: " + ", ".join(f"{k} `{v}`" for k, v in self.backups.items()),
+            "- images: " + ", ".join(f"{k} `{v}`" for k, v in self.images.items()),
+            "- counts: " + ", ".join(f"{k} {v}" for k, v in self.counts.items()),
+            "",
+            "| check | result | seconds | detail |",
+            "| --- | --- | ---: | --- |",
+        ]
+        for c in self.checks:
+            result = "ok" if c.ok else f"**FAILED** ({c.cause})"
+            lines.append(f"| {c.name} | {result} | {c.seconds:.2f} | {c.detail.replace('|', '/')} |")
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds:.1f} s"
+
+
+class DrillFailed(Exception):
+    """A check failed in a way that makes the following steps meaningless."""
+
+
+def new_drill_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
+
+
+def parse_target_time(text: str) -> float:
+    """`--target-time`: ISO 8601 with a zone, e.g. 2026-11-21T23:50:00Z or ...+01:00."""
+    import datetime
+
+    try:
+        stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise KilnError(
+            f"--target-time '{text}': not an ISO 8601 time; use e.g. 2026-11-21T23:50:00Z"
+        ) from exc
+    if stamp.tzinfo is None:
+        raise KilnError(f"--target-time '{text}': add a zone (Z or +HH:MM) so the time is not ambiguous")
+    if stamp.timestamp() > time.time():
+        raise KilnError(f"--target-time '{text}' is in the future")
+    return stamp.timestamp()
+
+
+def http(url: str, method: str = "GET", body: bytes | None = None, timeout: float = 5) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": "application/json"} if body else {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class Drill:
+    def __init__(
+        self,
+        settings: Settings,
+        env: str,
+        backup: BackupSettings | None = None,
+        target_time: str | None = None,
+        keep: bool = False,
+        client: docker.DockerClient | None = None,
+    ):
+        self.settings = settings
+        self.env = env
+        self.backup_settings = backup or BackupSettings()
+        self.target = parse_target_time(target_time) if target_time else None
+        self.target_text = target_time
+        self.keep = keep
+        self.client = client or docker.from_env(timeout=120)
+        self.id = new_drill_id()
+        self.dr_env = f"dr-{self.id}"
+        self.network = f"kiln-{self.dr_env}"
+        self.restore_point = f"kiln-drill-{self.id}"
+        self.report = DrillReport(self.id, env, self.dr_env, iso(time.time()), target_time, kept=keep)
+        self.history = settings.state_dir / "drills"
+        self.key = secret(settings, env, "KILN_BACKUP_KEY")
+        self.password = secret(settings, env, "KILN_DB_PASSWORD")
+        self.secrets = [self.key, self.password]
+        self.reference: dbcheck.Snapshot | None = None
+        self.source_files: dict[str, str] = {}
+        self.clock = 0.0
+        self.db = self.web = None
+        self.newest_restored = self.backup_started = 0.0
+        self.smoke_record: int | None = None
+
+    # ---- the drill --------------------------------------------------------------------------
+
+    def run(self) -> DrillReport:
+        console.say(f"drill {self.id}: {self.env} -> {self.dr_env}")
+        try:
+            self.step("source reference", self.take_reference)
+            self.clock = time.monotonic()
+            self.step("dr environment", self.create_environment)
+            self.step("pre-check repositories", self.precheck)
+            self.step("restore", self.restore)
+            self.step("smoke test", self.smoke_test)
+            self.report.rto_seconds = round(time.monotonic() - self.clock, 2)
+            self.step("rpo", self.measure_rpo)
+            self.step("verify backups", self.verify_backups, fatal=False)
+            self.step("pg_amcheck", self.amcheck, fatal=False)
+            self.step("tables", self.compare_tables, fatal=False)
+            self.step("files", self.compare_files, fatal=False)
+        except DrillFailed:
+            pass
+        finally:
+            self.report.ok = bool(self.report.checks) and not self.report.failures
+            if not self.keep:
+                site.remove_site(self.client, f"kiln.env={self.dr_env}")
+            self.write_report()
+        return self.report
+
+    def step(self, name: str, body: Callable[[], str], fatal: bool = True) -> None:
+        started = time.monotonic()
+        try:
+            detail, ok, cause = body(), True, None
+        except BackupFault as exc:
+            detail, ok, cause = exc.detail, False, exc.cause
+        except (OperationFailed, docker.errors.APIError) as exc:
+            detail, ok, cause = str(exc), False, _cause_of(name)
+        check = Check(name, ok, detail, cause, round(time.monotonic() - started, 2))
+        self.report.checks.append(check)
+        console.say(
+            f"  {name}: {'ok' if ok else 'FAILED (' + str(cause) + ')'} {check.seconds:.1f} s: {detail}"
+        )
+        if not ok and fatal:
+            raise DrillFailed(name)
+
+    def source(self) -> site.Site:
+        return site.Site.find(self.client, self.env)
+
+    def take_reference(self) -> str:
+        source = self.source()
+        shell = source.db_shell(self.secrets)
+        tool = PgBackRest(shell, self.backup_settings, self.key)
+        if self.target is None:
+            self.reference = dbcheck.snapshot(shell, self.restore_point)
+        else:
+            self.reference = dbcheck.Snapshot({}, self.target)
+        tool.source_check()  # the restore point's WAL (or the target time's) is now archived
+        if source.web:
+            self.source_files = file_sums(source.web_shell(self.secrets))
+        self.report.images["source db"] = (
+            source.db.image.tags[0] if source.db.image.tags else source.db.image.id
+        )
+        return f"{len(self.reference.tables)} tables, {len(self.source_files)} files; " + (
+            "restore point " + self.restore_point if self.target is None else f"target {self.target_text}"
+        )
+
+    def create_environment(self) -> str:
+        for volume in site.repo_volumes(self.env).values():
+            try:
+                self.client.volumes.get(volume)
+            except docker.errors.NotFound as exc:
+                raise BackupFault("repository-missing", f"docker volume {volume} does not exist") from exc
+        source_db = self.source().require_db()
+        web_image = self.web_image()
+        self.report.images["web"] = web_image
+        dr = site.create_site(
+            self.client,
+            self.dr_env,
+            db_image=source_db.image.id,
+            web_image=web_image,
+            password=self.password,
+            repo_env=self.env,
+            hold_db=True,
+            labels={"kiln.drill": self.id, "kiln.dr-of": self.env},
+        )
+        self.db, self.web = dr.db, dr.web[0]
+        return f"network {self.network}, {self.db.name}, {self.web.name}"
+
+    def web_image(self) -> str:
+        records = DockerImageStore(self.client, self.settings).list("web")
+        if not records:
+            raise KilnError("no baked web image: bake it with `invoke bake web`")
+        preferred = [r for r in records if r.status in PREFERRED_STATUS]
+        return (preferred or records)[0].image
+
+    def tools(self) -> tuple[PgBackRest, Restic]:
+        pg = PgBackRest(DockerShell(self.db, self.secrets), self.backup_settings, self.key)
+        files = Restic(DockerShell(self.web, self.secrets), self.backup_settings, self.key)
+        files.read_only = True
+        return pg, files
+
+    def precheck(self) -> str:
+        pg, files = self.tools()
+        pg.configure()
+        files.configure()
+        latest = pg.latest()
+        snapshot = files.latest()
+        self.report.backups = {"pgbackrest": latest.id, "restic": snapshot.id}
+        self.backup_started = latest.started
+        pg.continuity(latest)
+        return f"pgbackrest {latest.id} ({latest.kind}), restic {snapshot.id}; WAL continuous"
+
+    def restore(self) -> str:
+        pg, files = self.tools()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            restored_files = pool.submit(files.restore)
+            if self.target is None:
+                pg.restore(self.restore_point, "name")
+            else:
+                pg.restore(self.target_text, "time")
+            start = self.db.exec_run(["pg_ctlcluster", "15", "main", "start"])
+            if start.exit_code != 0:
+                raise recovery_fault(self.db)
+            site.wait_until(lambda: self.promoted(), RECOVERY_TIMEOUT, "PostgreSQL promotion")
+            restored_files.result()
+        return "database promoted; files restored"
+
+    def promoted(self) -> bool:
+        code, out = self.db.exec_run(
+            ["psql", "-X", "-qAt", "-c", "SELECT pg_is_in_recovery()"], user="postgres"
+        )
+        if code != 0:
+            status = self.db.exec_run(["pg_ctlcluster", "15", "main", "status"])
+            if status.exit_code == 3:  # stopped: recovery gave up
+                raise recovery_fault(self.db)
+            return False
+        return out.decode().strip() == "f"
+
+    def smoke_test(self) -> str:
+        base = f"http://{site.address(self.web, self.network)}"
+
+        def healthy():
+            code, body = http(base + "/health")
+            return code == 200 and json.loads(body).get("database") == "ok"
+
+        site.wait_until(healthy, 60, "the DR web instance (/health with database ok)")
+        code, body = http(base + "/records")
+        if code != 200:
+            raise BackupFault("smoke-failed", f"GET /records answered {code}")
+        listing = json.loads(body)
+        self.report.counts["records"] = listing["count"]
+        if listing["newest_id"] is not None:
+            code, _ = http(f"{base}/records/{listing['newest_id']}")
+            if code != 200:
+                raise BackupFault("smoke-failed", f"GET /records/{listing['newest_id']} answered {code}")
+        if self.source_files:
+            name = sorted(self.source_files)[0]
+            code, data = http(f"{base}/files/{name}")
+            if code != 200 or hashlib.sha256(data).hexdigest() != self.source_files[name]:
+                raise BackupFault("smoke-failed", f"GET /files/{name} answered {code} or other bytes")
+        self.newest_restored = self.newest_commit()  # before the smoke test's own write below
+        code, body = http(
+            base + "/records", "POST", json.dumps({"customer": "dr-drill", "amount": 1}).encode()
+        )
+        if code != 201:
+            raise BackupFault("smoke-failed", f"POST /records answered {code}: {body[:200]!r}")
+        self.smoke_record = json.loads(body)["id"]
+        return f"{base}: health, {listing['count']} records, newest record, a file, a new record"
+
+    def newest_commit(self) -> float:
+        _, newest = dbcheck.parse_rows(
+            "postgres", dbcheck.psql(DockerShell(self.db, self.secrets), "postgres", dbcheck.NEWEST_REPLAYED)
+        )
+        return newest or 0.0
+
+    def measure_rpo(self) -> str:
+        assert self.reference is not None
+        source_newest = self.reference.newest_commit
+        # Every commit before the backup began is in it, replayed or not.
+        covered = max(self.newest_restored, self.backup_started)
+        self.report.rpo_seconds = round(max(0.0, source_newest - covered), 2) if source_newest else None
+        if self.target is not None and self.newest_restored > self.target + 0.001:
+            raise BackupFault(
+                "restore-failed",
+                f"newest restored commit {iso(self.newest_restored)} "
+                f"is after the target time {self.target_text}",
+            )
+        return f"restore covers commits to {iso(covered)}; newest in the source {iso(source_newest)}"
+
+    def verify_backups(self) -> str:
+        pg, files = self.tools()
+        return "; ".join(pg.check() + files.check())
+
+    def amcheck(self) -> str:
+        result = DockerShell(self.db, self.secrets).run(
+            ["/usr/lib/postgresql/15/bin/pg_amcheck", "--all", "--heapallindexed", "--install-missing"],
+            user="postgres",
+        )
+        if not result.ok:
+            raise BackupFault("amcheck-failed", result.tail())
+        return "every relation and index of every database"
+
+    def compare_tables(self) -> str:
+        if self.target is not None:
+            return "skipped: a point-in-time restore has no reference from the source"
+        assert self.reference is not None
+        shell = DockerShell(self.db, self.secrets)
+        restored = dbcheck.snapshot(shell)
+        if self.smoke_record is not None:  # the smoke test's own record is the drill's, not the source's
+            restored.tables = dbcheck.without_row(
+                shell, restored.tables, site.DB_NAME, "public.records", self.smoke_record
+            )
+        problems = dbcheck.compare(self.reference.tables, restored.tables)
+        self.report.counts["tables"] = len(restored.tables)
+        if problems:
+            raise BackupFault("checksum-mismatch", "; ".join(problems[:5]))
+        return f"{len(restored.tables)} tables match the reference in rows and checksums"
+
+    def compare_files(self) -> str:
+        restored = file_sums(DockerShell(self.web, self.secrets))
+        self.report.counts["files"] = len(restored)
+        differing = sorted(
+            n for n in restored if n in self.source_files and restored[n] != self.source_files[n]
+        )
+        if differing:
+            raise BackupFault("file-mismatch", "sha256 differs: " + ", ".join(differing[:5]))
+        newer = len(set(self.source_files) - set(restored))
+        return f"{len(restored)} files match by sha256" + (
+            f"; {newer} newer than the snapshot" if newer else ""
+        )
+
+    # ---- history ----------------------------------------------------------------------------
+
+    def write_report(self) -> None:
+        folder = self.history / self.env
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix, text in (
+            (".json", json.dumps(self.report.as_json(), indent=2)),
+            (".md", self.report.markdown()),
+        ):
+            path = folder / f"{self.id}{suffix}"
+            tmp = path.with_suffix(suffix + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        console.say(f"report: {folder / (self.id + '.md')}")
+
+
+def _cause_of(step: str) -> str:
+    return {"smoke test": "smoke-failed", "restore": "restore-failed"}.get(step, "tool-failed")
+
+
+def recovery_fault(container) -> BackupFault:
+    """Why PostgreSQL stopped during recovery, from the tail of its log."""
+    log = container.exec_run(
+        ["tail", "-n", "20", "/var/log/postgresql/postgresql-15-main.log"]
+    ).output.decode()
+    fatal = [line for line in log.splitlines() if "FATAL" in line or "PANIC" in line]
+    detail = fatal[-1].split("FATAL:")[-1].strip() if fatal else "PostgreSQL stopped during recovery"
+    if "recovery ended before configured recovery target was reached" in log or "could not find" in log:
+        return BackupFault("missing-wal", detail)
+    return BackupFault("recovery-failed", detail)
+
+
+def file_sums(shell: DockerShell) -> dict[str, str]:
+    result = shell.run(
+        ["sh", "-c", f'cd {UPLOADS} && find . -type f ! -name ".upload-*" -print0 | xargs -0r sha256sum']
+    )
+    if not result.ok:
+        raise OperationFailed(f"sha256 of {UPLOADS} in {shell.name}: {result.tail()}")
+    sums = {}
+    for line in result.out.splitlines():
+        digest, _, name = line.partition("  ")
+        sums[name.removeprefix("./")] = digest
+    return sums
+
+
+def load_history(settings: Settings) -> list[dict]:
+    reports = []
+    for path in sorted((settings.state_dir / "drills").glob("*/*.json")):
+        with contextlib.suppress(ValueError, OSError):
+            reports.append(json.loads(path.read_text()))
+    return sorted(reports, key=lambda r: r["started"])
+
+
+def chart_svg(reports: list[dict], width: int = 640, height: int = 240) -> str:
+    """RTO (bars) and RPO (dots) of past drills; failed drills in red."""
+    pad, n = 40, max(len(reports), 1)
+    top = max(
+        [r.get("rto_seconds") or 0 for r in reports] + [r.get("rpo_seconds") or 0 for r in reports] + [1]
+    )
+    step = (width - 2 * pad) / n
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="11">',
+        f'<text x="{pad}" y="16">DR drills: RTO (bars) and RPO (dots), seconds; max {top:.1f} s</text>',
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#444"/>',
+    ]
+    scale = (height - 2 * pad - 10) / top
+    for i, r in enumerate(reports):
+        x = pad + i * step
+        rto, rpo = r.get("rto_seconds") or 0, r.get("rpo_seconds")
+        colour = "#3a7" if r.get("ok") else "#c33"
+        parts.append(
+            f'<rect x="{x + step * 0.2:.1f}" y="{height - pad - rto * scale:.1f}" '
+            f'width="{step * 0.6:.1f}" height="{rto * scale:.1f}" fill="{colour}">'
+            f"<title>{r['id']}: RTO {rto} s</title></rect>"
+        )
+        if rpo is not None:
+            parts.append(
+                f'<circle cx="{x + step / 2:.1f}" cy="{height - pad - rpo * scale:.1f}" r="4" '
+                f'fill="#36c"><title>{r["id"]}: RPO {rpo} s</title></circle>'
+            )
+        parts.append(
+            f'<text x="{x + step / 2:.1f}" y="{height - pad + 14}" text-anchor="middle">{i + 1}</text>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+__all__ = ["CAUSES", "Drill", "DrillReport", "chart_svg", "load_history"]

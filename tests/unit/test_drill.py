@@ -1,0 +1,64 @@
+"""Drill reports, history and chart, and --target-time validation (no Docker needed)."""
+
+import json
+
+import pytest
+
+from kiln.drill import Check, DrillReport, chart_svg, load_history, parse_target_time
+from kiln.errors import KilnError
+
+
+def test_target_time_needs_a_zone_and_a_past_moment():
+    assert parse_target_time("2026-01-02T03:04:05Z") == parse_target_time("2026-01-02T04:04:05+01:00")
+    with pytest.raises(KilnError, match="add a zone"):
+        parse_target_time("2026-01-02T03:04:05")
+    with pytest.raises(KilnError, match="not an ISO 8601 time"):
+        parse_target_time("yesterday")
+    with pytest.raises(KilnError, match="in the future"):
+        parse_target_time("2999-01-01T00:00:00Z")
+
+
+def report(ok: bool, rto: float, rpo: float, started: str, drill_id: str) -> DrillReport:
+    checks = [Check("restore", True, "database promoted", None, 1.5)]
+    if not ok:
+        checks.append(
+            Check("tables", False, "kiln:public.a: 0 rows restored, 5 in the source", "checksum-mismatch")
+        )
+    return DrillReport(
+        drill_id,
+        "local",
+        f"dr-{drill_id}",
+        started,
+        ok=ok,
+        rto_seconds=rto,
+        rpo_seconds=rpo,
+        backups={"pgbackrest": "20261121-000000F"},
+        checks=checks,
+    )
+
+
+def test_a_failed_drill_lists_each_failure_with_its_cause():
+    failed = report(False, 12.5, 0.0, "2026-11-21T00:00:00Z", "d2")
+    data = failed.as_json()
+    assert data["failures"] == ["tables: checksum-mismatch: kiln:public.a: 0 rows restored, 5 in the source"]
+    markdown = failed.markdown()
+    assert markdown.startswith("# DR drill d2: FAILED")
+    assert "| tables | **FAILED** (checksum-mismatch) |" in markdown
+    assert "- RTO: 12.5 s" in markdown and "pgbackrest `20261121-000000F`" in markdown
+
+
+def test_history_is_ordered_and_charted(tmp_path, settings):
+    folder = settings.state_dir / "drills" / "local"
+    folder.mkdir(parents=True)
+    for r in (
+        report(True, 9.0, 0.5, "2026-11-21T02:00:00Z", "late"),
+        report(False, 20.0, 30.0, "2026-11-21T01:00:00Z", "early"),
+    ):
+        (folder / f"{r.id}.json").write_text(json.dumps(r.as_json()))
+    (folder / "broken.json").write_text("{not json")
+    history = load_history(settings)
+    assert [r["id"] for r in history] == ["early", "late"]
+    svg = chart_svg(history)
+    assert svg.count("<rect") == 2 and svg.count("<circle") == 2
+    assert 'fill="#c33"' in svg and 'fill="#3a7"' in svg  # the failed drill is red
+    assert chart_svg([]).startswith("<svg")
