@@ -3,6 +3,8 @@
 Run `invoke --list` for the tasks and `invoke --help TASK` for one task's options.
 """
 
+import sys
+
 from invoke import task
 
 from kiln import locks
@@ -69,7 +71,8 @@ def lock(c, role, update=False):
 @task(help={"unit": "only the fast unit tests (no Docker, no Packer)", "k": "pytest -k filter"})
 def test(c, unit=False, k=""):
     """Lint (ruff, shellcheck) and run the test suite, integration tests included."""
-    c.run("ruff check .", echo=True)
+    python = sys.executable  # the venv's, so a bare `.venv/bin/invoke test` finds its tools
+    c.run(f"{python} -m ruff check .", echo=True)
     c.run(
         "shellcheck -x setup.sh .ci/run provisioners/*.sh images/*/files/etc/kiln/start.d/* "
         "images/base/files/usr/local/sbin/kiln-init",
@@ -77,7 +80,7 @@ def test(c, unit=False, k=""):
     )
     selection = "-m 'not integration'" if unit else ""
     keyword = f"-k '{k}'" if k else ""
-    c.run(f"pytest {selection} {keyword}", echo=True, pty=False)
+    c.run(f"{python} -m pytest {selection} {keyword}", echo=True, pty=False)
 
 
 @task(help={"env": "environment name: environments/<env>.yml"})

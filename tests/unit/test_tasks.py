@@ -1,5 +1,8 @@
 """Tasks parse arguments and call the library: checked with invoke's MockContext."""
 
+import re
+import sys
+
 import pytest
 from invoke import Exit, MockContext, Result
 
@@ -9,17 +12,17 @@ import tasks
 def test_test_task_lints_then_runs_pytest_with_the_unit_selection():
     c = MockContext(
         run={
-            "ruff check .": Result(),
-            __import__("re").compile(r"shellcheck .*"): Result(),
-            "pytest -m 'not integration' ": Result(),
+            re.compile(r".*python.* -m ruff check \.$"): Result(),
+            re.compile(r"shellcheck .*"): Result(),
+            re.compile(r".*python.* -m pytest -m 'not integration'.*"): Result(),
         },
         repeat=False,
     )
     tasks.test(c, unit=True)
     commands = [call.args[0] for call in c.run.call_args_list]
-    assert commands[0] == "ruff check ."
+    assert commands[0] == f"{sys.executable} -m ruff check ."
     assert "provisioners/*.sh" in commands[1]
-    assert commands[2].startswith("pytest -m 'not integration'")
+    assert commands[2].startswith(f"{sys.executable} -m pytest -m 'not integration'")
 
 
 def test_bake_of_unknown_role_exits_2_with_one_line(monkeypatch, project):
