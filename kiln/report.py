@@ -51,9 +51,9 @@ def timeline_svg(samples: list[dict], zones: list[str], title: str) -> str:
         parts.append(f'<text x="8" y="{base - row / 2 + 10}">{escape(zone)}</text>')
         parts.append(f'<line x1="{left}" y1="{base}" x2="{left + plot}" y2="{base}" stroke="#999"/>')
         zone_samples = [s for s in samples if s["zone"] == z]
-        for a, b in zip(zone_samples, [*zone_samples[1:], None], strict=True):
+        for k, a in enumerate(zone_samples):
             x0 = left + plot * a["t"] / end
-            x1 = left + plot * (b["t"] if b else end) / end
+            x1 = left + plot * (zone_samples[k + 1]["t"] if k + 1 < len(zone_samples) else end) / end
             y = base
             for version in versions:
                 height = (row - 20) * a["healthy"].get(version, 0) / peak

@@ -17,9 +17,11 @@ import getpass
 import json
 import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +83,8 @@ def next_step(
     others = sorted((i for i in in_zone if i.version != version), key=lambda i: (i.name in healthy, i.number))
     missing = desired - len(have)
     if missing <= 0:
-        return Step(zone, [], [], [i.name for i in others]) if others else None
+        surplus = others + sorted(have, key=lambda i: (i.name in healthy, -i.number))[: len(have) - desired]
+        return Step(zone, [], [], [i.name for i in surplus]) if surplus else None
     batch = min(missing, max_batch or policy.max_surge + policy.max_unavailable)
     if canary:
         batch = min(batch, canary)
@@ -220,6 +223,9 @@ class Engine:
         self.store = Store(self.settings, self.env)
         self.role = self.env.spec.balanced_role
         self.state: dict = {}
+        self._lock = threading.Lock()  # events come from launch and terminate threads too
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kiln-rollout")
+        self._stopping: list[Future] = []
 
     # ---- user-data --------------------------------------------------------------------------
 
@@ -248,9 +254,10 @@ class Engine:
 
     def event(self, action: str, **details) -> None:
         entry = {"t": round(time.monotonic() - self.started, 2), "action": action, **details}
-        if self.state:
-            self.state.setdefault("events", []).append({"at": _now(), **entry})
-            self.store.save(self.state)
+        with self._lock:
+            if self.state:
+                self.state.setdefault("events", []).append({"at": _now(), **entry})
+                self.store.save(self.state)
         self.say(f"  {action} " + " ".join(f"{k}={v}" for k, v in details.items()))
 
     def sample(self) -> dict[str, object]:
@@ -333,8 +340,18 @@ class Engine:
                 self.provider.lb_deregister(name)
                 self.event("deregistered", instance=name)
             if name in by_name:
-                self.provider.terminate(by_name[name])
-                self.event("terminated", instance=name)
+                # Out of the load balancer it serves nobody: stop it while the next step runs.
+                self._stopping.append(self._pool.submit(self.terminate, by_name[name]))
+
+    def terminate(self, instance: Instance) -> None:
+        self.provider.terminate(instance)
+        self.event("terminated", instance=instance.name)
+
+    def settle(self) -> None:
+        """Wait for the instances being stopped; raise the first failure."""
+        stopping, self._stopping = self._stopping, []
+        for future in stopping:
+            future.result()
 
     # ---- converging a zone ------------------------------------------------------------------
 
@@ -381,7 +398,7 @@ class Engine:
                 return
             self.say(describe(self.env, self.role, step))
             self.retire(step.drain_first)
-            launched = [self.launch(n, image).name for n in step.launch]
+            launched = [i.name for i in self._pool.map(lambda n: self.launch(n, image), step.launch)]
             if launched:
                 self.wait_healthy(launched)
                 if self.env.spec.rollout.warmup:
@@ -432,6 +449,8 @@ class Engine:
         try:
             for zone in state["zones"]:
                 if zone in state["done"]:
+                    if resumed:  # an instance may have been stopping when the rollout died
+                        self.reconcile(zone, target.version)
                     continue
                 name = self.env.zones[zone]
                 began = time.monotonic() - self.started
@@ -490,6 +509,7 @@ class Engine:
 
     def finish(self) -> dict:
         """Persist the end state, append the audit record and draw the timeline."""
+        self.settle()
         self.state["ended_at"] = _now()
         self.state["seconds"] = round(time.monotonic() - self.started, 2)
         timeline = self.store.folder / f"timeline-{self.state['id']}-{len(self.state.get('events', []))}.svg"

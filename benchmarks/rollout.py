@@ -1,0 +1,118 @@
+"""Rollout benchmark: 6 web instances in 3 zones replaced under load, against the policy's floor.
+
+    KILN_IMAGE_REPO=kilnh4 .venv/bin/python benchmarks/rollout.py [--from V1] [--to V2]
+
+Needs two verified web images and a verified lb image of that prefix (default: the two newest
+verified web images, rolling from the older to the newer). Creates environment `bench<pid>`,
+removes it at the end. The floor is what the policy cannot beat, measured in the same run:
+zones x (instance start + rise x interval + warm-up + drain), where instance start is one
+instance launched alone until its /health answers and drain is the mean drain the rollout saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.load import Load
+from kiln import rollout
+from kiln.config import parse
+from kiln.environments import Environment, EnvironmentSpec
+from kiln.providers.local import LocalProvider
+from kiln.settings import Settings
+
+POLICY = {
+    "provider": "local",
+    "zones": ["z0", "z1", "z2"],
+    "instances": {"web": 6},
+    "frontend": {"port": 0},
+    "health": {"path": "/health", "interval": 0.5, "rise": 2, "fall": 2, "timeout": 120},
+    # A zone's two instances are replaced together; no canary, so one batch per zone.
+    "rollout": {"max_surge": 2, "max_unavailable": 0, "warmup": 0, "drain_timeout": 5, "canary": 0},
+}
+
+
+def instance_start(engine: rollout.Engine, image) -> float:
+    """Seconds from launching one instance to its first 200 on /health (asked directly)."""
+    began = time.monotonic()
+    inst = engine.provider.launch("web", 99, image, engine.user_data("web", "web99", 0, image))
+    try:
+        while time.monotonic() - began < 120:
+            try:
+                with urllib.request.urlopen(f"http://{inst.address}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return time.monotonic() - began
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the probe instance never answered /health")
+    finally:
+        engine.provider.terminate(inst)
+
+
+def mean_drain(events: list[dict]) -> float:
+    started = {e["instance"]: e["t"] for e in events if e["action"] == "draining"}
+    ended = [
+        e["t"] - started[e["instance"]]
+        for e in events
+        if e["action"] == "deregistered" and e["instance"] in started
+    ]
+    return sum(ended) / len(ended) if ended else 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--from", dest="source", help="web version the environment starts with")
+    parser.add_argument("--to", dest="target", help="web version rolled out")
+    args = parser.parse_args()
+    base = Settings.from_env()
+    # Its own state folder, kept afterwards (under .kiln/) so the timeline can be looked at.
+    settings = dataclasses.replace(base, state_dir=base.state_dir / "bench")
+    env = Environment(f"bench{os.getpid()}", parse(EnvironmentSpec, POLICY, "benchmark"), "benchmark")
+    provider = LocalProvider(settings, env)
+    verified = [r for r in provider.store.list("web") if r.status in ("verified", "promoted")]
+    if not args.target and len(verified) < 2:
+        print("needs two verified web images of this KILN_IMAGE_REPO (or --from and --to)", file=sys.stderr)
+        return 2
+    target = provider.image("web", args.target) if args.target else verified[0]
+    source = provider.image("web", args.source) if args.source else verified[1]
+    engine = rollout.Engine(settings, env, provider, say=lambda line: print(line, file=sys.stderr))
+    try:
+        # `up` starts from the newest verified image: pin the old one by launching it first.
+        provider.ensure_networks()
+        for n in range(1, 7):
+            provider.launch("web", n, source, engine.user_data("web", f"web{n}", env.zone_of(n), source))
+        rollout.up(engine)
+        start = instance_start(engine, target)
+        engine.started, engine.samples = time.monotonic(), []
+        began = time.monotonic()  # the wall time includes the user-data check, as users see it
+        plan = engine.start(target)
+        with Load(provider.frontend(), workers=4, max_seconds=600) as load:
+            result = engine.run(plan, target)
+        wall = time.monotonic() - began
+    finally:
+        provider.destroy()
+    h = env.spec.health
+    drain = mean_drain(result["events"])
+    floor = len(env.zones) * (start + h.rise * h.interval + env.spec.rollout.warmup + drain)
+    figures = {
+        "instances": 6, "zones": 3, "from": source.version, "to": target.version,
+        "requests": load.requests, "failed": load.failed, "errors": dict(load.errors),
+        "wall_s": round(wall, 1), "instance_start_s": round(start, 2),
+        "rise_x_interval_s": h.rise * h.interval,
+        "drain_s": round(drain, 2), "floor_s": round(floor, 1), "ratio": round(wall / floor, 2),
+        "timeline": result["timeline"],
+    }  # fmt: skip
+    print(json.dumps(figures, indent=2))
+    return 0 if load.failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Rollouts with the real HAProxy and containers, under bounded loopback load.
+
+One environment `it<pid>` (3 zones, 3 web instances) serves every test here; each test starts
+from whatever version runs and names its target image, so the order does not matter. The
+finalizer removes every container and network labelled with the environment, even on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.load import Load
+from kiln.images import DockerImageStore
+from kiln.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+ENV = f"it{os.getpid()}"
+ENV_FILE = """
+provider: local
+zones: [z0, z1, z2]
+instances: {web: 3}
+frontend: {port: 0}
+health: {path: /health, interval: 0.5, rise: 2, fall: 2, timeout: 60}
+rollout: {max_surge: 1, max_unavailable: 0, warmup: 0.5, drain_timeout: 5, canary: 1}
+"""
+BAD_HEALTH = "    location = /health { return 503; }\n"
+
+
+def bake_variant(kiln, project, edit) -> str:
+    """Bake web from a project copy changed by `edit`; mark it verified; its version."""
+    edit(project.project)
+    proc = project.invoke("bake", "web")
+    version = dict(line.split("\t")[:2] for line in proc.stdout.splitlines() if "\t" in line)["web"]
+    mark_verified(kiln, "web", version)
+    return version
+
+
+def mark_verified(kiln, role: str, version: str) -> None:
+    import docker
+
+    store = DockerImageStore(docker.from_env(), Settings(project_root=kiln.project, image_repo=kiln.prefix))
+    record = store.find(role, version)
+    assert record is not None, f"{role} {version} was not baked"
+    if record.status != "verified":
+        store.set_status(record, "verified")
+
+
+@pytest.fixture(scope="module")
+def versions(kiln, baked_web, tmp_path_factory) -> dict[str, str]:
+    """v1 (the session's bake), v2 (a changed app) and bad (/health answers 503), all verified."""
+    lb = kiln.invoke("bake", "lb")
+    lb_version = dict(line.split("\t")[:2] for line in lb.stdout.splitlines() if "\t" in line)["lb"]
+    mark_verified(kiln, "lb", lb_version)
+    mark_verified(kiln, "web", baked_web["web"])
+    from tests.conftest import copy_project
+
+    def changed_app(root: Path) -> None:
+        with (root / "images/web/files/opt/kiln-web/app.py").open("a") as f:
+            f.write("# rollout test: a second version\n")
+
+    def failing_health(root: Path) -> None:
+        site = root / "images/web/files/etc/nginx/sites-available/kiln-web"
+        text = site.read_text()
+        assert "server_tokens off;\n" in text, "the web site config changed: update this test's edit"
+        site.write_text(text.replace("server_tokens off;\n", "server_tokens off;\n" + BAD_HEALTH))
+
+    v2 = bake_variant(kiln, kiln.with_project(copy_project(tmp_path_factory.mktemp("v2"))), changed_app)
+    bad = bake_variant(kiln, kiln.with_project(copy_project(tmp_path_factory.mktemp("bad"))), failing_health)
+    return {"v1": baked_web["web"], "v2": v2, "bad": bad}
+
+
+@pytest.fixture(scope="module")
+def env(kiln, versions, docker_client):
+    (kiln.project / "environments").mkdir(exist_ok=True)
+    (kiln.project / "environments" / f"{ENV}.yml").write_text(ENV_FILE)
+    try:
+        kiln.invoke("up", ENV)
+        yield ENV
+    finally:
+        kiln.invoke("down", ENV, check=False)
+        for container in docker_client.containers.list(all=True, filters={"label": f"kiln.env={ENV}"}):
+            container.remove(force=True)
+        for network in docker_client.networks.list(filters={"label": f"kiln.env={ENV}"}):
+            network.remove()
+
+
+def status(kiln) -> dict:
+    return json.loads(kiln.invoke("status", ENV, "--json").stdout)
+
+
+def other_good(kiln, versions) -> str:
+    running = {i["version"] for i in status(kiln)["instances"]}
+    return versions["v1"] if running == {versions["v2"]} else versions["v2"]
+
+
+def assert_consistent(kiln, version: str) -> None:
+    """3 healthy web instances of `version`, one per zone, all ready; nothing else left."""
+    view = status(kiln)
+    web = [i for i in view["instances"] if i["role"] == "web"]
+    assert sorted(i["zone"] for i in web) == ["z0", "z1", "z2"], web
+    assert {(i["version"], i["health"], i["lb_state"]) for i in web} == {(version, "healthy", "ready")}
+    config = (kiln.project / ".kiln" / "envs" / ENV / "lb" / "haproxy.cfg").read_text()
+    listed = sorted(line.split()[1] for line in config.splitlines() if line.strip().startswith("server "))
+    assert listed == sorted(i["name"] for i in web), "haproxy.cfg must list exactly the servers in service"
+
+
+def test_rollout_across_three_zones_under_load_fails_no_request(kiln, env, versions):
+    target = other_good(kiln, versions)
+    plan = kiln.invoke("rollout", env, "--image", target, "--plan").stdout
+    assert "(canary)" in plan and plan.count("zone ") == 3
+    with Load(status(kiln)["frontend"], workers=4, max_seconds=400) as load:
+        proc = kiln.invoke("rollout", env, "--image", target)
+    assert load.failed == 0, load.summary()
+    assert load.requests > 100 and target in load.versions, load.summary()
+    assert f"-> {target}" in proc.stdout and "succeeded" in proc.stdout
+    timeline = Path(proc.stdout.split("timeline: ")[1].strip())
+    assert timeline.read_text().startswith("<svg")
+    assert_consistent(kiln, target)
+    audit = (kiln.project / ".kiln" / "envs" / env / "audit.jsonl").read_text().splitlines()
+    last = json.loads(audit[-1])
+    assert (last["to"], last["status"], sorted(last["zone_timings"])) == (
+        target,
+        "succeeded",
+        ["z0", "z1", "z2"],
+    )
+
+
+def test_bad_image_is_rolled_back_by_itself_with_capacity_intact(kiln, env, versions):
+    before = status(kiln)["instances"]
+    (running,) = {i["version"] for i in before}
+    with Load(status(kiln)["frontend"], workers=4, max_seconds=400) as load:
+        proc = kiln.invoke("rollout", env, "--image", versions["bad"], check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "did not pass the load balancer's health check" in proc.stderr
+    assert f"rolled back to {running}" in proc.stderr
+    assert load.failed == 0, load.summary()
+    assert versions["bad"] not in load.versions, "the bad version must never serve a request"
+    assert_consistent(kiln, running)
+    assert sorted(i["name"] for i in status(kiln)["instances"]) == sorted(i["name"] for i in before)
+
+
+def test_concurrent_rollout_is_refused_and_a_killed_rollout_resumes(kiln, env, versions, docker_client):
+    target = other_good(kiln, versions)
+    state_file = kiln.project / ".kiln" / "envs" / env / "rollout.json"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "rollout", env, "--image", target],
+        cwd=kiln.project,
+        env=kiln.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        refused_once = False
+        # Kill it mid-way: the first zone done and a new instance registered in the next one.
+        while time.monotonic() < deadline and first.poll() is None:
+            events = json.loads(state_file.read_text()).get("events", []) if state_file.exists() else []
+            actions = [e["action"] for e in events if e.get("t") is not None]
+            if "zone done" in actions and actions[actions.index("zone done") :].count("registered"):
+                break
+            if "registered" in actions and not refused_once:
+                second = kiln.invoke("rollout", env, "--image", target, check=False)
+                assert second.returncode == 2 and "is locked by rollout" in second.stderr, second.stderr
+                refused_once = True
+            time.sleep(0.05)
+        assert refused_once and first.poll() is None, "the rollout ended before it was killed mid-way"
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert json.loads(state_file.read_text())["status"] == "running"
+    refused = kiln.invoke("rollout", env, "--image", target, check=False)
+    assert refused.returncode == 2 and "--resume" in refused.stderr, refused.stderr
+    with Load(status(kiln)["frontend"], workers=2, max_seconds=400) as load:
+        kiln.invoke("rollout", env, "--resume")
+    assert load.failed == 0, load.summary()
+    assert_consistent(kiln, target)
+    containers = docker_client.containers.list(all=True, filters={"label": f"kiln.env={env}"})
+    assert sorted(c.name for c in containers) == sorted(
+        [f"kiln-{env}-lb"] + [f"kiln-{env}-{i['name']}" for i in status(kiln)["instances"]]
+    ), "no orphan container may remain"

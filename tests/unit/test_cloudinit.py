@@ -1,0 +1,75 @@
+"""User-data templates render per instance; template mistakes are one line naming the file."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kiln import cloudinit
+from kiln.errors import KilnError
+from kiln.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+VARIABLES = {
+    "environment": "local", "zone": "z1", "zone_index": 1, "instance": "web4", "role": "web",
+    "version": "abc123def456", "db": None, "app": {"greeting": "hi"},
+}  # fmt: skip
+
+
+def files_of(text: str) -> dict[str, dict]:
+    assert text.startswith("#cloud-config\n")
+    return {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
+
+
+def test_web_user_data_names_the_instance():
+    text = cloudinit.render(Settings(project_root=REPO), "web", VARIABLES)
+    files = files_of(text)
+    instance = json.loads(files["/etc/kiln/instance.json"]["content"])
+    assert instance == {
+        "environment": "local", "zone": "z1", "instance": "web4", "role": "web",
+        "version": "abc123def456", "app": {"greeting": "hi"},
+    }  # fmt: skip
+    assert "/etc/kiln/web.env" not in files  # no database in this environment
+
+
+def test_web_user_data_carries_the_database_login_readable_by_the_app_only():
+    db = {"host": "kiln-local-db1", "port": 5432, "name": "kiln", "user": "kiln", "password": "s3cret"}
+    files = files_of(cloudinit.render(Settings(project_root=REPO), "web", {**VARIABLES, "db": db}))
+    env = files["/etc/kiln/web.env"]
+    assert (env["owner"], env["permissions"]) == ("root:kiln-web", "0640")
+    assert "KILN_DB_HOST=kiln-local-db1\n" in env["content"] and "KILN_DB_PASSWORD=s3cret\n" in env["content"]
+
+
+@pytest.mark.parametrize("role", ["web", "db", "lb"])
+def test_every_role_template_renders(role):
+    db = {"host": "h", "port": 5432, "name": "kiln", "user": "kiln", "password": "p"}
+    files = files_of(
+        cloudinit.render(Settings(project_root=REPO), role, {**VARIABLES, "role": role, "db": db})
+    )
+    assert json.loads(files["/etc/kiln/instance.json"]["content"])["role"] == role
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Settings:
+    (tmp_path / "cloud-init").mkdir()
+    return Settings(project_root=tmp_path)
+
+
+def test_undefined_variable_names_the_template_and_the_known_ones(project):
+    (project.project_root / "cloud-init" / "web.yml.j2").write_text("#cloud-config\nzone: {{ zon }}\n")
+    with pytest.raises(
+        KilnError, match=r"cloud-init/web.yml.j2: 'zon' is undefined; the variables are: app, db"
+    ):
+        cloudinit.render(project, "web", VARIABLES)
+
+
+def test_syntax_error_names_the_line(project):
+    (project.project_root / "cloud-init" / "web.yml.j2").write_text("#cloud-config\n\n{% if x %}\n")
+    with pytest.raises(KilnError, match=r"cloud-init/web.yml.j2: line \d: Unexpected end of template"):
+        cloudinit.render(project, "web", VARIABLES)
+
+
+def test_missing_template_says_which(project):
+    with pytest.raises(KilnError, match=r"cloud-init/web.yml.j2: no such template"):
+        cloudinit.render(project, "web", VARIABLES)

@@ -1,0 +1,103 @@
+"""environments/<env>.yml: the shipped files load; bad input gives one line naming file and field."""
+
+from pathlib import Path
+
+import pytest
+
+from kiln import environments
+from kiln.errors import KilnError
+from kiln.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+GOOD = """
+provider: local
+zones: [a, b, c]
+instances: {web: 4, db: 1}
+frontend: {port: 8480}
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Settings:
+    (tmp_path / "environments").mkdir()
+    return Settings(project_root=tmp_path, state_dir=tmp_path / ".kiln")
+
+
+def write(settings: Settings, text: str, name: str = "t") -> None:
+    (settings.project_root / "environments" / f"{name}.yml").write_text(text)
+
+
+@pytest.mark.parametrize("name", ["local", "staging", "prod"])
+def test_shipped_environments_load(name):
+    env = environments.load(Settings(project_root=REPO), name)
+    assert env.spec.instances["web"] >= 3 and len(env.zones) == 3
+
+
+def test_prod_is_protected_and_pauses_after_the_first_zone():
+    prod = environments.load(Settings(project_root=REPO), "prod")
+    assert prod.spec.protected and prod.spec.rollout.stop_after_first_zone
+
+
+def test_defaults_and_zone_arithmetic(project):
+    write(project, GOOD)
+    env = environments.load(project, "t")
+    assert (env.spec.health.path, env.spec.health.rise, env.spec.rollout.max_surge) == ("/health", 2, 1)
+    # web1 and web4 share zone b (number modulo 3), web2 is in c, web3 in a.
+    assert [env.zone_count("web", z) for z in range(3)] == [1, 2, 1]
+    assert env.zones[env.zone_of(4)] == "b"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "rollout: {max_surj: 1}",
+            r"environments/t.yml: field 'rollout.max_surj': unknown field; did you mean 'max_surge'\?",
+        ),
+        ("health: {rise: two}", r"field 'health.rise': expected an integer, got str 'two'"),
+        ("health: {rise: 0}", r"field 'health.rise': must be 1 or more"),
+        ("health: {path: health}", r"field 'health.path': 'health' must start with '/'"),
+        (
+            "rollout: {max_surge: 0, max_unavailable: 0}",
+            r"field 'rollout.max_surge': max_surge \+ max_unavailable",
+        ),
+        ("rollout: {drain_timeout: -1}", r"field 'rollout.drain_timeout': must be 0 or more seconds"),
+        ("balanced_role: api", r"field 'balanced_role': 'api' has no entry in 'instances'"),
+    ],
+)
+def test_bad_fields_name_file_and_field(project, extra, message):
+    write(project, GOOD + extra + "\n")
+    with pytest.raises(KilnError, match=message):
+        environments.load(project, "t")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            GOOD.replace("local", "gce"),
+            r"field 'provider': unknown provider 'gce'; known: aws, local, openstack",
+        ),
+        (GOOD.replace("[a, b, c]", "[]"), r"field 'zones': list at least one zone"),
+        (GOOD.replace("[a, b, c]", "[a, a]"), r"field 'zones': zone names must be unique"),
+        (GOOD.replace("web: 4", "web: -1"), r"field 'instances.web': -1 is negative"),
+        (GOOD.replace("8480", "70000"), r"field 'frontend.port': 70000 is not a TCP port"),
+        (GOOD.replace("frontend: {port: 8480}\n", ""), r"field 'frontend': required field is missing"),
+    ],
+)
+def test_bad_values_name_the_field(project, text, message):
+    write(project, text)
+    with pytest.raises(KilnError, match=message):
+        environments.load(project, "t")
+
+
+def test_unknown_environment_lists_the_known_ones(project):
+    write(project, GOOD, "dev")
+    with pytest.raises(KilnError, match=r"unknown environment 'qa'; known environments: dev\. To add one"):
+        environments.load(project, "qa")
+
+
+def test_malformed_yaml_names_the_line(project):
+    write(project, "provider: local\nzones: [a\n")
+    with pytest.raises(KilnError, match=r"environments/t.yml: line \d+, column \d+: malformed YAML"):
+        environments.load(project, "t")

@@ -1,0 +1,75 @@
+"""The HAProxy config Kiln writes, server states, and the socket client's deep-path connect."""
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+from kiln import haproxy
+
+
+def test_config_lists_exactly_the_servers_in_service():
+    servers = [haproxy.Server("web4", "172.20.0.3", 80), haproxy.Server("web5", "172.21.0.3", 80)]
+    text = haproxy.render_config(servers, port=80, health_path="/health", interval=0.5, rise=2, fall=3)
+    lines = [line.strip() for line in text.splitlines()]
+    assert [line for line in lines if line.startswith("server ")] == [
+        "server web4 172.20.0.3:80",
+        "server web5 172.21.0.3:80",
+    ]
+    assert "default-server check inter 500 rise 2 fall 3" in lines
+    assert "option httpchk GET /health" in lines
+    assert "stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners" in lines
+    assert "balance roundrobin" in lines  # dynamic servers need a dynamic algorithm
+
+
+def test_write_config_replaces_the_file_whole(tmp_path: Path):
+    path = tmp_path / "haproxy.cfg"
+    haproxy.write_config(path, "one\n")
+    haproxy.write_config(path, "two\n")
+    assert path.read_text() == "two\n" and [p.name for p in tmp_path.iterdir()] == ["haproxy.cfg"]
+
+
+def test_server_states_from_show_stat_status():
+    def stat(status):
+        return haproxy.ServerStat("web1", status, 0, "L7OK")
+
+    assert [
+        stat(s).lb_state for s in ("UP", "DOWN", "UP 1/2", "DRAIN", "NOLB", "MAINT", "MAINT (resolution)")
+    ] == [
+        "ready",
+        "ready",
+        "ready",
+        "drain",
+        "drain",
+        "maint",
+        "maint",
+    ]
+    assert stat("UP").healthy and not stat("DOWN 1/2").healthy and not stat("DRAIN").healthy
+
+
+def test_client_reaches_a_socket_deeper_than_the_unix_path_limit(tmp_path: Path):
+    folder = tmp_path / ("d" * 60) / ("e" * 60)
+    folder.mkdir(parents=True)
+    path = folder / "admin.sock"
+    assert len(str(path)) > 108
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd = os.open(folder, os.O_RDONLY)
+    server.bind(f"/proc/self/fd/{fd}/admin.sock")
+    os.close(fd)
+    server.listen(1)
+    received = []
+
+    def answer():
+        conn, _ = server.accept()
+        received.append(conn.recv(1024))
+        conn.sendall(b"Name: HAProxy\n")
+        conn.close()
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        assert haproxy.RuntimeAPI(path).ready()
+    finally:
+        thread.join(timeout=5)
+        server.close()
+    assert received == [b"show info\n"]
