@@ -15,5 +15,11 @@ chmod 0644 /etc/kiln/image.json
 pending=$(apt-get -o Acquire::Languages=none -s -qq upgrade 2>/dev/null | grep -c '^Inst .*[Ss]ecurity' || true)
 echo "kiln-fact: security-pending=${pending}"
 
+# Steps the base image installed to re-apply to what each role adds (permissions, its ports
+# in the firewall, no host keys).
+for hook in /usr/local/lib/kiln/finish.d/*.sh; do
+  if [ -x "$hook" ]; then "$hook"; fi
+done
+
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt/* /tmp/* /var/tmp/*

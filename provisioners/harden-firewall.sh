@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Default-deny nftables ruleset: inbound only loopback, replies, ICMP, SSH and the role's own
+# ports (KILN_PORTS from the role file). Persisted in /etc/nftables.conf (nftables.service loads
+# it on a VM) and applied at boot by kiln-init's start.d/10-firewall where CAP_NET_ADMIN allows.
+# finish.sh re-runs it at the end of every child bake so each role opens its own ports.
+set -euo pipefail
+ports="22"
+for port in ${KILN_PORTS:-}; do
+  [[ "$port" =~ ^[0-9]+$ ]] || { echo "KILN_PORTS: '$port' is not a port number" >&2; exit 1; }
+  ports="$ports, $port"
+done
+cat > /etc/nftables.conf <<CONF
+#!/usr/sbin/nft -f
+# Kiln default-deny firewall (provisioners/harden-firewall.sh) for role ${KILN_ROLE:-unknown}.
+flush ruleset
+table inet kiln {
+  chain input {
+    type filter hook input priority filter; policy drop;
+    ct state established,related accept
+    ct state invalid drop
+    iif "lo" accept
+    ip protocol icmp icmp type { echo-request, destination-unreachable, time-exceeded, parameter-problem } limit rate 10/second accept
+    ip6 nexthdr icmpv6 icmpv6 type { echo-request, destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } accept
+    tcp dport { ${ports} } ct state new accept
+  }
+  chain forward {
+    type filter hook forward priority filter; policy drop;
+  }
+  chain output {
+    type filter hook output priority filter; policy accept;
+  }
+}
+CONF
+chown root:root /etc/nftables.conf
+chmod 0600 /etc/nftables.conf
+hook=/usr/local/lib/kiln/finish.d/harden-firewall.sh
+[ "$0" -ef "$hook" ] || install -D -m 0755 "$0" "$hook"
