@@ -7,8 +7,10 @@ import sys
 
 from invoke import task
 
+from kiln import audit as audits
 from kiln import locks
 from kiln import rollout as rollouts
+from kiln import verify as verification
 from kiln.bake import Baker, dump_json, images_table
 from kiln.cli import kiln_task, print_table, settings
 from kiln.console import say
@@ -21,13 +23,40 @@ from kiln.images import DockerImageStore, docker_client
         "target": "docker (default, this machine), amazon-ebs or openstack",
         "force": "rebake the role even when an image of its version exists",
         "locked": "fail instead of resolving when the role's packages.lock is missing or stale",
+        "verify": "verify the chain's unverified images (default; --no-verify leaves them baked)",
     }
 )
 @kiln_task
-def bake(c, role, target="docker", force=False, locked=False):
-    """Bake a role's golden image (and any missing or stale parent) with Packer."""
-    for outcome in Baker(settings(), target).bake(role, force=force, locked=locked):
+def bake(c, role, target="docker", force=False, locked=False, verify=True):
+    """Bake a role's golden image (and any missing or stale parent) with Packer, then verify it."""
+    outcomes = Baker(settings(), target).bake(role, force=force, locked=locked)
+    for outcome in outcomes:
         print(f"{outcome.role}\t{outcome.version}\t{outcome.image}")
+    if verify and target == "docker":
+        verification.report(verification.verify_chain(settings(), [(o.role, o.version) for o in outcomes]))
+
+
+@task(help={"role": "role whose image to verify", "version": "image version (default: the newest)"})
+@kiln_task
+def verify(c, role, version=None):
+    """Run the role's testinfra suites in a throwaway container; mark the image verified or rejected."""
+    verification.report([verification.Verifier(settings()).verify(role, version)])
+
+
+@task(
+    help={
+        "role": "role whose image to audit",
+        "version": "image version (default: the newest)",
+        "json": "print the figures as JSON",
+    }
+)
+@kiln_task
+def audit(c, role, version=None, json=False):
+    """Score an image with Lynis and OpenSCAP (ANSSI BP-028) in a throwaway container."""
+    result = audits.Auditor(settings()).audit(role, version)
+    print(dump_json(result.as_json()) if json else audits.render(result))
+    if not result.passed:
+        raise audits.OperationFailed(f"audit of {role} {result.version} missed: {'; '.join(result.misses)}")
 
 
 @task(help={"role": "only this role's images", "json": "print JSON instead of a table"})

@@ -1,0 +1,258 @@
+"""Verification: a role's testinfra suites run against a throwaway container of its image.
+
+The suites are the `tests:` files of every role in the chain, root first, so base's hardening
+suite checks every role. The container runs the image's own init (its services start as on an
+instance) with no network and CAP_NET_ADMIN, so its firewall loads in its own namespace; it is
+removed whatever happens. The outcome is the image's `kiln.status` label: `verified` or
+`rejected`, with JUnit XML kept in the state directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from kiln import console
+from kiln.errors import KilnError, OperationFailed
+from kiln.images import DockerImageStore, ImageRecord, docker_client, require_image
+from kiln.roles import Role, RoleCatalog
+from kiln.settings import Settings
+
+# Longest a suite run may take before the verification counts as failed.
+SUITE_TIMEOUT = 600
+
+
+@dataclass(frozen=True)
+class Failure:
+    control: str  # the test's name, e.g. test_sshd_option[PermitRootLogin]
+    suite: str  # the file it comes from, e.g. images/base/tests/test_hardening.py
+    message: str
+
+
+@dataclass
+class VerifyResult:
+    role: str
+    version: str
+    image: str
+    status: str = "rejected"
+    seconds: float = 0.0
+    tests: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # rejections that are not test failures
+    junit: Path | None = None
+
+    def summary(self) -> str:
+        if self.status == "verified":
+            return f"{self.role} {self.version} verified: {self.tests} checks passed in {self.seconds:.1f} s"
+        problems = [
+            f"{self.role}: control {f.control} ({f.suite}) failed: {f.message}" for f in self.failures
+        ]
+        return "\n".join(
+            [f"{self.role} {self.version} rejected ({self.seconds:.1f} s, JUnit: {self.junit})"]
+            + [f"  {line}" for line in self.reasons + problems]
+        )
+
+
+def container_name(role: str) -> str:
+    return f"kiln-verify-{role}-{uuid.uuid4().hex[:8]}"
+
+
+def suite_files(chain: list[Role]) -> list[Path]:
+    """The tests of every role in the chain, root first: a child must pass its parent's suites."""
+    return [role.folder / "tests" / test for role in chain for test in role.spec.tests]
+
+
+def security_pending_reason(role: Role, record: ImageRecord) -> str | None:
+    """Why the image is too stale to ship, or None: the role's max_security_pending bound."""
+    allowed = role.spec.max_security_pending
+    if allowed is None:
+        return None
+    raw = record.labels.get("kiln.security-pending", "")
+    if not raw.isdigit():
+        return (
+            f"security-pending was not recorded at bake (label kiln.security-pending={raw!r}) "
+            f"but {role.display(role.role_file)} sets max_security_pending: {allowed}; rebake it"
+        )
+    pending = int(raw)
+    if pending <= allowed:
+        return None
+    return (
+        f"{pending} security updates were pending at bake, more than max_security_pending: "
+        f"{allowed} ({role.display(role.role_file)}); refresh the lock with "
+        f"`invoke lock {role.name} --update` and rebake"
+    )
+
+
+def parse_junit(path: Path) -> tuple[int, list[Failure]]:
+    """(number of tests, failures and errors) from a pytest JUnit XML file."""
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    tests, failures = 0, []
+    for suite in suites:
+        for case in suite.iter("testcase"):
+            tests += 1
+            for kind in ("failure", "error"):
+                problem = case.find(kind)
+                if problem is not None:
+                    failures.append(_failure(case, problem))
+            if case.find("skipped") is not None:
+                failures.append(
+                    Failure(
+                        case.get("name", "?"),
+                        _suite_of(case),
+                        "skipped: " + (case.find("skipped").get("message") or "no reason given"),
+                    )
+                )
+    return tests, failures
+
+
+def _suite_of(case: ET.Element) -> str:
+    return case.get("file") or case.get("classname", "?").replace(".", "/") + ".py"
+
+
+def _failure(case: ET.Element, problem: ET.Element) -> Failure:
+    # pytest puts the assertion line in `message`; the first line of it names what was wrong.
+    text = (problem.get("message") or problem.text or "").strip()
+    first = text.splitlines()[0] if text else "no message"
+    return Failure(case.get("name", "?"), _suite_of(case), first[:300])
+
+
+class Verifier:
+    def __init__(self, settings: Settings, client: docker.DockerClient | None = None):
+        self.settings = settings
+        self.catalog = RoleCatalog(settings)
+        self.client = client or docker_client()
+        self.store = DockerImageStore(self.client, settings)
+
+    def verify(self, role_name: str, version: str | None = None) -> VerifyResult:
+        chain = self.catalog.chain(role_name)
+        role = chain[-1]
+        record = require_image(self.store, role_name, version)
+        suites = suite_files(chain)
+        if not suites:
+            raise KilnError(
+                f"{role.display(role.role_file)}: field 'tests': no testinfra suite for {role_name} "
+                "or its parents; add one under images/<role>/tests/"
+            )
+        result = VerifyResult(role.name, record.version, record.image)
+        started = time.monotonic()
+        reason = security_pending_reason(role, record)
+        if reason:
+            result.reasons.append(reason)
+        result.junit = self._junit_path(role.name, record.version)
+        name = container_name(role.name)
+        try:
+            with console.progress(f"verifying {record.image} in {name}") as step:
+                self._start(record, name)
+                step(f"running {len(suites)} suites")
+                result.reasons.extend(self._run_suites(suites, name, role, record, result.junit))
+        finally:
+            self._remove(name)
+        if result.junit.exists():
+            result.tests, result.failures = parse_junit(result.junit)
+        if result.tests == 0 and not result.reasons:
+            result.reasons.append("no test ran (see the JUnit file)")
+        result.status = "rejected" if result.failures or result.reasons else "verified"
+        result.seconds = time.monotonic() - started
+        self.store.set_status(record, result.status)
+        return result
+
+    def _start(self, record: ImageRecord, name: str) -> None:
+        self.client.containers.run(
+            record.id,
+            detach=True,
+            init=True,
+            name=name,
+            network_mode="none",
+            cap_add=["NET_ADMIN"],
+            labels={"kiln.verify": record.image},
+        )
+
+    def _run_suites(
+        self, suites: list[Path], name: str, role: Role, record: ImageRecord, junit: Path
+    ) -> list[str]:
+        """Run pytest with testinfra's docker backend; return reasons beyond failed tests."""
+        env = {
+            "KILN_VERIFY_ROLE": role.name,
+            "KILN_VERIFY_VERSION": record.version,
+            "KILN_VERIFY_PORTS": " ".join(str(p) for p in role.spec.ports),
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            *map(str, suites),
+            f"--hosts=docker://{name}",
+            f"--junitxml={junit}",
+            "--rootdir",
+            str(self.settings.project_root),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--tb=line",
+            "-o",
+            "junit_family=xunit1",
+        ]
+        try:
+            proc = subprocess.run(
+                command,
+                cwd=self.settings.project_root,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=SUITE_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return [f"the suites took longer than {SUITE_TIMEOUT} s and were stopped"]
+        (junit.with_suffix(".log")).write_text(proc.stdout + proc.stderr)
+        # pytest: 0 all passed, 1 some failed (named in the JUnit file); anything else is an error.
+        if proc.returncode not in (0, 1):
+            tail = " ".join((proc.stdout + proc.stderr).strip().splitlines()[-2:])
+            return [f"pytest exited {proc.returncode}: {tail} (log: {junit.with_suffix('.log')})"]
+        return []
+
+    def _junit_path(self, role: str, version: str) -> Path:
+        folder = self.settings.state_dir / "verify" / role
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{version}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.xml"
+
+    def _remove(self, name: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.containers.get(name).remove(force=True)
+
+
+def verify_chain(settings: Settings, roles: list[tuple[str, str]]) -> list[VerifyResult]:
+    """Verify each (role, version) whose image is not verified yet, root first."""
+    verifier = Verifier(settings)
+    results = []
+    for role, version in roles:
+        record = verifier.store.find(role, version)
+        if record is not None and record.status in ("verified", "promoted"):
+            continue
+        results.append(verifier.verify(role, version))
+    return results
+
+
+def report(results: list[VerifyResult]) -> None:
+    """Say each outcome; a rejection anywhere fails the command (exit 1) naming its controls."""
+    for result in results:
+        console.say(result.summary())
+    rejected = [r for r in results if r.status == "rejected"]
+    if rejected:
+        first = rejected[0]
+        what = f"control {first.failures[0].control} failed" if first.failures else first.reasons[0]
+        raise OperationFailed(
+            f"{', '.join(f'{r.role} {r.version}' for r in rejected)} rejected: {first.role}: {what}"
+            f" (JUnit: {first.junit})"
+        )
