@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,19 +33,21 @@ from dataclasses import asdict, dataclass, field
 
 import docker
 import docker.errors
+import yaml
 
-from kiln import console
+from kiln import console, environments
 from kiln.backup import dbcheck, site
 from kiln.backup.base import CAUSES, BackupFault, BackupSettings, DockerShell, iso
 from kiln.backup.pgbackrest import PgBackRest
 from kiln.backup.restic import UPLOADS, Restic
 from kiln.backup.secrets import secret
+from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError, OperationFailed
-from kiln.images import DockerImageStore
+from kiln.providers import get_provider
+from kiln.providers.base import Provider
 from kiln.settings import Settings
 
 RECOVERY_TIMEOUT = 900  # seconds PostgreSQL may take to replay WAL and promote
-PREFERRED_STATUS = ("promoted", "verified")
 
 
 @dataclass
@@ -164,7 +167,7 @@ class Drill:
         self.client = client or docker.from_env(timeout=120)
         self.id = new_drill_id()
         self.dr_env = f"dr-{self.id}"
-        self.network = f"kiln-{self.dr_env}"
+        self.network = ""
         self.restore_point = f"kiln-drill-{self.id}"
         self.report = DrillReport(self.id, env, self.dr_env, iso(time.time()), target_time, kept=keep)
         self.history = settings.state_dir / "drills"
@@ -175,6 +178,10 @@ class Drill:
         self.source_files: dict[str, str] = {}
         self.clock = 0.0
         self.db = self.web = None
+        self.provider: Provider | None = None
+        self.provider_name = "local"
+        if (environments.env_dir(settings) / f"{env}.yml").exists():
+            self.provider_name = environments.load(settings, env).spec.provider
         self.newest_restored = self.backup_started = 0.0
         self.smoke_record: int | None = None
 
@@ -199,8 +206,8 @@ class Drill:
             pass
         finally:
             self.report.ok = bool(self.report.checks) and not self.report.failures
-            if not self.keep:
-                site.remove_site(self.client, f"kiln.env={self.dr_env}")
+            if not self.keep and self.provider is not None:
+                self.provider.destroy()
             self.write_report()
         return self.report
 
@@ -234,41 +241,72 @@ class Drill:
         tool.source_check()  # the restore point's WAL (or the target time's) is now archived
         if source.web:
             self.source_files = file_sums(source.web_shell(self.secrets))
-        self.report.images["source db"] = (
-            source.db.image.tags[0] if source.db.image.tags else source.db.image.id
-        )
         return f"{len(self.reference.tables)} tables, {len(self.source_files)} files; " + (
             "restore point " + self.restore_point if self.target is None else f"target {self.target_text}"
         )
 
     def create_environment(self) -> str:
+        """A separate environment through the source's provider: one zone, db held for the
+        restore, web from the newest verified image, both reading the source's repositories."""
         for volume in site.repo_volumes(self.env).values():
             try:
                 self.client.volumes.get(volume)
             except docker.errors.NotFound as exc:
                 raise BackupFault("repository-missing", f"docker volume {volume} does not exist") from exc
         source_db = self.source().require_db()
-        web_image = self.web_image()
-        self.report.images["web"] = web_image
-        dr = site.create_site(
-            self.client,
-            self.dr_env,
-            db_image=source_db.image.id,
-            web_image=web_image,
-            password=self.password,
-            repo_env=self.env,
-            hold_db=True,
-            labels={"kiln.drill": self.id, "kiln.dr-of": self.env},
+        spec = EnvironmentSpec(
+            provider=self.provider_name,
+            zones=["dr"],
+            instances={"db": 1, "web": 1},
+            frontend=Frontend(port=0),
+            backup=dataclasses.replace(self.backup_settings, restore_from=self.env),
         )
-        self.db, self.web = dr.db, dr.web[0]
-        return f"network {self.network}, {self.db.name}, {self.web.name}"
+        self.provider = get_provider(self.settings, Environment(self.dr_env, spec, f"drill {self.id}"))
+        self.provider.ensure_networks()
+        db_image = self.provider.image("db", source_db.image.labels.get("kiln.version"))
+        web_image = self.provider.image("web")
+        self.report.images.update({"db": db_image.image, "web": web_image.image})
+        db_host = self.provider.peer_address("db1")
+        self.provider.launch(
+            "db",
+            1,
+            db_image,
+            user_data(
+                {
+                    "path": "/etc/kiln/db.env",
+                    "permissions": "0600",
+                    "content": site.db_env(self.password, hold=True).decode(),
+                }
+            ),
+        )
+        self.provider.launch(
+            "web",
+            1,
+            web_image,
+            user_data(
+                {
+                    "path": "/etc/kiln/web.env",
+                    "owner": "root:kiln-web",
+                    "permissions": "0640",
+                    "content": site.web_env(db_host, self.password).decode(),
+                }
+            ),
+        )
+        self.db = self.client.containers.get(db_host)
+        self.web = self.client.containers.get(self.provider.peer_address("web1"))
+        self.network = next(iter(self.web.attrs["NetworkSettings"]["Networks"]))
+        site.wait_until(
+            lambda: self.booted(self.db) and self.booted(self.web), 120, "DR instances' first boot"
+        )
+        return (
+            f"{self.dr_env} ({self.provider_name}): db {db_image.version}, "
+            f"web {web_image.version} ({web_image.status})"
+        )
 
-    def web_image(self) -> str:
-        records = DockerImageStore(self.client, self.settings).list("web")
-        if not records:
-            raise KilnError("no baked web image: bake it with `invoke bake web`")
-        preferred = [r for r in records if r.status in PREFERRED_STATUS]
-        return (preferred or records)[0].image
+    @staticmethod
+    def booted(container) -> bool:
+        """kiln-init has applied the user-data (cloud-init's marker) and started the services."""
+        return container.exec_run(["test", "-f", "/var/lib/cloud/instance/boot-finished"]).exit_code == 0
 
     def tools(self) -> tuple[PgBackRest, Restic]:
         pg = PgBackRest(DockerShell(self.db, self.secrets), self.backup_settings, self.key)
@@ -436,6 +474,10 @@ def recovery_fault(container) -> BackupFault:
     if "recovery ended before configured recovery target was reached" in log or "could not find" in log:
         return BackupFault("missing-wal", detail)
     return BackupFault("recovery-failed", detail)
+
+
+def user_data(*files: dict) -> str:
+    return "#cloud-config\n" + yaml.safe_dump({"locale": "C.UTF-8", "users": {}, "write_files": list(files)})
 
 
 def file_sums(shell: DockerShell) -> dict[str, str]:

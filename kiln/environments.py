@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.backup.base import BackupSettings
 from kiln.config import load_yaml, parse, spec
 from kiln.errors import KilnError
 from kiln.settings import Settings
@@ -56,6 +57,7 @@ class EnvironmentSpec:
     rollout: RolloutPolicy = spec(RolloutPolicy(), help="how a rollout replaces instances")
     protected: bool = spec(False, help="ask for confirmation before changing it (prod)")
     app: dict[str, str] = spec({}, help="application settings passed to instances in user-data")
+    backup: BackupSettings | None = spec(None, help="backup repositories, retention; `backup: {}` turns on")
 
 
 @dataclass(frozen=True)

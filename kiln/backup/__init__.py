@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import docker
 
-from kiln import console
+from kiln import console, environments
 from kiln.backup.base import BackupRecord, BackupSettings, BackupTool
 from kiln.backup.pgbackrest import PgBackRest
 from kiln.backup.restic import Restic
 from kiln.backup.secrets import S3_NAMES, ensure_secrets, secret
 from kiln.backup.site import Site
-from kiln.config import load_yaml, parse
 from kiln.errors import KilnError
 from kiln.settings import Settings
 
@@ -71,10 +70,14 @@ def list_backups(
 
 
 def backup_settings(settings: Settings, env: str) -> BackupSettings:
-    """The `backup:` section of environments/<env>.yml; defaults when the file or section is absent."""
-    path = settings.project_root / "environments" / f"{env}.yml"
-    if not path.exists():
+    """The `backup:` section of environments/<env>.yml; defaults for an environment without a file
+    (one whose instances were started by other means, found by their labels)."""
+    if not (environments.env_dir(settings) / f"{env}.yml").exists():
         return BackupSettings()
-    display = f"environments/{env}.yml"
-    section = load_yaml(path, display).get("backup")
-    return BackupSettings() if section is None else parse(BackupSettings, section, display, "backup")
+    loaded = environments.load(settings, env)
+    if loaded.spec.backup is None:
+        raise KilnError(
+            f"{loaded.file}: field 'backup': missing, so its instances have no repository "
+            "volumes; add `backup: {}` (defaults) and recreate them with `invoke up`"
+        )
+    return loaded.spec.backup

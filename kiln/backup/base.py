@@ -62,6 +62,9 @@ class BackupSettings:
     s3: S3Repository | None = spec(None, help="the S3 repository when repository is 's3'")
     retention: Retention = spec(Retention(), help="how many backups each tool keeps")
     process_max: int = spec(2, help="parallel pgBackRest processes (compression, transfer)")
+    restore_from: str | None = spec(
+        None, help="a DR environment's: mount this environment's repositories, read-only"
+    )
 
 
 class BackupFault(OperationFailed):

@@ -1,9 +1,9 @@
 """Secrets of an environment: a variable of the same name, else secrets/<env>.env (git-ignored).
 
 KILN_BACKUP_KEY encrypts both repositories (pgBackRest aes-256-cbc, restic); KILN_DB_PASSWORD
-is the application's database password. `invoke backup` creates the file with fresh random
-values the first time (mode 0600). Values are never printed: errors name the secret and
-where it came from, not what it holds.
+is the application's database password (the one `invoke up` made in .kiln/envs/<env>/ when it
+exists). `invoke backup` creates the file with fresh random values the first time (mode
+0600). Values are never printed: errors name the secret and where it came from, not its value.
 """
 
 from __future__ import annotations
@@ -65,8 +65,12 @@ def secret(settings: Settings, env: str, name: str) -> str:
         if path.is_relative_to(settings.project_root)
         else str(path)
     )
+    rollout_password = settings.state_dir / "envs" / env / "db-password"
     if name in os.environ:
         value, source = os.environ[name], f"variable {name}"
+    elif name == "KILN_DB_PASSWORD" and rollout_password.exists():
+        # `invoke up` made the instances' password: the restore must log in with the same.
+        value, source = rollout_password.read_text().strip(), str(rollout_password)
     else:
         value, source = _read_file(path).get(name), f"{display}: {name}"
     if value is None:

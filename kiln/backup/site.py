@@ -41,6 +41,15 @@ def backup_mounts(env: str, role: str, read_only: bool = False) -> dict[str, dic
     return {}
 
 
+def instance_mounts(env, role: str) -> dict[str, dict]:
+    """What a provider mounts into an instance of `env` (an Environment): its own repositories,
+    or, for a DR environment, the source's read-only; nothing when backups are off."""
+    backup = env.spec.backup
+    if backup is None:
+        return {}
+    return backup_mounts(backup.restore_from or env.name, role, read_only=bool(backup.restore_from))
+
+
 def db_env(password: str, hold: bool = False) -> bytes:
     lines = [f"KILN_DB_NAME={DB_NAME}", f"KILN_DB_USER={DB_USER}", f"KILN_DB_PASSWORD={password}"]
     return ("\n".join([*lines, "KILN_DB_HOLD=1"] if hold else lines) + "\n").encode()

@@ -18,6 +18,7 @@ import docker
 import docker.errors
 
 from kiln import cloudinit, haproxy
+from kiln.backup.site import instance_mounts
 from kiln.cloudinit import UserData
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
@@ -157,7 +158,11 @@ class LocalProvider(Provider):
             hostname=name,
             labels=labels,
             network=self.network_name(zone),
-            volumes={str(seed): {"bind": "/var/lib/cloud/seed/nocloud", "mode": "ro"}},
+            # With backups on, db and web reach their repository on a volume outliving the instance.
+            volumes={
+                str(seed): {"bind": "/var/lib/cloud/seed/nocloud", "mode": "ro"},
+                **instance_mounts(self.env, role),
+            },
         )
         if role != self.env.spec.balanced_role:
             for other in range(len(self.env.zones)):
