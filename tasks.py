@@ -68,7 +68,8 @@ def images(c, role=None, json=False):
     if json:
         print(dump_json(rows))
     else:
-        columns = ["role", "version", "status", "lock-hash", "security-pending", "built", "image"]
+        columns = ["role", "version", "status", "lock-hash", "security-pending", "lynis-index", "scap-score"]
+        columns += ["built", "image"]
         print_table(rows, columns)
 
 

@@ -32,6 +32,7 @@ from kiln import console
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import DockerImageStore, docker_client, require_image
 from kiln.settings import Settings
+from kiln.verify import namespaced_sysctls
 
 PROFILE = "xccdf_org.ssgproject.content_profile_anssi_bp28_intermediary"
 DATASTREAM = "ssg-debian12-ds.xml"
@@ -252,7 +253,8 @@ class Auditor:
 
         The tools go into a throwaway layer committed from a container on the bake network;
         the scans then run in a container of that layer booted with the image's own init
-        (services, first-boot host keys, firewall in its own namespace) and no network.
+        (services, first-boot host keys, firewall and network sysctls in its own namespace)
+        and no network.
         """
         datastream = ensure_scap_content(self.settings)
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -287,6 +289,7 @@ class Auditor:
                     name=name,
                     network_mode="none",
                     cap_add=["NET_ADMIN"],
+                    sysctls=namespaced_sysctls(self.client, image),
                     labels={"kiln.audit": what},
                 )
                 step("OpenSCAP: ANSSI BP-028 intermediary")

@@ -48,4 +48,5 @@ install -d -m 0750 /var/log/account
 [ -e /var/log/account/pacct ] || install -m 0640 /dev/null /var/log/account/pacct
 
 # File integrity: AIDE checks with strong digests; each instance builds its own database.
-[ ! -f /etc/aide/aide.conf ] || chmod 0600 /etc/aide/aide.conf
+sed -i -E 's/^Checksums\s*=.*/Checksums = sha256+sha512/' /etc/aide/aide.conf
+chmod 0600 /etc/aide/aide.conf

@@ -56,6 +56,20 @@ if [ -f /etc/ssh/moduli ]; then
   chmod 0644 /etc/ssh/moduli
 fi
 
+# fail2ban bans addresses that keep failing to log in (sshd logs through rsyslog to auth.log).
+cat > /etc/fail2ban/jail.local <<'CONF'
+# Kiln (provisioners/harden-ssh.sh)
+[DEFAULT]
+bantime = 1h
+findtime = 10m
+maxretry = 3
+backend = auto
+
+[sshd]
+enabled = true
+CONF
+chmod 0644 /etc/fail2ban/jail.local
+
 # On a VM, ssh.service makes the host keys the image lacks before sshd starts.
 install -d -m 0755 /etc/systemd/system/ssh.service.d
 cat > /etc/systemd/system/ssh.service.d/kiln-hostkeys.conf <<'CONF'

@@ -5,18 +5,20 @@
 set -euo pipefail
 cat > /etc/sysctl.d/90-kiln-hardening.conf <<'CONF'
 # Kiln hardening baseline (provisioners/harden-sysctl.sh)
+dev.tty.ldisc_autoload = 0
 fs.protected_fifos = 2
 fs.protected_hardlinks = 1
 fs.protected_regular = 2
 fs.protected_symlinks = 1
 fs.suid_dumpable = 0
 kernel.core_uses_pid = 1
+kernel.ctrl-alt-del = 0
 kernel.dmesg_restrict = 1
 kernel.kptr_restrict = 2
 kernel.panic_on_oops = 1
 kernel.perf_cpu_time_max_percent = 1
 kernel.perf_event_max_sample_rate = 1
-kernel.perf_event_paranoid = 2
+kernel.perf_event_paranoid = 3
 kernel.pid_max = 65536
 kernel.randomize_va_space = 2
 kernel.sysrq = 0
@@ -29,6 +31,7 @@ net.ipv4.conf.all.accept_source_route = 0
 net.ipv4.conf.all.arp_filter = 1
 net.ipv4.conf.all.arp_ignore = 2
 net.ipv4.conf.all.drop_gratuitous_arp = 1
+net.ipv4.conf.all.forwarding = 0
 net.ipv4.conf.all.log_martians = 1
 net.ipv4.conf.all.route_localnet = 0
 net.ipv4.conf.all.rp_filter = 1
@@ -37,6 +40,7 @@ net.ipv4.conf.all.send_redirects = 0
 net.ipv4.conf.all.shared_media = 0
 net.ipv4.conf.default.accept_redirects = 0
 net.ipv4.conf.default.accept_source_route = 0
+net.ipv4.conf.default.forwarding = 0
 net.ipv4.conf.default.log_martians = 1
 net.ipv4.conf.default.rp_filter = 1
 net.ipv4.conf.default.secure_redirects = 0

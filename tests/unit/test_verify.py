@@ -10,10 +10,12 @@ from kiln.errors import OperationFailed
 from kiln.images import ImageRecord
 from kiln.roles import RoleCatalog
 from kiln.verify import (
+    NAMESPACED_SYSCTL,
     Failure,
     VerifyResult,
     container_name,
     parse_junit,
+    parse_sysctl_conf,
     report,
     security_pending_reason,
     suite_files,
@@ -117,3 +119,29 @@ def test_report_of_verified_images_passes():
 def test_container_names_carry_the_verify_prefix_and_differ():
     assert container_name("web").startswith("kiln-verify-web-")
     assert container_name("web") != container_name("web")
+
+
+def test_sysctl_conf_parsing_keeps_the_last_value_and_skips_comments():
+    text = (
+        "# comment\n; other\nnet.ipv4.ip_forward = 1\nnet/ipv4/tcp_syncookies=1\n\nnet.ipv4.ip_forward = 0\n"
+    )
+    assert parse_sysctl_conf(text) == {"net.ipv4.ip_forward": "0", "net.ipv4.tcp_syncookies": "1"}
+
+
+@pytest.mark.parametrize(
+    ("key", "namespaced"),
+    [
+        ("net.ipv4.conf.all.rp_filter", True),
+        ("net.ipv4.tcp_syncookies", True),
+        ("net.ipv4.ip_forward", False),  # in no set order, it would reset accept_redirects
+        ("net.ipv4.conf.all.forwarding", False),
+        ("net.ipv6.conf.all.forwarding", False),
+        ("net.ipv4.conf.all.accept_redirects", True),
+        ("net.ipv6.conf.default.accept_ra", True),
+        ("net.core.bpf_jit_harden", False),  # kernel-wide: the host's
+        ("kernel.kptr_restrict", False),
+        ("fs.suid_dumpable", False),
+    ],
+)
+def test_only_network_namespace_sysctls_are_applied_to_containers(key, namespaced):
+    assert bool(NAMESPACED_SYSCTL.match(key)) is namespaced
