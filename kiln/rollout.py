@@ -38,7 +38,7 @@ POLL = 0.2  # seconds between two looks at the load balancer
 ACTIVE = ("running", "paused", "rolling-back")
 
 
-class RolloutFailed(Exception):
+class RolloutFailed(OperationFailed):
     """A step failed (health never passed, an instance died, a timeout): roll back."""
 
 
@@ -472,7 +472,7 @@ class Engine:
                     return self.finish()
             state["status"] = "succeeded"
             return self.finish()
-        except (RolloutFailed, OperationFailed, docker.errors.APIError) as exc:
+        except (OperationFailed, docker.errors.APIError) as exc:
             reason = str(exc)
             self.state["failure"] = reason
             self.event("failed", reason=reason)
@@ -497,7 +497,7 @@ class Engine:
             for zone in touched:
                 self.say(f"rolling back zone {self.env.zones[zone]} to {version}")
                 self.converge_zone(zone, image)
-        except (RolloutFailed, OperationFailed, docker.errors.APIError) as exc:
+        except (OperationFailed, docker.errors.APIError) as exc:
             self.state["status"] = "failed"
             self.finish()
             raise OperationFailed(

@@ -27,6 +27,7 @@ from kiln.providers.base import Instance, LbServer, Provider
 from kiln.settings import Settings
 
 STOP_TIMEOUT = 10  # seconds kiln-init gets to stop services before SIGKILL
+LB_START_TIMEOUT = 120  # first boot runs cloud-init, slow on a busy machine
 
 
 class LocalProvider(Provider):
@@ -90,12 +91,14 @@ class LocalProvider(Provider):
         for zone in range(1, len(self.env.zones)):
             self.client.networks.get(self.network_name(zone)).connect(container)
         container.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + LB_START_TIMEOUT
         while not self.api.ready():
             container.reload()
             if container.status != "running" or time.monotonic() > deadline:
-                tail = container.logs(tail=5).decode(errors="replace").strip()
-                raise OperationFailed(f"the load balancer {name} did not start: {tail}")
+                tail = container.logs(tail=5).decode(errors="replace").strip() or "no output"
+                late = f"no answer in {LB_START_TIMEOUT} s"
+                why = container.status if container.status != "running" else late
+                raise OperationFailed(f"the load balancer {name} did not start ({why}): {tail}")
             time.sleep(0.2)
 
     def frontend(self) -> str | None:

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import docker
 import pytest
 
 from benchmarks.load import Load
@@ -35,32 +36,38 @@ rollout: {max_surge: 1, max_unavailable: 0, warmup: 0.5, drain_timeout: 5, canar
 BAD_HEALTH = "    location = /health { return 503; }\n"
 
 
-def bake_variant(kiln, project, edit) -> str:
-    """Bake web from a project copy changed by `edit`; mark it verified; its version."""
+def bake(kiln, role: str, status: str = "verified") -> str:
+    """Bake a role; give it `status` whatever `bake`'s own verification said; its version.
+
+    Verification belongs to its own tests: here it must not decide whether rollouts are tested.
+    """
+    proc = kiln.invoke("bake", role, check=False)
+    baked = dict(line.split("\t")[:2] for line in proc.stdout.splitlines() if "\t" in line)
+    assert role in baked, f"bake {role} failed:\n{proc.stdout}\n{proc.stderr}"
+    set_status(kiln, role, baked[role], status)
+    return baked[role]
+
+
+def bake_variant(kiln, project, edit, status: str = "verified") -> str:
+    """Bake web from a project copy changed by `edit`."""
     edit(project.project)
-    proc = project.invoke("bake", "web")
-    version = dict(line.split("\t")[:2] for line in proc.stdout.splitlines() if "\t" in line)["web"]
-    mark_verified(kiln, "web", version)
-    return version
+    return bake(project, "web", status)
 
 
-def mark_verified(kiln, role: str, version: str) -> None:
-    import docker
-
+def set_status(kiln, role: str, version: str, status: str) -> None:
     store = DockerImageStore(docker.from_env(), Settings(project_root=kiln.project, image_repo=kiln.prefix))
     record = store.find(role, version)
     assert record is not None, f"{role} {version} was not baked"
-    if record.status != "verified":
-        store.set_status(record, "verified")
+    if record.status != status:
+        store.set_status(record, status)
 
 
 @pytest.fixture(scope="module")
-def versions(kiln, baked_web, tmp_path_factory) -> dict[str, str]:
-    """v1 (the session's bake), v2 (a changed app) and bad (/health answers 503), all verified."""
-    lb = kiln.invoke("bake", "lb")
-    lb_version = dict(line.split("\t")[:2] for line in lb.stdout.splitlines() if "\t" in line)["lb"]
-    mark_verified(kiln, "lb", lb_version)
-    mark_verified(kiln, "web", baked_web["web"])
+def versions(kiln, tmp_path_factory) -> dict[str, str]:
+    """v1 (the project's web), v2 (a changed app), both verified, and bad (/health answers 503),
+    rejected as verification would: `up` takes the newest verified web, never the bad one."""
+    bake(kiln, "lb")
+    v1 = bake(kiln, "web")
     from tests.conftest import copy_project
 
     def changed_app(root: Path) -> None:
@@ -74,8 +81,10 @@ def versions(kiln, baked_web, tmp_path_factory) -> dict[str, str]:
         site.write_text(text.replace("server_tokens off;\n", "server_tokens off;\n" + BAD_HEALTH))
 
     v2 = bake_variant(kiln, kiln.with_project(copy_project(tmp_path_factory.mktemp("v2"))), changed_app)
-    bad = bake_variant(kiln, kiln.with_project(copy_project(tmp_path_factory.mktemp("bad"))), failing_health)
-    return {"v1": baked_web["web"], "v2": v2, "bad": bad}
+    bad = bake_variant(
+        kiln, kiln.with_project(copy_project(tmp_path_factory.mktemp("bad"))), failing_health, "rejected"
+    )
+    return {"v1": v1, "v2": v2, "bad": bad}
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +146,10 @@ def test_rollout_across_three_zones_under_load_fails_no_request(kiln, env, versi
 def test_bad_image_is_rolled_back_by_itself_with_capacity_intact(kiln, env, versions):
     before = status(kiln)["instances"]
     (running,) = {i["version"] for i in before}
+    refused = kiln.invoke("rollout", env, "--image", versions["bad"], check=False)
+    assert refused.returncode == 2 and "was rejected by verification" in refused.stderr, refused.stderr
+    # As if verification had missed the fault: the rollout itself must catch it.
+    set_status(kiln, "web", versions["bad"], "verified")
     with Load(status(kiln)["frontend"], workers=4, max_seconds=400) as load:
         proc = kiln.invoke("rollout", env, "--image", versions["bad"], check=False)
     assert proc.returncode == 1, proc.stderr
