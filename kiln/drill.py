@@ -48,6 +48,7 @@ from kiln.providers.base import Provider
 from kiln.settings import Settings
 
 RECOVERY_TIMEOUT = 900  # seconds PostgreSQL may take to replay WAL and promote
+BOOT_TIMEOUT = 120  # seconds an instance may take to apply its user-data and start services
 
 
 @dataclass
@@ -295,9 +296,8 @@ class Drill:
         self.db = self.client.containers.get(db_host)
         self.web = self.client.containers.get(self.provider.peer_address("web1"))
         self.network = next(iter(self.web.attrs["NetworkSettings"]["Networks"]))
-        site.wait_until(
-            lambda: self.booted(self.db) and self.booted(self.web), 120, "DR instances' first boot"
-        )
+        # The web instance boots while the database restores (see restore).
+        site.wait_until(lambda: self.booted(self.db), BOOT_TIMEOUT, "the DR db instance's first boot")
         return (
             f"{self.dr_env} ({self.provider_name}): db {db_image.version}, "
             f"web {web_image.version} ({web_image.status})"
@@ -315,30 +315,39 @@ class Drill:
         return pg, files
 
     def precheck(self) -> str:
-        pg, files = self.tools()
+        pg, _ = self.tools()
         pg.configure()
-        files.configure()
         latest = pg.latest()
-        snapshot = files.latest()
-        self.report.backups = {"pgbackrest": latest.id, "restic": snapshot.id}
+        self.report.backups["pgbackrest"] = latest.id
         self.backup_started = latest.started
         pg.continuity(latest)
-        return f"pgbackrest {latest.id} ({latest.kind}), restic {snapshot.id}; WAL continuous"
+        return f"pgbackrest {latest.id} ({latest.kind}); WAL continuous after it"
+
+    def restore_files(self, files: Restic) -> None:
+        site.wait_until(lambda: self.booted(self.web), BOOT_TIMEOUT, "the DR web instance's first boot")
+        files.configure()
+        self.report.backups["restic"] = files.latest().id
+        files.restore()
 
     def restore(self) -> str:
         pg, files = self.tools()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            restored_files = pool.submit(files.restore)
-            if self.target is None:
-                pg.restore(self.restore_point, "name")
-            else:
-                pg.restore(self.target_text, "time")
+            restored_files = pool.submit(self.restore_files, files)
+            try:
+                if self.target is None:
+                    pg.restore(self.restore_point, "name")
+                else:
+                    pg.restore(pgbackrest_time(self.target), "time")
+            except BackupFault as exc:
+                if exc.cause != "corrupt-backup":
+                    raise
+                raise BackupFault(exc.cause, f"{exc.detail}; {which_files(pg)}") from exc
             start = self.db.exec_run(["pg_ctlcluster", "15", "main", "start"])
             if start.exit_code != 0:
                 raise recovery_fault(self.db)
             site.wait_until(lambda: self.promoted(), RECOVERY_TIMEOUT, "PostgreSQL promotion")
             restored_files.result()
-        return "database promoted; files restored"
+        return f"database promoted; files of restic snapshot {self.report.backups['restic']} restored"
 
     def promoted(self) -> bool:
         code, out = self.db.exec_run(
@@ -474,6 +483,21 @@ def recovery_fault(container) -> BackupFault:
     if "recovery ended before configured recovery target was reached" in log or "could not find" in log:
         return BackupFault("missing-wal", detail)
     return BackupFault("recovery-failed", detail)
+
+
+def pgbackrest_time(epoch: float) -> str:
+    """The one time format pgBackRest takes: 2026-11-21 23:50:00.123+00."""
+    millis = round(epoch * 1000) % 1000
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) + f".{millis:03d}+00"
+
+
+def which_files(pg: PgBackRest) -> str:
+    """pgBackRest's restore says that a file is damaged; its verify says which one."""
+    try:
+        pg.verify()
+    except BackupFault as exc:
+        return exc.detail
+    return "pgbackrest verify found every file intact"
 
 
 def user_data(*files: dict) -> str:

@@ -257,7 +257,9 @@ class PgBackRest(BackupTool):
     def restore(self, target: str | None = None, target_type: str = "time") -> Result:
         """Into the held (stopped) cluster: empty the data folder, restore, leave archiving off."""
         self.run(["find", "/var/lib/postgresql/15/main", "-mindepth", "1", "-delete"], user="postgres")
-        args = ["--archive-mode=off", "--log-level-console=warn"]
+        # A local volume has no transient errors worth pgBackRest's retry after 15 s.
+        retry = ["--job-retry=0"] if self.settings.repository == "volume" else []
+        args = ["--archive-mode=off", "--log-level-console=warn", *retry]
         if target:
             args += [f"--type={target_type}", f"--target={target}", "--target-action=promote"]
         return self.pgbackrest(*args, "restore", cause="restore-failed")

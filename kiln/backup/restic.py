@@ -130,9 +130,7 @@ class Restic(BackupTool):
             "--keep-daily",
             str(retention.keep_daily),
         )
-        record = next(r for r in self.list() if summary["snapshot_id"].startswith(r.id))
-        record.stored = int(summary.get("data_added", 0))
-        return record
+        return next(r for r in self.list() if summary["snapshot_id"].startswith(r.id))
 
     def snapshots(self) -> list[BackupRecord]:
         return parse_snapshots(self.restic("snapshots", "--json", cause="repository-missing").out)
@@ -142,6 +140,9 @@ class Restic(BackupTool):
         for record in records:
             stats = json.loads(self.restic("stats", "--json", "--mode", "restore-size", record.id).out)
             record.size = int(stats.get("total_size", 0))
+            # raw-data: the encrypted blobs the snapshot refers to, shared ones included
+            raw = json.loads(self.restic("stats", "--json", "--mode", "raw-data", record.id).out)
+            record.stored = int(raw.get("total_size", 0))
         return records
 
     def latest(self) -> BackupRecord:

@@ -4,12 +4,13 @@ import json
 
 import pytest
 
-from kiln.drill import Check, DrillReport, chart_svg, load_history, parse_target_time
+from kiln.drill import Check, DrillReport, chart_svg, load_history, parse_target_time, pgbackrest_time
 from kiln.errors import KilnError
 
 
 def test_target_time_needs_a_zone_and_a_past_moment():
     assert parse_target_time("2026-01-02T03:04:05Z") == parse_target_time("2026-01-02T04:04:05+01:00")
+    assert pgbackrest_time(parse_target_time("2026-01-02T04:04:05.25+01:00")) == "2026-01-02 03:04:05.250+00"
     with pytest.raises(KilnError, match="add a zone"):
         parse_target_time("2026-01-02T03:04:05")
     with pytest.raises(KilnError, match="not an ISO 8601 time"):

@@ -1,0 +1,204 @@
+"""DR benchmark: backup time, drill RTO against the floor, and RPO under continuous archiving.
+
+    .venv/bin/python benchmarks/dr.py [--mb 1024]
+
+All in one run, on the newest verified db and web images of KILN_IMAGE_REPO:
+1. a source environment `kiln-benchdr<pid>` gets --mb MiB of poorly compressible data
+   (4/5 database rows of SHA-256 output, 1/5 random files) and a full backup (timed);
+2. a writer records one row every WRITE_INTERVAL seconds through the app for the rest of the run;
+3. `dr-drill` runs: RTO is drill start (after the source reference) to a green smoke test;
+4. the floor: in a bare db container, the raw `pgbackrest restore` to the same restore point
+   plus PostgreSQL's start, replay and promotion, nothing else;
+5. RPO: after WRITE_SECONDS more of writing the source db is killed (SIGKILL, no WAL switch),
+   the latest backup is restored with every archived segment, and the newest restored commit is
+   compared with the newest commit the writer saw acknowledged.
+Goals: RTO <= 1.3x floor; RPO <= 60 s. Everything it creates is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+
+import docker
+
+from kiln.backup import BackupSettings, dbcheck, site, take_backup
+from kiln.backup.base import DockerShell, human_size
+from kiln.backup.load import load_data
+from kiln.backup.pgbackrest import PgBackRest
+from kiln.backup.secrets import ensure_secrets, secret
+from kiln.drill import Drill, http
+from kiln.images import DockerImageStore
+from kiln.settings import Settings
+
+WRITE_INTERVAL = 0.5
+WRITE_SECONDS = 45  # more than archive_timeout (30 s), so continuous archiving is what is measured
+MAX_WRITES = 2000
+
+
+class Writer(threading.Thread):
+    """One record every WRITE_INTERVAL seconds; remembers the newest acknowledged commit."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.stop, self.acknowledged, self.writes, self.errors = url, threading.Event(), 0.0, 0, 0
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.writes < MAX_WRITES:
+            try:
+                code, _ = http(self.url, "POST", json.dumps({"customer": "benchmark", "amount": 1}).encode())
+                if code == 201:
+                    self.acknowledged, self.writes = time.time(), self.writes + 1
+                else:
+                    self.errors += 1
+            except OSError:
+                self.errors += 1
+            self.stop.wait(WRITE_INTERVAL)
+
+
+def newest_verified(store: DockerImageStore, role: str) -> str:
+    records = [r for r in store.list(role) if r.status in ("verified", "promoted")]
+    if not records:
+        sys.exit(f"no verified {role} image in {store.repository(role)}: bake and verify it first")
+    return records[0].image
+
+
+def restore_bare(
+    client,
+    env: str,
+    image: str,
+    settings: BackupSettings,
+    key: str,
+    password: str,
+    name: str,
+    target: str | None,
+) -> tuple[float, float]:
+    """Restore into a held db container: (seconds from restore start to promotion, newest commit)."""
+    network = client.networks.create(name, labels={"kiln.env": name})
+    container = None
+    try:
+        container = site.launch(
+            client,
+            name=f"{name}-db1",
+            image=image,
+            network=name,
+            labels={"kiln.env": name},
+            files={"/etc/kiln/db.env": (site.db_env(password, hold=True), 0o600, "root")},
+            volumes=site.backup_mounts(env, "db", read_only=True),
+        )
+        shell = DockerShell(container, [key])
+        tool = PgBackRest(shell, settings, key)
+        tool.configure()
+        started = time.monotonic()
+        if target:
+            tool.restore(target, "name")
+        else:
+            tool.restore()
+        assert container.exec_run(["pg_ctlcluster", "15", "main", "start"]).exit_code == 0
+        site.wait_until(
+            lambda: (
+                container.exec_run(
+                    ["psql", "-X", "-qAt", "-c", "SELECT pg_is_in_recovery()"], user="postgres"
+                ).output.strip()
+                == b"f"
+            ),
+            900,
+            "promotion",
+            interval=0.05,
+        )
+        seconds = time.monotonic() - started
+        _, newest = dbcheck.parse_rows("postgres", dbcheck.psql(shell, "postgres", dbcheck.NEWEST_REPLAYED))
+        return seconds, newest or 0.0
+    finally:
+        if container is not None:
+            container.remove(force=True)
+        network.remove()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=1024, help="MiB of data to load (default 1024)")
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    client = docker.from_env(timeout=300)
+    store = DockerImageStore(client, settings)
+    env = f"benchdr{os.getpid()}"
+    backup = BackupSettings()
+    figures: dict[str, object] = {"mb": args.mb}
+    writer = None
+    try:
+        ensure_secrets(settings, env)
+        key, password = secret(settings, env, "KILN_BACKUP_KEY"), secret(settings, env, "KILN_DB_PASSWORD")
+        source = site.create_site(
+            client,
+            env,
+            db_image=newest_verified(store, "db"),
+            web_image=newest_verified(store, "web"),
+            password=password,
+        )
+        site.wait_until(lambda: site.db_ready(source.db), 60, "source db")
+        url = f"http://{site.address(source.web[0])}"
+        site.wait_until(lambda: b'"database": "ok"' in http(url + "/health")[1], 60, "source web")
+
+        started = time.monotonic()
+        loaded = load_data(client, env, args.mb)
+        figures["load_seconds"] = round(time.monotonic() - started, 1)
+        figures["table_bytes"] = loaded["table_bytes"]
+        figures["file_bytes"] = loaded["file_bytes"]
+
+        started = time.monotonic()
+        records = take_backup(settings, env, "full", backup, client)
+        figures["backup_seconds"] = round(time.monotonic() - started, 1)
+        figures["backup_sizes"] = {r.tool: human_size(r.size) for r in records}
+
+        writer = Writer(url + "/records")
+        writer.start()
+        drill = Drill(settings, env, backup, client=client)
+        report = drill.run()
+        figures["drill_ok"] = report.ok
+        figures["rto_seconds"] = report.rto_seconds
+        figures["drill_rpo_seconds"] = report.rpo_seconds
+        figures["drill_steps"] = {c.name: c.seconds for c in report.checks}
+
+        floor, _ = restore_bare(
+            client, env, source.db.image.id, backup, key, password, f"kiln-{env}-floor", drill.restore_point
+        )
+        figures["floor_seconds"] = round(floor, 2)
+        if report.rto_seconds:
+            figures["rto_over_floor"] = round(report.rto_seconds / floor, 2)
+
+        time.sleep(WRITE_SECONDS)
+        source.db.kill()  # the disaster: no shutdown, no WAL switch
+        writer.stop.set()
+        writer.join()
+        seconds, newest = restore_bare(
+            client, env, source.db.image.id, backup, key, password, f"kiln-{env}-rpo", None
+        )
+        figures["rpo_seconds"] = round(max(0.0, writer.acknowledged - newest), 1)
+        figures["rpo_restore_seconds"] = round(seconds, 2)
+        figures["writes"], figures["write_errors"] = writer.writes, writer.errors
+    finally:
+        if writer is not None:
+            writer.stop.set()
+        site.remove_site(client, f"kiln.env={env}")
+        for volume in site.repo_volumes(env).values():
+            with contextlib.suppress(docker.errors.NotFound):
+                client.volumes.get(volume).remove(force=True)
+    print(json.dumps(figures, indent=2))
+    rto_ok = figures.get("rto_over_floor", 99) <= 1.3
+    rpo_ok = figures.get("rpo_seconds", 999) <= 60
+    print(
+        f"RTO {figures.get('rto_seconds')} s = {figures.get('rto_over_floor')}x floor "
+        f"{figures.get('floor_seconds')} s ({'meets' if rto_ok else 'misses'} <= 1.3x); "
+        f"RPO {figures.get('rpo_seconds')} s ({'meets' if rpo_ok else 'misses'} <= 60 s); "
+        f"backup {figures.get('backup_seconds')} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
