@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Kernel and network hardening (dev-sec linux-baseline, ANSSI BP-028, CIS Debian 12) persisted
-# in sysctl.d: applied by the kernel of a VM at boot; a container shares its host's kernel, so
-# there the file is what the image carries and tests check it rather than live values.
+# in sysctl.d: applied by the kernel of a VM at boot. A container shares its host's kernel: its
+# network namespace gets the net.* keys from Docker (kiln/verify.py), the rest stays the host's.
 set -euo pipefail
 cat > /etc/sysctl.d/90-kiln-hardening.conf <<'CONF'
 # Kiln hardening baseline (provisioners/harden-sysctl.sh)
+# Forwarding first: turning it off resets accept_redirects, which the keys below set again.
+net.ipv4.ip_forward = 0
+net.ipv4.conf.all.forwarding = 0
+net.ipv4.conf.default.forwarding = 0
+net.ipv6.conf.all.forwarding = 0
 dev.tty.ldisc_autoload = 0
 fs.protected_fifos = 2
 fs.protected_hardlinks = 1
@@ -31,7 +36,6 @@ net.ipv4.conf.all.accept_source_route = 0
 net.ipv4.conf.all.arp_filter = 1
 net.ipv4.conf.all.arp_ignore = 2
 net.ipv4.conf.all.drop_gratuitous_arp = 1
-net.ipv4.conf.all.forwarding = 0
 net.ipv4.conf.all.log_martians = 1
 net.ipv4.conf.all.route_localnet = 0
 net.ipv4.conf.all.rp_filter = 1
@@ -40,7 +44,6 @@ net.ipv4.conf.all.send_redirects = 0
 net.ipv4.conf.all.shared_media = 0
 net.ipv4.conf.default.accept_redirects = 0
 net.ipv4.conf.default.accept_source_route = 0
-net.ipv4.conf.default.forwarding = 0
 net.ipv4.conf.default.log_martians = 1
 net.ipv4.conf.default.rp_filter = 1
 net.ipv4.conf.default.secure_redirects = 0
@@ -49,7 +52,6 @@ net.ipv4.conf.default.shared_media = 0
 net.ipv4.icmp_echo_ignore_broadcasts = 1
 net.ipv4.icmp_ignore_bogus_error_responses = 1
 net.ipv4.icmp_ratelimit = 100
-net.ipv4.ip_forward = 0
 net.ipv4.ip_local_port_range = 32768 65535
 net.ipv4.tcp_rfc1337 = 1
 net.ipv4.tcp_syncookies = 1
@@ -61,7 +63,6 @@ net.ipv6.conf.all.accept_ra_rtr_pref = 0
 net.ipv6.conf.all.accept_redirects = 0
 net.ipv6.conf.all.accept_source_route = 0
 net.ipv6.conf.all.autoconf = 0
-net.ipv6.conf.all.forwarding = 0
 net.ipv6.conf.all.max_addresses = 1
 net.ipv6.conf.all.router_solicitations = 0
 net.ipv6.conf.default.accept_ra = 0
