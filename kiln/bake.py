@@ -97,7 +97,7 @@ class Baker:
         """Bake the role and any missing or stale ancestor; `force` rebakes the role itself."""
         chain = self.catalog.chain(role_name)  # validates every role before anything starts
         if self.target.name != "docker":
-            return [self._bake_cloud(chain, locked)]
+            return [self._bake_cloud(chain)]  # clouds always need a committed, current lock
         packer.require_packer(self.settings)
         parent_ref, parent_identity = self._bootstrap()
         outcomes = []
@@ -300,7 +300,7 @@ class Baker:
             identity = f"{role.name}@{version}"
         return version, identity
 
-    def _bake_cloud(self, chain: list[Role], locked: bool) -> BakeOutcome:
+    def _bake_cloud(self, chain: list[Role]) -> BakeOutcome:
         started = time.monotonic()
         role = chain[-1]
         path, version = self.render(role.name)
