@@ -22,8 +22,6 @@ SELECT format('SELECT %L, %L, count(*), '
               'table', format('%I.%I', n.nspname, c.relname), format('%I.%I', n.nspname, c.relname))
 {USER_TABLES} ORDER BY n.nspname, c.relname \\gexec
 """
-# Writers wait while the reference is read and the restore point is written, so the restore
-# point marks exactly the state the checksums describe.
 LOCK_TABLES = f"""
 SELECT format('LOCK TABLE %s IN SHARE MODE', string_agg(format('%I.%I', n.nspname, c.relname), ', '))
 {USER_TABLES} HAVING count(*) > 0 \\gexec
@@ -69,11 +67,48 @@ def psql(shell: DockerShell, database: str, script: str) -> str:
     return result.out
 
 
+# The source's reference: one session per database takes share locks on its tables and reads
+# them, then waits; once all have read, one more session notes the newest commit and writes the
+# restore point, and only then do they commit. Writers wait throughout, so the restore point
+# marks exactly the state the sums describe, across every database.
+SEALED_SNAPSHOT = r"""
+dir=$(mktemp -d)
+trap 'touch "$dir/go"; rm -rf "$dir"' EXIT
+count=0
+for db in $KILN_DATABASES; do
+  count=$((count + 1))
+  { printf '%s\n' "BEGIN;" "SET LOCAL lock_timeout = '60s';" "$KILN_LOCK" "$KILN_SUMS" \
+      "\\! touch $dir/ready-$db" "\\! until [ -f $dir/go ]; do sleep 0.02; done" "COMMIT;" |
+      psql -X -qAt -F "$(printf '\t')" -v ON_ERROR_STOP=1 -d "$db" >"$dir/out-$db" 2>&1
+    echo $? >"$dir/rc-$db"; } &
+done
+ready=0
+for _ in $(seq 1 18000); do
+  ready=$(find "$dir" -name 'ready-*' | wc -l)
+  [ "$ready" -eq "$count" ] && break
+  if [ -n "$(find "$dir" -name 'rc-*')" ]; then cat "$dir"/out-*; exit 1; fi
+  sleep 0.1
+done
+[ "$ready" -eq "$count" ] || { echo "the reference sessions did not finish reading in 1800 s"; exit 1; }
+printf '%s\n' "$KILN_SEAL" | psql -X -qAt -F "$(printf '\t')" -v ON_ERROR_STOP=1 -d postgres || exit 1
+touch "$dir/go"
+wait
+for db in $KILN_DATABASES; do
+  [ "$(cat "$dir/rc-$db")" = 0 ] || { cat "$dir/out-$db"; exit 1; }
+  printf 'database\t%s\n' "$db"
+  cat "$dir/out-$db"
+done
+"""
+
+
 def parse_rows(database: str, output: str) -> tuple[list[TableSum], float | None]:
+    """Rows of the checksum queries; a `database` line switches the database they belong to."""
     tables, newest = [], None
     for line in output.splitlines():
         parts = line.split("\t")
-        if parts[0] == "table" and len(parts) == 4:
+        if parts[0] == "database" and len(parts) == 2:
+            database = parts[1]
+        elif parts[0] == "table" and len(parts) == 4:
             tables.append(TableSum(database, parts[1], int(parts[2]), int(parts[3])))
         elif parts[0] == "commit" and len(parts) == 2:
             newest = float(parts[1])
@@ -86,22 +121,29 @@ def databases(shell: DockerShell) -> list[str]:
 
 def snapshot(shell: DockerShell, restore_point: str | None = None) -> Snapshot:
     """Checksums of every table of every database; with `restore_point`, taken under locks and
-    sealed by a named restore point written while they are held (the source's reference)."""
+    sealed by that named restore point (the source's reference, see SEALED_SNAPSHOT)."""
     names = databases(shell)
+    if restore_point:
+        seal = NEWEST_COMMIT + f"\nSELECT 'point', pg_create_restore_point('{restore_point}');"
+        result = shell.run(
+            ["sh", "-c", SEALED_SNAPSHOT],
+            user="postgres",
+            env={
+                "KILN_DATABASES": " ".join(names),
+                "KILN_LOCK": LOCK_TABLES,
+                "KILN_SUMS": CHECKSUMS,
+                "KILN_SEAL": seal,
+            },
+        )
+        if not result.ok:
+            raise OperationFailed(f"reference in {shell.name}: {result.tail()}")
+        rows, newest = parse_rows("", result.out)
+        return Snapshot({row.key: row for row in rows}, newest or 0.0)
     tables: dict[str, TableSum] = {}
     newest = 0.0
-    for i, database in enumerate(names):
-        script = CHECKSUMS
-        if restore_point:
-            script = "BEGIN;\nSET LOCAL lock_timeout = '60s';\n" + LOCK_TABLES + CHECKSUMS
-            if i == len(names) - 1:
-                script += NEWEST_COMMIT + f"\nSELECT 'point', pg_create_restore_point('{restore_point}');\n"
-            script += "COMMIT;\n"
-        elif i == len(names) - 1:
-            script += NEWEST_COMMIT
-        rows, commit = parse_rows(database, psql(shell, database, script))
+    for database in names:
+        rows, _ = parse_rows(database, psql(shell, database, CHECKSUMS))
         tables.update({row.key: row for row in rows})
-        newest = commit if commit is not None else newest
     return Snapshot(tables, newest)
 
 

@@ -12,6 +12,7 @@ from kiln.backup.base import BackupFault, BackupRecord, BackupTool, Result
 REPO_PATH = "/var/lib/kiln-restic"  # the docker volume standing for off-site storage
 PASSWORD_FILE = "/etc/kiln/restic.pass"
 UPLOADS = "/srv/kiln-web/uploads"
+OWNER = "kiln-web:kiln-web"  # the app's user, which serves the uploads
 TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 _CAUSES = (
@@ -103,9 +104,10 @@ class Restic(BackupTool):
     def classify(self, output: str) -> str | None:
         return classify(output)
 
-    def restic(self, *args: str, cause: str = "tool-failed") -> Result:
+    def restic(self, *args: str, cause: str = "tool-failed", nice: bool = False) -> Result:
         lock = ["--no-lock"] if self.read_only else []
-        return self.run(["restic", "--quiet", *lock, *args], cause=cause, env=self.env)
+        niceness = ["nice", "-n", "10"] if nice else []
+        return self.run([*niceness, "restic", "--quiet", *lock, *args], cause=cause, env=self.env)
 
     def configure(self) -> None:
         self.shell.put(PASSWORD_FILE, self.key.encode(), 0o600)
@@ -157,4 +159,12 @@ class Restic(BackupTool):
         return [f"restic: snapshot {latest.id} is the newest; every pack read and verified"]
 
     def restore(self, snapshot: str = "latest") -> Result:
-        return self.restic("restore", snapshot, "--target", "/", "--include", UPLOADS, cause="restore-failed")
+        # Niced: in a drill the database restores at the same time, and it decides the RTO.
+        result = self.restic(
+            "restore", snapshot, "--target", "/", "--include", UPLOADS, cause="restore-failed", nice=True
+        )
+        # restic restores numeric owners, of the parent folder too; another bake of the image may
+        # have given the app another uid.
+        self.run(["chown", OWNER, UPLOADS.rsplit("/", 1)[0]], cause="restore-failed")
+        self.run(["chown", "-R", OWNER, UPLOADS], cause="restore-failed")
+        return result

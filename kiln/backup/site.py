@@ -1,11 +1,10 @@
-"""Instances of an environment on the local Docker engine, as the backup tools and the drill
-see them, and the DR environment a drill creates.
+"""Instances of an environment on the local Docker engine, as the backup tools see them.
 
-This is the docker SDK used directly (the provider contract of kiln/providers/ has no volumes
-yet): containers carry `kiln.env`/`kiln.role` labels like the local provider's, the backup
+Instances are found by the local provider's labels (`kiln.env`, `kiln.role`); the backup
 repositories are the docker volumes `kiln-<env>-pgbackrest` and `kiln-<env>-restic` (standing
-for off-site storage: they outlive every instance), and a DR environment is its own network
-`kiln-dr-<id>` (another region) with containers `kiln-dr-<id>-db1` and `-web1`.
+for off-site storage: they outlive every instance), which the local provider mounts when the
+environment has a `backup:` section (`instance_mounts`). `create_site` starts a db and a web
+instance with the docker SDK directly, for tests and benchmarks that need a source quickly.
 """
 
 from __future__ import annotations

@@ -216,6 +216,11 @@ def test_psql_rows_are_parsed_into_tables_and_the_newest_commit():
     )
     assert tables == [TableSum("kiln", "public.records", 12, 123456)]
     assert newest == 1795305277.5
+    sealed = "commit\t1795305280\npoint\t0/4000\ndatabase\tkiln\ntable\tpublic.a\t1\t2\ndatabase\tpostgres\n"
+    sealed += "table\tpublic.b\t3\t4\n"
+    tables, newest = parse_rows("", sealed)
+    assert [(t.key, t.rows) for t in tables] == [("kiln:public.a", 1), ("postgres:public.b", 3)]
+    assert newest == 1795305280
 
 
 class _Echo(Shell):
