@@ -38,8 +38,9 @@ PROFILE = "xccdf_org.ssgproject.content_profile_anssi_bp28_intermediary"
 DATASTREAM = "ssg-debian12-ds.xml"
 SSG_SUITE = "trixie"
 XCCDF = "{http://checklists.nist.gov/xccdf/1.2}"
-# The audit layer's tools, from the image's own Debian mirror.
-AUDIT_PACKAGES = ["lynis", "openscap-scanner"]
+# The audit layer's tools, from the image's own Debian mirror; Lynis needs ps and ss to look at
+# processes and sockets (a stock minbase image has neither).
+AUDIT_PACKAGES = ["lynis", "openscap-scanner", "procps", "iproute2"]
 REPORT_FILES = (
     "/tmp/oscap-results.xml",
     "/tmp/oscap-report.html",
@@ -230,7 +231,7 @@ class Auditor:
         thresholds = thresholds or Thresholds.from_settings(self.settings)
         report_dir = self.settings.state_dir / "audit" / role / record.version
         started = time.monotonic()
-        lynis, scap = self.scan(record.id, role, report_dir)
+        lynis, scap = self.scan(record.id, role, report_dir, label=record.image)
         result = AuditResult(
             role,
             record.version,
@@ -248,8 +249,11 @@ class Auditor:
         self.store.update_labels(record, result.labels())
         return result
 
-    def scan(self, image: str, what: str, report_dir: Path) -> tuple[LynisFigures, ScapFigures]:
-        """Run both tools on any image (a role's, or the stock bootstrap one) into report_dir.
+    def scan(
+        self, image: str, what: str, report_dir: Path, label: str | None = None
+    ) -> tuple[LynisFigures, ScapFigures]:
+        """Run both tools on any image (a role's, or the stock bootstrap one) into report_dir;
+        the containers carry the label kiln.audit=<label>, the image's name.
 
         The tools go into a throwaway layer committed from a container on the bake network;
         the scans then run in a container of that layer booted with the image's own init
@@ -274,7 +278,7 @@ class Auditor:
                     init=True,
                     name=f"{name}-tools",
                     network_mode=self.settings.bake_network,
-                    labels={"kiln.audit": what},
+                    labels={"kiln.audit": label or image},
                 )
                 self._exec(tools, ["sh", "-c", install_script()], "installing the audit tools")
                 tools.put_archive("/tmp", _tar(DATASTREAM, datastream.read_bytes()))
@@ -290,7 +294,7 @@ class Auditor:
                     network_mode="none",
                     cap_add=["NET_ADMIN"],
                     sysctls=namespaced_sysctls(self.client, image),
-                    labels={"kiln.audit": what},
+                    labels={"kiln.audit": label or image},
                 )
                 step("OpenSCAP: ANSSI BP-028 intermediary")
                 self._exec(container, oscap_command(), "oscap", ok=(0, 2))  # 2: some rule failed

@@ -49,4 +49,5 @@ def test_audit_records_figures_and_fails_on_a_missed_threshold(kiln, baked_web, 
         name=f"{kiln.prefix}-audit-probe",
     )
     assert probe.decode().strip() == "none"
-    assert not [c.name for c in docker_client.containers.list(all=True) if c.name.startswith("kiln-audit-")]
+    ours = f"kiln.audit={kiln.prefix}/base:{version}"
+    assert not docker_client.containers.list(all=True, filters={"label": ours})

@@ -21,6 +21,12 @@ def versions(proc) -> dict[str, str]:
     return dict(line.split("\t")[:2] for line in proc.stdout.splitlines() if "\t" in line)
 
 
+def leftover_verify_containers(kiln, docker_client) -> list[str]:
+    """Verification containers of this run's images (others may be verifying on the same engine)."""
+    containers = docker_client.containers.list(all=True, filters={"label": "kiln.verify"})
+    return [c.name for c in containers if c.labels["kiln.verify"].startswith(kiln.prefix + "/")]
+
+
 @pytest.fixture(scope="session")
 def baked_all(kiln, baked_web) -> dict[str, str]:
     """Every role baked (and so verified) once for the session; role -> version."""
@@ -40,7 +46,7 @@ def test_bake_verifies_every_role(kiln, baked_all, docker_client):
         assert junits, f"no JUnit file for {role}"
         assert 'failures="0"' in junits[-1].read_text()
     # No verification container is left behind.
-    assert not [c.name for c in docker_client.containers.list(all=True) if c.name.startswith("kiln-verify-")]
+    assert not leftover_verify_containers(kiln, docker_client)
 
 
 def test_verify_runs_the_common_suite_and_the_roles_own(kiln, baked_all):
@@ -110,7 +116,7 @@ def test_a_weakening_provisioner_yields_a_rejected_image(scratch_project, baked_
     assert labels["kiln.status"] == "rejected"
     # base was verified before and is left as it was.
     assert versions(proc)["base"] == baked_all["base"]
-    assert not [c.name for c in docker_client.containers.list(all=True) if c.name.startswith("kiln-verify-")]
+    assert not leftover_verify_containers(scratch_project, docker_client)
 
 
 def test_no_verify_leaves_the_image_baked(scratch_project, baked_all, docker_client):
