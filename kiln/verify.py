@@ -45,7 +45,7 @@ NAMESPACED_SYSCTL = re.compile(
 
 @dataclass(frozen=True)
 class Failure:
-    control: str  # the test's name, e.g. test_sshd_option[PermitRootLogin]
+    control: str  # the test's name, e.g. test_sshd_option[permitrootlogin]
     suite: str  # the file it comes from, e.g. images/base/tests/test_hardening.py
     message: str
 
@@ -76,6 +76,13 @@ class VerifyResult:
 
 def container_name(role: str) -> str:
     return f"kiln-verify-{role}-{uuid.uuid4().hex[:8]}"
+
+
+def control_name(test_name: str) -> str:
+    """A test's name without the host testinfra puts in its id: `test_x[docker://kiln-verify-
+    web-1a2b3c4d-permitrootlogin]` is control `test_x[permitrootlogin]`."""
+    name = re.sub(r"docker://kiln-verify-[a-z0-9-]+?-[0-9a-f]{8}-?", "", test_name)
+    return name.removesuffix("[]")
 
 
 def suite_files(chain: list[Role]) -> list[Path]:
@@ -149,7 +156,7 @@ def parse_junit(path: Path) -> tuple[int, list[Failure]]:
             if case.find("skipped") is not None:
                 failures.append(
                     Failure(
-                        case.get("name", "?"),
+                        control_name(case.get("name", "?")),
                         _suite_of(case),
                         "skipped: " + (case.find("skipped").get("message") or "no reason given"),
                     )
@@ -165,7 +172,7 @@ def _failure(case: ET.Element, problem: ET.Element) -> Failure:
     # pytest puts the assertion line in `message`; the first line of it names what was wrong.
     text = (problem.get("message") or problem.text or "").strip()
     first = text.splitlines()[0] if text else "no message"
-    return Failure(case.get("name", "?"), _suite_of(case), first[:300])
+    return Failure(control_name(case.get("name", "?")), _suite_of(case), first[:300])
 
 
 class Verifier:

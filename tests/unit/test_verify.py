@@ -14,6 +14,7 @@ from kiln.verify import (
     Failure,
     VerifyResult,
     container_name,
+    control_name,
     parse_junit,
     parse_sysctl_conf,
     report,
@@ -25,7 +26,8 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" errors="1" failures="1" skipped="1" tests="5">
 <testcase classname="images.base.tests.test_hardening" name="test_sshd_option[paramiko://x-permitrootlogin]"
   file="images/base/tests/test_hardening.py" time="0.1"/>
-<testcase classname="images.base.tests.test_hardening" name="test_machine_id_empty[docker://c]" time="0.1">
+<testcase classname="images.base.tests.test_hardening" name="test_machine_id_empty[docker://kiln-verify-web-1a2b3c4d]"
+  time="0.1">
   <failure message="AssertionError: assert 33 == 0&#10; +  where 33 = size">details</failure></testcase>
 <testcase classname="images.web.tests.test_web" name="test_health_reports_the_baked_version[through-nginx]">
   <error message="failed on setup with &quot;ConnectionError&quot;">trace</error></testcase>
@@ -50,7 +52,7 @@ def test_parse_junit_counts_every_case_and_names_failures_errors_and_skips(tmp_p
     tests, failures = parse_junit(path)
     assert tests == 5
     assert [f.control for f in failures] == [
-        "test_machine_id_empty[docker://c]",
+        "test_machine_id_empty",
         "test_health_reports_the_baked_version[through-nginx]",
         "test_later",
     ]
@@ -114,6 +116,14 @@ def test_report_of_a_rejection_names_role_and_control_and_fails():
 
 def test_report_of_verified_images_passes():
     report([VerifyResult("web", "abc", "kilnunit/web:abc", status="verified", tests=3)])
+
+
+def test_control_names_drop_the_verification_container():
+    assert control_name("test_sshd_option[docker://kiln-verify-db-main-0a1b2c3d-permitrootlogin]") == (
+        "test_sshd_option[permitrootlogin]"
+    )
+    assert control_name("test_machine_id_empty[docker://kiln-verify-web-0a1b2c3d]") == "test_machine_id_empty"
+    assert control_name("test_health[through-nginx]") == "test_health[through-nginx]"
 
 
 def test_container_names_carry_the_verify_prefix_and_differ():
