@@ -163,7 +163,7 @@ class Store:
 
     def save(self, state: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp = self.state_file.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
         os.replace(tmp, self.state_file)
 
@@ -226,6 +226,7 @@ class Engine:
         self._lock = threading.Lock()  # events come from launch and terminate threads too
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kiln-rollout")
         self._stopping: list[Future] = []
+        self._retiring: set[str] = set()  # out of the load balancer, being stopped
 
     # ---- user-data --------------------------------------------------------------------------
 
@@ -257,13 +258,24 @@ class Engine:
         with self._lock:
             if self.state:
                 self.state.setdefault("events", []).append({"at": _now(), **entry})
-                self.store.save(self.state)
+        self.save()
         self.say(f"  {action} " + " ".join(f"{k}={v}" for k, v in details.items()))
+
+    def save(self) -> None:
+        with self._lock:
+            if self.state:
+                self.store.save(self.state)
+
+    def instances(self, role: str | None = None) -> list[Instance]:
+        """The provider's instances less those already retired and still stopping."""
+        with self._lock:
+            retiring = set(self._retiring)
+        return [i for i in self.provider.instances(role) if i.name not in retiring]
 
     def sample(self) -> dict[str, object]:
         """Healthy instances per zone and version, for the timeline; the servers as a bonus."""
         servers = self.provider.lb_servers()
-        instances = self.provider.instances(self.role)
+        instances = self.instances(self.role)
         t = round(time.monotonic() - self.started, 2)
         for zone in range(len(self.env.zones)):
             healthy = collections.Counter(
@@ -324,7 +336,7 @@ class Engine:
         if not names:
             return
         servers = self.provider.lb_servers()
-        by_name = {i.name: i for i in self.provider.instances()}
+        by_name = {i.name: i for i in self.instances()}
         for name in names:
             if name in servers and servers[name].state == "ready":
                 self.provider.lb_drain(by_name[name])
@@ -341,10 +353,14 @@ class Engine:
                 self.event("deregistered", instance=name)
             if name in by_name:
                 # Out of the load balancer it serves nobody: stop it while the next step runs.
+                with self._lock:
+                    self._retiring.add(name)
                 self._stopping.append(self._pool.submit(self.terminate, by_name[name]))
 
     def terminate(self, instance: Instance) -> None:
         self.provider.terminate(instance)
+        with self._lock:
+            self._retiring.discard(instance.name)
         self.event("terminated", instance=instance.name)
 
     def settle(self) -> None:
@@ -358,7 +374,7 @@ class Engine:
     def reconcile(self, zone: int, version: str) -> None:
         """Finish what a crash left half done in this zone, before planning the next step."""
         servers = self.provider.lb_servers()
-        instances = self.provider.instances()
+        instances = self.instances()
         names = {i.name for i in instances}
         for name in servers:
             if name not in names:
@@ -417,7 +433,7 @@ class Engine:
                 f"{previous['status']}: continue it with `invoke rollout {self.env.name} --resume` "
                 f"or undo it with `invoke rollback {self.env.name}`"
             )
-        instances = self.provider.instances(self.role)
+        instances = self.instances(self.role)
         if not instances:
             raise KilnError(
                 f"environment {self.env.name} has no {self.role} instances: run `invoke up {self.env.name}`"
@@ -445,7 +461,7 @@ class Engine:
         """Drive a rollout to its end: succeeded, paused, or rolled back (then OperationFailed)."""
         self.state = state
         self.state["status"] = "running"
-        self.store.save(self.state)
+        self.save()
         try:
             for zone in state["zones"]:
                 if zone in state["done"]:
@@ -490,8 +506,8 @@ class Engine:
             )
         image = self.provider.image(self.role, version)
         self.state["status"] = "rolling-back"
-        self.store.save(self.state)
-        instances = self.provider.instances(self.role)
+        self.save()
+        instances = self.instances(self.role)
         touched = sorted({i.zone for i in instances if i.version != version}, reverse=True)
         try:
             for zone in touched:
@@ -517,7 +533,7 @@ class Engine:
         title = f"{self.env.name}: {self.role} {s['from']} -> {s['to']} ({s['status']})"
         timeline.write_text(report.timeline_svg(self.samples, self.env.zones, title))
         self.state["timeline"] = str(timeline)
-        self.store.save(self.state)
+        self.save()
         report.append_audit(
             self.store.audit_file,
             {

@@ -197,7 +197,9 @@ class LocalProvider(Provider):
         filters = {"label": [f"kiln.env={self.env.name}", "kiln.instance"]}
         if role:
             filters["label"].append(f"kiln.role={role}")
-        found = [self._instance(c) for c in self.client.containers.list(all=True, filters=filters)]
+        # A container may be removed between listing and inspecting it (a rollout stops some).
+        containers = self.client.containers.list(all=True, filters=filters, ignore_removed=True)
+        found = [self._instance(c) for c in containers]
         return sorted(found, key=lambda i: (i.role, i.number))
 
     def terminate(self, instance: Instance) -> None:
