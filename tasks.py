@@ -155,6 +155,9 @@ def rollout(c, env, role=None, image=None, plan=False, resume=False, yes=False):
         state = engine.start(engine.provider.image(engine.role, image))
         steps = rollouts.plan(engine.env, engine.role, engine.provider.instances(engine.role),
                               state["to"], state["zones"])
+        if not steps:
+            print(f"nothing to do: {env} runs {engine.role} {state['to']} everywhere")
+            return
         print(f"{env}: {engine.role} {state['from']} -> {state['to']}, {len(steps)} steps")
         for step in steps:
             print(rollouts.describe(engine.env, engine.role, step))

@@ -511,8 +511,12 @@ class Engine:
         touched = sorted({i.zone for i in instances if i.version != version}, reverse=True)
         try:
             for zone in touched:
-                self.say(f"rolling back zone {self.env.zones[zone]} to {version}")
+                name = self.env.zones[zone]
+                self.say(f"rolling back zone {name} to {version}")
+                began = round(time.monotonic() - self.started, 2)
                 self.converge_zone(zone, image)
+                ended = round(time.monotonic() - self.started, 2)
+                self.state.setdefault("rollback_timings", {})[name] = {"start": began, "end": ended}
         except (OperationFailed, docker.errors.APIError) as exc:
             self.state["status"] = "failed"
             self.finish()
@@ -551,10 +555,11 @@ class Engine:
                     "status",
                     "failure",
                     "zone_timings",
+                    "rollback_timings",
                     "timeline",
                 )
             }
-            | {"action": self.state.get("action", "rollout"), "by": getpass.getuser()},
+            | {"action": self.state.get("action", "rollout")},
         )
         return self.state
 
