@@ -217,6 +217,7 @@ def backup(c, env, type="full"):
     from kiln import backup as backups
     from kiln.backup.base import human_size
 
+    backups.require_kind(type)
     config = backups.backup_settings(settings(), env)
     for record in backups.take_backup(settings(), env, type, config, docker_client()):
         print(f"{record.tool}\t{record.kind}\t{record.id}\t{human_size(record.size)}")
@@ -251,9 +252,11 @@ def backups(c, env, json=False):
 def dr_drill(c, env, target_time=None, keep=False):
     """Restore the backups into a fresh DR environment, verify the data, smoke-test, report RTO/RPO."""
     from kiln import backup as backup_tools
-    from kiln.drill import Drill
+    from kiln.drill import Drill, parse_target_time
     from kiln.errors import OperationFailed
 
+    if target_time:
+        parse_target_time(target_time)  # bad input stops here, before anything is created
     config = backup_tools.backup_settings(settings(), env)
     report = Drill(settings(), env, config, target_time, keep, docker_client()).run()
     verdict = "passed" if report.ok else "failed"

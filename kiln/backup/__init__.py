@@ -39,11 +39,15 @@ def tools(
     return found
 
 
+def require_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise KilnError(f"--type '{kind}': use one of {', '.join(KINDS)}")
+
+
 def take_backup(
     settings: Settings, env: str, kind: str, backup: BackupSettings, client: docker.DockerClient
 ) -> list[BackupRecord]:
-    if kind not in KINDS:
-        raise KilnError(f"--type '{kind}': use one of {', '.join(KINDS)}")
+    require_kind(kind)
     created = ensure_secrets(settings, env)
     if created:
         console.say(f"created {created} with a new backup key: keep a copy off this machine")
