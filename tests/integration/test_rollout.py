@@ -203,3 +203,20 @@ def test_concurrent_rollout_is_refused_and_a_killed_rollout_resumes(kiln, env, v
     assert sorted(c.name for c in containers) == sorted(
         [f"kiln-{env}-lb"] + [f"kiln-{env}-{i['name']}" for i in status(kiln)["instances"]]
     ), "no orphan container may remain"
+
+
+def test_user_data_failing_the_schema_stops_the_rollout_before_any_change(kiln, env, versions):
+    template = kiln.project / "cloud-init" / "web.yml.j2"
+    good = template.read_text()
+    before = status(kiln)["instances"]
+    template.write_text(good.replace("users: {}", "users: []"))
+    try:
+        proc = kiln.invoke("rollout", env, "--image", other_good(kiln, versions), check=False)
+    finally:
+        template.write_text(good)
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "user-data fails the cloud-init schema: web" in proc.stderr
+        and "users: [] is too short" in proc.stderr
+    )
+    assert status(kiln)["instances"] == before
