@@ -7,7 +7,8 @@ verified web images, rolling from the older to the newer). Creates environment `
 removes it at the end. The floor is what the policy cannot beat, measured in the same run:
 zones x (instance start + rise x interval + warm-up + drain), where instance start is a zone's
 batch (max_surge instances) launched together until each answers /health, under the same load,
-and drain is the mean drain the rollout saw. One instance's start alone is printed too.
+before and after the rollout (the mean), and drain is the mean drain the rollout saw. One
+instance's start alone is printed too.
 """
 
 from __future__ import annotations
@@ -101,16 +102,21 @@ def main() -> int:
         for n in range(1, 7):
             provider.launch("web", n, source, engine.user_data("web", f"web{n}", env.zone_of(n), source))
         rollout.up(engine)
-        # Measured under the same load as the rollout: the load generator shares the CPU.
+        # Measured under the same load as the rollout (the load generator shares the CPU), once
+        # before and once after it: a shared machine's load drifts, the mean follows it.
+        surge = env.spec.rollout.max_surge
         with Load(provider.frontend(), workers=4, max_seconds=300):
-            single = batch_start(engine, target, 1)
-            start = batch_start(engine, target, env.spec.rollout.max_surge)
+            single = batch_start(engine, source, 1)
+            starts = [batch_start(engine, source, surge)]
         engine.started, engine.samples = time.monotonic(), []
         with Load(provider.frontend(), workers=4, max_seconds=600) as load:
             began = time.monotonic()  # the wall time includes the user-data check, as users see it
             plan = engine.start(target)
             result = engine.run(plan, target)
             wall = time.monotonic() - began
+        with Load(provider.frontend(), workers=4, max_seconds=300):
+            starts.append(batch_start(engine, target, surge))
+        start = sum(starts) / len(starts)
     finally:
         provider.destroy()
     h = env.spec.health
@@ -123,6 +129,7 @@ def main() -> int:
         "requests": load.requests, "failed": load.failed, "errors": dict(load.errors),
         "wall_s": round(wall, 1), "one_instance_start_s": round(single, 2),
         "batch_start_s": round(start, 2),
+        "batch_starts_s": [round(t, 2) for t in starts],
         "rise_x_interval_s": h.rise * h.interval,
         "drain_s": round(drain, 2), "floor_s": round(floor, 1), "ratio": round(wall / floor, 2),
         "floor_one_instance_s": round(floor_single, 1), "ratio_one_instance": round(wall / floor_single, 2),
