@@ -7,8 +7,9 @@ All in one run, on the newest verified db and web images of KILN_IMAGE_REPO:
    (4/5 database rows of SHA-256 output, 1/5 random files) and a full backup (timed);
 2. a writer records one row every WRITE_INTERVAL seconds through the app for the rest of the run;
 3. `dr-drill` runs: RTO is drill start (after the source reference) to a green smoke test;
-4. the floor: in a bare db container, the raw `pgbackrest restore` to the same restore point
-   plus PostgreSQL's start, replay and promotion, nothing else;
+4. the floor: in a bare db container, the raw `pgbackrest restore` to a restore point plus
+   PostgreSQL's start, replay and promotion, nothing else; once before the drill and once after
+   (to the drill's own restore point), the smaller counting;
 5. RPO: after WRITE_SECONDS more of writing the source db is killed (SIGKILL, no WAL switch),
    the latest backup is restored with every archived segment, and the newest restored commit is
    compared with the newest commit the writer saw acknowledged.
@@ -158,6 +159,14 @@ def main() -> None:
 
         writer = Writer(url + "/records")
         writer.start()
+        # The floor, measured before and after the drill; the smaller counts (other work on the
+        # machine only ever slows one down).
+        shell = DockerShell(source.db, [key])
+        dbcheck.psql(shell, "postgres", f"SELECT pg_create_restore_point('kiln-{env}-floor')")
+        PgBackRest(shell, backup, key).source_check()
+        floor_before, _ = restore_bare(
+            client, env, source.db.image.id, backup, key, password, f"kiln-{env}-floor1", f"kiln-{env}-floor"
+        )
         drill = Drill(settings, env, backup, client=client)
         report = drill.run()
         figures["drill_ok"] = report.ok
@@ -165,9 +174,11 @@ def main() -> None:
         figures["drill_rpo_seconds"] = report.rpo_seconds
         figures["drill_steps"] = {c.name: c.seconds for c in report.checks}
 
-        floor, _ = restore_bare(
-            client, env, source.db.image.id, backup, key, password, f"kiln-{env}-floor", drill.restore_point
+        floor_after, _ = restore_bare(
+            client, env, source.db.image.id, backup, key, password, f"kiln-{env}-floor2", drill.restore_point
         )
+        floor = min(floor_before, floor_after)
+        figures["floor_runs"] = [round(floor_before, 2), round(floor_after, 2)]
         figures["floor_seconds"] = round(floor, 2)
         if report.rto_seconds:
             figures["rto_over_floor"] = round(report.rto_seconds / floor, 2)
