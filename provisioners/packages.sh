@@ -10,14 +10,14 @@ apt-get "${apt_opts[@]}" update -qq
 read -r -a specs <<< "${KILN_PACKAGES:-}"
 [ "${#specs[@]}" -gt 0 ] || { echo "no packages to install"; exit 0; }
 
-missing=0
-for spec in "${specs[@]}"; do
-  if ! apt-cache show "$spec" >/dev/null 2>&1; then
-    echo "kiln-missing-package: $spec"
-    missing=1
-  fi
-done
-[ "$missing" -eq 0 ] || exit 3
+# One simulated install names every locked version the mirror lacks (a check per package
+# costs seconds on a large lock).
+missing=$(apt-get "${apt_opts[@]}" install --simulate -qq "${specs[@]}" 2>&1 >/dev/null |
+  sed -n "s/^E: Version '\(.*\)' for '\(.*\)' was not found$/\2=\1/p" || true)
+if [ -n "$missing" ]; then
+  while read -r spec; do echo "kiln-missing-package: $spec"; done <<< "$missing"
+  exit 3
+fi
 
 installed() { dpkg-query -W -f='${Package}\n' | sort; }
 before=$(installed)

@@ -83,8 +83,8 @@ def test_baked_web_serves_health_with_its_version(kiln, baked_web, docker_client
 def test_changing_a_base_provisioner_rebakes_base_and_web(scratch_project, baked_web):
     with (scratch_project.project / "provisioners" / "base-init.sh").open("a") as f:
         f.write("# a change every role inherits\n")
-    proc = scratch_project.invoke("bake", "web")
-    versions = dict(line.split("\t")[:2] for line in proc.stdout.splitlines())
+    proc = scratch_project.invoke("bake", "web", "--no-verify")  # verification is tested elsewhere
+    versions = dict(line.split("\t")[:2] for line in proc.stdout.splitlines() if "\t" in line)
     assert versions["base"] != baked_web["base"]
     assert versions["web"] != baked_web["web"]
     assert "baked " in proc.stderr and "up to date" not in proc.stderr
