@@ -72,7 +72,11 @@ class DockerImageStore:
         """Every tagged Kiln image of this repository prefix, newest first."""
         filters = {"label": f"kiln.role={role}" if role else "kiln.role"}
         records = []
-        for image in self.client.images.list(filters=filters):
+        for summary in self.client.api.images(filters=filters):
+            try:
+                image = self.client.images.get(summary["Id"])
+            except docker.errors.ImageNotFound:  # removed since the listing: the engine is shared
+                continue
             for tag in image.tags:
                 repo, _, version = tag.rpartition(":")
                 if repo == self.repository(image.labels.get("kiln.role", "")) and version != "latest":
