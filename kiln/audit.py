@@ -13,11 +13,9 @@ options that point every apt path into a scratch folder, so the machine's apt st
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 import uuid
@@ -29,6 +27,7 @@ import docker
 import docker.errors
 
 from kiln import console
+from kiln.containerfiles import put_file, read_file
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import DockerImageStore, docker_client, require_image
 from kiln.settings import Settings
@@ -281,7 +280,7 @@ class Auditor:
                     labels={"kiln.audit": label or image},
                 )
                 self._exec(tools, ["sh", "-c", install_script()], "installing the audit tools")
-                tools.put_archive("/tmp", _tar(DATASTREAM, datastream.read_bytes()))
+                put_file(tools, f"/tmp/{DATASTREAM}", datastream.read_bytes())
                 layer = tools.commit()
                 tools.remove(force=True)
                 container = self.client.containers.run(
@@ -301,7 +300,7 @@ class Auditor:
                 step("Lynis audit system")
                 self._exec(container, ["lynis", "audit", "system", "--quick", "--no-colors"], "lynis")
                 for path in REPORT_FILES:
-                    (report_dir / Path(path).name).write_bytes(_read_file(container, path))
+                    (report_dir / Path(path).name).write_bytes(read_file(container, path))
         finally:
             for leftover in (f"{name}-tools", name):
                 with contextlib.suppress(docker.errors.NotFound):
@@ -339,26 +338,6 @@ def oscap_command() -> list[str]:
         "--results", "/tmp/oscap-results.xml", "--report", "/tmp/oscap-report.html",
         f"/tmp/{DATASTREAM}",
     ]  # fmt: skip
-
-
-def _tar(name: str, data: bytes) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = 0o644
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def _read_file(container, path: str) -> bytes:
-    stream, _ = container.get_archive(path)
-    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-        member = tar.next()
-        assert member is not None
-        extracted = tar.extractfile(member)
-        assert extracted is not None
-        return extracted.read()
 
 
 def render(result: AuditResult) -> str:

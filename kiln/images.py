@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import tarfile
 from dataclasses import dataclass
 
 import docker
 import docker.errors
 
+from kiln.containerfiles import tar_file
 from kiln.errors import KilnError
 from kiln.settings import Settings
 
@@ -86,13 +86,7 @@ class DockerImageStore:
     def update_labels(self, record: ImageRecord, labels: dict[str, str]) -> ImageRecord:
         """Docker labels are immutable: a metadata-only build (no new layer) carries new ones."""
         lines = [f"FROM {record.id}"] + [f'LABEL {k}="{v}"' for k, v in sorted(labels.items())]
-        dockerfile = "\n".join(lines).encode()
-        context = io.BytesIO()
-        with tarfile.open(fileobj=context, mode="w") as tar:
-            info = tarfile.TarInfo("Dockerfile")
-            info.size = len(dockerfile)
-            tar.addfile(info, io.BytesIO(dockerfile))
-        context.seek(0)
+        context = io.BytesIO(tar_file("Dockerfile", "\n".join(lines).encode()))
         image, _ = self.client.images.build(
             fileobj=context, custom_context=True, rm=True, pull=False, labels=None
         )

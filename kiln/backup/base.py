@@ -9,8 +9,6 @@ and any tool output quoted in an error is scrubbed of them first.
 from __future__ import annotations
 
 import abc
-import io
-import tarfile
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -18,6 +16,7 @@ from typing import ClassVar
 import docker.errors
 
 from kiln.config import spec
+from kiln.containerfiles import put_file
 from kiln.errors import OperationFailed
 
 # Named causes a drill or a backup reports; tests and the drill history key on them.
@@ -135,15 +134,7 @@ class DockerShell(Shell):
         )
 
     def put(self, path: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] = (0, 0)) -> None:
-        folder, _, name = path.rpartition("/")
-        archive = io.BytesIO()
-        with tarfile.open(fileobj=archive, mode="w") as tar:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-            info.uid, info.gid = owner
-            tar.addfile(info, io.BytesIO(data))
-        if not self.container.put_archive(folder or "/", archive.getvalue()):
-            raise OperationFailed(f"could not write {path} into {self.name}")
+        put_file(self.container, path, data, mode, owner)
 
 
 @dataclass

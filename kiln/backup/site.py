@@ -10,8 +10,6 @@ instance with the docker SDK directly, for tests and benchmarks that need a sour
 from __future__ import annotations
 
 import contextlib
-import io
-import tarfile
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +18,7 @@ import docker.errors
 
 from kiln.backup import pgbackrest, restic
 from kiln.backup.base import DockerShell
+from kiln.containerfiles import put_file, read_file
 from kiln.errors import KilnError, OperationFailed
 
 DB_NAME = DB_USER = "kiln"
@@ -59,16 +58,6 @@ def web_env(db_host: str, password: str) -> bytes:
         f"KILN_DB_HOST={db_host}\nKILN_DB_NAME={DB_NAME}\nKILN_DB_USER={DB_USER}\n"
         f"KILN_DB_PASSWORD={password}\n"
     ).encode()
-
-
-def read_file(container, path: str) -> bytes:
-    stream, _ = container.get_archive(path)
-    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-        member = tar.next()
-        assert member is not None
-        extracted = tar.extractfile(member)
-        assert extracted is not None
-        return extracted.read()
 
 
 def owner_ids(container, owner: str) -> tuple[int, int]:
@@ -151,14 +140,7 @@ def launch(
     )
     try:
         for path, (data, mode, owner) in files.items():
-            folder, _, base = path.rpartition("/")
-            archive = io.BytesIO()
-            with tarfile.open(fileobj=archive, mode="w") as tar:
-                info = tarfile.TarInfo(base)
-                info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-                info.uid, info.gid = owner_ids(container, owner)
-                tar.addfile(info, io.BytesIO(data))
-            container.put_archive(folder, archive.getvalue())
+            put_file(container, path, data, mode, owner_ids(container, owner))
         container.start()
     except BaseException:
         with contextlib.suppress(docker.errors.APIError):
