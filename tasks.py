@@ -90,11 +90,12 @@ def lock(c, role, update=False):
     parent_image, _ = baker.parent_of(target_role)
     old = locks.read_lock(target_role)
     resolution = locks.resolve(baker.client, parent_image, target_role, baker.settings)
-    print(locks.diff(old, resolution).render())
+    changes = locks.diff(old, resolution)
+    print(changes.render())
     if update:
         locks.write_lock(target_role, resolution.lock)
         say(f"wrote {target_role.display(target_role.lock_file)}")
-    elif old is None or locks.diff(old, resolution).is_empty() is False:
+    elif not changes.is_empty():
         say(f"run `invoke lock {role} --update` to write these changes")
 
 
