@@ -106,7 +106,7 @@ def test(c, unit=False, k=""):
     c.run(f"{python} -m ruff check .", echo=True)
     c.run(
         "shellcheck -x setup.sh .ci/run provisioners/*.sh images/*/files/etc/kiln/start.d/* "
-        "images/base/files/usr/local/sbin/kiln-init",
+        "images/base/files/usr/local/sbin/*",
         echo=True,
     )
     selection = "-m 'not integration'" if unit else ""

@@ -47,7 +47,7 @@ sed -i -E 's/^ENABLED=.*/ENABLED="true"/' /etc/default/sysstat
 install -d -m 0750 /var/log/account
 [ -e /var/log/account/pacct ] || install -m 0640 /dev/null /var/log/account/pacct
 
-# File integrity: AIDE with strong digests (images/base/files/etc/aide/aide.conf); each
-# instance builds its own database.
+# File integrity: AIDE with strong digests (images/base/files/etc/aide/aide.conf); finish.sh
+# records the baseline of each image as it ships.
 chmod 0600 /etc/aide/aide.conf
 aide --config-check --config=/etc/aide/aide.conf

@@ -128,6 +128,7 @@ SECURITY_PACKAGES = [
     "unattended-upgrades",
     "nftables",
     "aide",
+    "usbguard",
 ]
 SENSITIVE = [
     ("/etc/passwd", "root", "root", 0o644),
@@ -138,7 +139,21 @@ SENSITIVE = [
     ("/etc/nftables.conf", "root", "root", 0o600),
     ("/etc/cron.allow", "root", "root", 0o600),
     ("/etc/sudoers.d/90-kiln-hardening", "root", "root", 0o440),
+    ("/etc/usbguard/usbguard-daemon.conf", "root", "root", 0o600),
+    ("/etc/usbguard/rules.conf", "root", "root", 0o600),
+    ("/var/lib/aide/aide.db", "root", "root", 0o600),
 ]
+USBGUARD = {
+    "RuleFile": "/etc/usbguard/rules.conf",
+    "ImplicitPolicyTarget": "block",
+    "PresentDevicePolicy": "apply-policy",
+    "PresentControllerPolicy": "apply-policy",
+    "InsertedDevicePolicy": "apply-policy",
+    "RestoreControllerDeviceState": "false",
+    "IPCAllowedUsers": "root",
+    "IPCAllowedGroups": "root",
+    "AuditBackend": "LinuxAudit",
+}
 FORBIDDEN_PACKAGES = [
     "gcc",
     "g++",
@@ -296,6 +311,42 @@ def test_unattended_security_upgrades(host):
     periodic = host.file("/etc/apt/apt.conf.d/20auto-upgrades").content_string
     assert 'APT::Periodic::Unattended-Upgrade "1";' in periodic
     assert "label=Debian-Security" in host.file("/etc/apt/apt.conf.d/50unattended-upgrades").content_string
+
+
+@pytest.mark.parametrize("option", sorted(USBGUARD))
+def test_usbguard_option(read, option):
+    daemon = settings_file(read("/etc/usbguard/usbguard-daemon.conf"), "=")
+    assert daemon.get(option) == USBGUARD[option], f"USBGuard {option} is {daemon.get(option)}"
+
+
+def test_usbguard_policy_made_on_first_boot_only(host):
+    """The image's policy is empty (the build machine's devices are not in it) and nobody but
+    root may change it; the first-boot step fills it once and leaves it alone on later boots."""
+    assert host.file("/etc/usbguard/rules.conf").size == 0
+    assert host.check_output("ls -A /etc/usbguard/IPCAccessControl.d") == ""
+    dropin = host.file("/etc/systemd/system/usbguard.service.d/kiln-first-boot-policy.conf")
+    assert "ExecStartPre=/usr/local/sbin/kiln-usbguard-policy" in dropin.content_string
+    assert "ConditionPathIsDirectory=/sys/bus/usb/devices" in dropin.content_string
+    make_policy = "/usr/local/sbin/kiln-usbguard-policy"
+    host.check_output(make_policy)
+    assert host.file("/etc/usbguard/rules.conf").mode == 0o600
+    has_usb_bus = host.file("/sys/bus/usb/devices").is_directory
+    # Without a USB bus there is nothing to allow: the policy stays empty (everything blocked).
+    assert host.file("/var/lib/kiln/usbguard-policy-made").exists == has_usb_bus
+    if not has_usb_bus:
+        assert host.file("/etc/usbguard/rules.conf").size == 0
+        host.check_output("mkdir -p /var/lib/kiln && touch /var/lib/kiln/usbguard-policy-made")
+    # A later boot must not re-allow whatever is plugged in by then.
+    host.check_output(f"echo 'block' > /etc/usbguard/rules.conf && {make_policy}")
+    assert host.file("/etc/usbguard/rules.conf").content_string.strip() == "block"
+
+
+def test_aide_baseline_describes_the_image(host):
+    """finish.sh takes the AIDE baseline last: it holds the role's own files, hashed."""
+    entries = host.check_output("zcat /var/lib/aide/aide.db | grep -c '^/usr/sbin/sshd '")
+    assert int(entries) == 1
+    facts = host.check_output("zcat /var/lib/aide/aide.db | grep -c '^/etc/kiln/image.json '")
+    assert int(facts) == 1, "the baseline was taken before the image's last files were written"
 
 
 @pytest.mark.parametrize("path", ["/etc/issue", "/etc/issue.net", "/etc/motd"])
