@@ -196,8 +196,7 @@ class Baker:
                     f"{', '.join(result.unlocked_packages)}; run `invoke lock {role.name} --update`"
                 )
             if result.returncode != 0:
-                tail = "; ".join(result.error_lines[-3:]) or f"packer exited {result.returncode}"
-                raise OperationFailed(f"baking {role.name} failed: {tail} (full log: {log_path})")
+                raise OperationFailed(f"baking {role.name} failed: {result.failure()} (full log: {log_path})")
             teardown.add(lambda: self.store.remove(ref))
             record = self._record_build(role, version, build_dir, result.facts)
         except BaseException:
@@ -308,9 +307,8 @@ class Baker:
         with console.progress(f"baking {role.name} {version} on {self.target.name}") as step:
             result = packer.build(path, log_path, self.settings, step)
         if result.returncode != 0:
-            tail = "; ".join(result.error_lines[-3:])
             raise OperationFailed(
-                f"baking {role.name} on {self.target.name} failed: {tail} (full log: {log_path})"
+                f"baking {role.name} on {self.target.name} failed: {result.failure()} (full log: {log_path})"
             )
         image = result.artifact_ids[-1] if result.artifact_ids else ""
         return BakeOutcome(role.name, version, image, True, time.monotonic() - started, path.parent)

@@ -26,6 +26,10 @@ from kiln.settings import Settings
 REPORT_LINE = re.compile(
     r"^\s*(?:[\w.-]+: )?kiln-(?P<kind>fact|missing-package|unlocked-package): (?P<body>.*)$"
 )
+SCRIPT_STEP = re.compile(r"Provisioning with shell script: (?P<script>.+)$")
+BUILDER_PREFIX = re.compile(r"^\s*(?:==> )?[\w.-]+: ")
+# How much of a failed provisioner's own output a bake error quotes (the log has all of it).
+QUOTED_LINES = 3
 
 
 @dataclass
@@ -36,6 +40,16 @@ class BuildResult:
     artifact_ids: list[str] = field(default_factory=list)
     error_lines: list[str] = field(default_factory=list)
     returncode: int = 0
+    script: str = ""  # the provisioner script running last
+    script_output: list[str] = field(default_factory=list)  # its latest output lines
+    failed_script: str = ""  # set when Packer reports that provisioning step failed
+
+    def failure(self) -> str:
+        """One line on why the build failed: the provisioner and its last words when one failed."""
+        if self.failed_script:
+            said = " / ".join(self.script_output[-QUOTED_LINES:]) or "no output"
+            return f"provisioner {Path(self.failed_script).name} failed: {said}"
+        return "; ".join(self.error_lines[-3:]) or f"packer exited {self.returncode}"
 
 
 def require_packer(settings: Settings) -> str:
@@ -148,12 +162,26 @@ def _handle_line(raw: str, result: BuildResult, on_step: Callable[[str], None]) 
             elif marker:
                 result.unlocked_packages.append(marker["body"].strip())
         if level == "say":
-            on_step(lines[-1].lstrip("=> ").strip())
-        elif level == "error":
-            result.error_lines.extend(line for line in lines if line.strip())
+            step = lines[-1].lstrip("=> ").strip()
+            on_step(step)
+            _track_script(step, result)
+        else:
+            if level == "error":
+                result.error_lines.extend(line for line in lines if line.strip())
+            if result.script and not result.failed_script:
+                said = (BUILDER_PREFIX.sub("", line).strip() for line in lines)
+                result.script_output = (result.script_output + [s for s in said if s])[-QUOTED_LINES:]
         return lines
     if kind == "artifact":
         fields = data.split(",", 2)
         if len(fields) == 3 and fields[1] == "id":
             result.artifact_ids.append(decode(fields[2]))
     return []
+
+
+def _track_script(step: str, result: BuildResult) -> None:
+    started = SCRIPT_STEP.search(step)
+    if started:
+        result.script, result.script_output = started["script"], []
+    elif "Provisioning step had errors" in step and result.script:
+        result.failed_script = result.script

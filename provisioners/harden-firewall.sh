@@ -33,5 +33,9 @@ table inet kiln {
 CONF
 chown root:root /etc/nftables.conf
 chmod 0600 /etc/nftables.conf
+# Debian ships nftables.service disabled: without this a VM would boot with no firewall at all.
+# (What `systemctl enable` does; a container bake has no systemctl.)
+install -d -m 0755 /etc/systemd/system/sysinit.target.wants
+ln -sf /lib/systemd/system/nftables.service /etc/systemd/system/sysinit.target.wants/nftables.service
 hook=/usr/local/lib/kiln/finish.d/harden-firewall.sh
 [ "$0" -ef "$hook" ] || install -D -m 0755 "$0" "$hook"

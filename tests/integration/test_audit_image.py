@@ -1,5 +1,6 @@
-"""One real audit (Lynis and OpenSCAP take about two minutes): figures recorded on the image and
-in the state folder, a missed threshold fails the command, and the tools never enter the image."""
+"""Real audits (Lynis and OpenSCAP take one to two minutes each): the hardened base meets the
+default thresholds, figures are recorded on the image and in the state folder, a missed
+threshold fails the command, and the tools never enter the image."""
 
 from __future__ import annotations
 
@@ -9,6 +10,20 @@ import re
 import pytest
 
 pytestmark = pytest.mark.integration
+
+
+def test_hardened_base_meets_the_default_thresholds(kiln, baked_web, docker_client):
+    """Issue 3's goals with Kiln's defaults: Lynis >= 85, ANSSI BP-028 intermediary >= 95 and no
+    failed high-severity rule, so the command succeeds."""
+    version = baked_web["base"]
+    proc = kiln.invoke("audit", "base", "--version", version, check=False, timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((kiln.project / ".kiln" / "audit" / "base" / version / "summary.json").read_text())
+    assert summary["passed"] is True
+    assert summary["lynis"]["hardening_index"] >= 85
+    assert summary["scap"]["score"] >= 95
+    assert summary["scap"]["failed_high"] == []
+    assert docker_client.images.get(f"{kiln.prefix}/base:{version}").labels["kiln.audit"] == "passed"
 
 
 def test_audit_records_figures_and_fails_on_a_missed_threshold(kiln, baked_web, docker_client):

@@ -105,7 +105,9 @@ def test_failed_provisioner_leaves_no_container_and_no_image(scratch_project, ba
     (role / "packages.lock").write_text("# requested: \n")
     proc = scratch_project.invoke("bake", "broken", check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("kiln: baking broken failed:")
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "kiln: baking broken failed: provisioner explode.sh failed: boom (full log: "
+    )
     assert "full log:" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not [c.name for c in docker_client.containers.list(all=True) if "broken" in c.name]

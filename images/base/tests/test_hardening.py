@@ -392,6 +392,12 @@ def test_firewall_persisted_default_deny_with_role_ports(host):
     assert opened == PORTS | {22}
 
 
+def test_firewall_loaded_at_boot_on_a_vm(host):
+    """systemd loads /etc/nftables.conf only when nftables.service is enabled (Debian: off)."""
+    wanted = host.file("/etc/systemd/system/sysinit.target.wants/nftables.service")
+    assert wanted.is_symlink and wanted.linked_to.endswith("/systemd/system/nftables.service")
+
+
 def test_firewall_applied_at_boot(host):
     """The network namespace is the container's own: the ruleset must be live, not just on disk."""
     live = host.check_output("nft list chain inet kiln input")
