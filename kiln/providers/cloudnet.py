@@ -1,0 +1,43 @@
+"""Address plan shared by the cloud providers: one /20 per zone, a fixed address per instance name.
+
+A fixed address lets user-data name a peer (the database) before that peer is launched, as
+Docker's DNS does for the local provider: instance <role><number> in zone z gets
+10.42.<16 z + role index>.<number + 10>, the role index being its place in the environment's
+sorted roles. A running instance keeps the address it got, so the providers look it up first.
+"""
+
+from __future__ import annotations
+
+from kiln.environments import Environment
+from kiln.errors import KilnError
+from kiln.providers.base import INSTANCE_NAME
+
+NETWORK_CIDR = "10.42.0.0/16"
+MAX_ZONES = 16
+MAX_ROLES = 16
+MAX_NUMBER = 244  # + 10 stays below the subnet's broadcast address
+
+
+def zone_cidr(zone: int) -> str:
+    return f"10.42.{zone * 16}.0/20"
+
+
+def check_zone_count(env: Environment) -> None:
+    if len(env.zones) > MAX_ZONES:
+        raise KilnError(
+            f"{env.file}: field 'zones': {len(env.zones)} zones; a cloud environment takes 16 at most"
+        )
+
+
+def fixed_address(env: Environment, instance: str) -> str:
+    match = INSTANCE_NAME.match(instance)
+    roles = sorted(env.spec.instances)
+    if not match or match["role"] not in roles:
+        raise KilnError(f"{env.file}: field 'instances': no role for an instance named '{instance}'")
+    number, role_index = int(match["number"]), roles.index(match["role"])
+    if role_index >= MAX_ROLES or number > MAX_NUMBER:
+        raise KilnError(
+            f"{env.file}: field 'instances': {instance} is past the address plan "
+            f"({MAX_ROLES} roles, numbers up to {MAX_NUMBER})"
+        )
+    return f"10.42.{env.zone_of(number) * 16 + role_index}.{number + 10}"
