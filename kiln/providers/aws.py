@@ -383,14 +383,7 @@ class AwsProvider(Provider):
             time.sleep(self.settings.cloud_poll)
 
     def wait(self, what: str, done) -> None:
-        """Poll until done() (bounded by KILN_CLOUD_TIMEOUT), or OperationFailed naming what."""
-        deadline = time.monotonic() + self.settings.cloud_timeout
-        while not done():
-            if time.monotonic() > deadline:
-                raise OperationFailed(
-                    f"timed out after {self.settings.cloud_timeout} s waiting for {what} (KILN_CLOUD_TIMEOUT)"
-                )
-            time.sleep(self.settings.cloud_poll)
+        cloudnet.wait_until(self.settings, what, done)
 
     # ---- images and instances ---------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Address plan shared by the cloud providers: one /20 per zone, a fixed address per instance name.
+"""What the cloud providers share: the address plan (one /20 per zone, a fixed address per
+instance name) and bounded waits.
 
 A fixed address lets user-data name a peer (the database) before that peer is launched, as
 Docker's DNS does for the local provider: instance <role><number> in zone z gets
@@ -8,9 +9,13 @@ sorted roles. A running instance keeps the address it got, so the providers look
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from kiln.environments import Environment
-from kiln.errors import KilnError
+from kiln.errors import KilnError, OperationFailed
 from kiln.providers.base import INSTANCE_NAME
+from kiln.settings import Settings
 
 NETWORK_CIDR = "10.42.0.0/16"
 MAX_ZONES = 16
@@ -41,3 +46,14 @@ def fixed_address(env: Environment, instance: str) -> str:
             f"({MAX_ROLES} roles, numbers up to {MAX_NUMBER})"
         )
     return f"10.42.{env.zone_of(number) * 16 + role_index}.{number + 10}"
+
+
+def wait_until(settings: Settings, what: str, done: Callable[[], bool]) -> None:
+    """Poll until done(), at most KILN_CLOUD_TIMEOUT seconds, or OperationFailed naming what."""
+    deadline = time.monotonic() + settings.cloud_timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise OperationFailed(
+                f"timed out after {settings.cloud_timeout} s waiting for {what} (KILN_CLOUD_TIMEOUT)"
+            )
+        time.sleep(settings.cloud_poll)
