@@ -104,6 +104,7 @@ class AwsProvider(Provider):
         self.ec2 = AwsApi(session.client("ec2", endpoint_url=endpoint, config=config), settings)
         self.elb = AwsApi(session.client("elbv2", endpoint_url=endpoint, config=config), settings)
         self._zones_checked = False
+        self.check_environment()
 
     # ---- names and tags ---------------------------------------------------------------------
 
@@ -129,6 +130,23 @@ class AwsProvider(Provider):
         return [{"Name": "tag:kiln.env", "Values": [self.env.name]}]
 
     # ---- infrastructure ---------------------------------------------------------------------
+
+    def check_environment(self) -> None:
+        """What ELBv2 would refuse, refused before anything is created."""
+        if len(self.env.zones) < 2:
+            raise KilnError(
+                f"{self.env.file}: field 'zones': an application load balancer needs two zones or more"
+            )
+        for name in (self.lb_name, self.target_group_name):
+            if len(name) > 32:
+                raise KilnError(
+                    f"{self.env.file}: the AWS name '{name}' is over 32 characters: "
+                    "use a shorter environment name"
+                )
+        self.health_check()
+        self.frontend_port()
+        if self.env.spec.rollout.drain_timeout > 3600:
+            raise KilnError(f"{self.env.file}: field 'rollout.drain_timeout': ELBv2 allows at most 3600 s")
 
     def check_zones(self) -> None:
         """Every zone is an availability zone of the region, or one line naming the bad one."""
@@ -252,21 +270,8 @@ class AwsProvider(Provider):
 
     def ensure_lb(self, image: ImageRecord, user_data: str) -> None:
         # ELBv2 is managed: no lb instance runs, so the lb image and its user-data are unused here.
-        if len(self.env.zones) < 2:
-            raise KilnError(
-                f"{self.env.file}: field 'zones': an application load balancer needs two zones or more"
-            )
-        for name in (self.lb_name, self.target_group_name):
-            if len(name) > 32:
-                raise KilnError(
-                    f"{self.env.file}: the AWS name '{name}' is over 32 characters: "
-                    "use a shorter environment name"
-                )
-        health = self.health_check()
+        health, port = self.health_check(), self.frontend_port()
         delay = int(self.env.spec.rollout.drain_timeout)
-        if delay > 3600:
-            raise KilnError(f"{self.env.file}: field 'rollout.drain_timeout': ELBv2 allows at most 3600 s")
-        port = self.frontend_port()
         subnets, group = self.subnets(), self.security_group_id()
         if len(subnets) < len(self.env.zones) or group is None:
             raise KilnError(

@@ -99,6 +99,8 @@ class OpenStackProvider(Provider):
     def __init__(self, settings: Settings, env: Environment, connection=None):
         super().__init__(settings, env)
         cloudnet.check_zone_count(env)
+        self.health_monitor()  # what Octavia would refuse, refused before anything is created
+        self.frontend_port()
         conn = connection if connection is not None else connect(settings)
         cloud = settings.openstack_cloud or getattr(conn.config, "name", None) or "default"
         self.compute = OpenStackApi(conn, "compute", cloud)
@@ -168,6 +170,11 @@ class OpenStackProvider(Provider):
             )
         return subnet
 
+    def frontend_port(self) -> int:
+        if self.env.spec.frontend.port == 0:
+            raise KilnError(f"{self.env.file}: field 'frontend.port': an Octavia listener needs a fixed port")
+        return self.env.spec.frontend.port
+
     def health_monitor(self) -> dict:
         """The pool's health monitor from the environment, within Octavia's limits."""
         h = self.env.spec.health
@@ -193,10 +200,7 @@ class OpenStackProvider(Provider):
 
     def ensure_lb(self, image: ImageRecord, user_data: str) -> None:
         # Octavia runs its own amphorae: no lb instance, so the lb image and its user-data are unused.
-        port = self.env.spec.frontend.port
-        if port == 0:
-            raise KilnError(f"{self.env.file}: field 'frontend.port': an Octavia listener needs a fixed port")
-        monitor = self.health_monitor()
+        port, monitor = self.frontend_port(), self.health_monitor()
         name = self.base_name
         lb = self.lb.find_load_balancer(name)
         if lb is None:

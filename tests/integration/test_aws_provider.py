@@ -211,11 +211,15 @@ def test_load_balancer_follows_the_environment(moto, tmp_path):
     assert listener["DefaultActions"][0]["TargetGroupArn"] == group["TargetGroupArn"]
 
 
-def test_health_settings_outside_elbv2_limits_are_refused(moto, tmp_path):
-    provider = AwsProvider(make_settings(tmp_path, moto), make_env(interval=0.5))
-    provider.ensure_networks()
+def test_settings_elbv2_refuses_are_refused_before_anything_changes(moto, tmp_path):
+    settings = make_settings(tmp_path, moto)
     with pytest.raises(KilnError, match=r"field 'health.interval': 0.5 s is outside ELBv2's whole 5-300 s"):
-        provider.ensure_lb(None, "")
+        AwsProvider(settings, make_env(interval=0.5))
+    with pytest.raises(
+        KilnError, match=r"field 'zones': an application load balancer needs two zones or more"
+    ):
+        AwsProvider(settings, make_env(zones=["eu-west-1a"]))
+    assert not any(env_resources(moto, "mototest").values())
 
 
 def test_image_lookup_by_kiln_tags(moto, tmp_path):

@@ -346,11 +346,10 @@ def test_load_balancer_and_health_monitor_follow_the_environment(conn, provider)
     assert provider.frontend() == "http://10.42.0.5:8080/"
 
 
-def test_health_interval_below_a_second_is_refused(conn, tmp_path):
-    provider = OpenStackProvider(Settings(state_dir=tmp_path), make_env(interval=0.5), conn)
-    provider.ensure_networks()
+def test_settings_octavia_refuses_are_refused_before_anything_changes(conn, tmp_path):
     with pytest.raises(KilnError, match=r"field 'health.interval': 0.5 is outside Octavia's whole 1-3600"):
-        provider.ensure_lb(None, "")
+        OpenStackProvider(Settings(state_dir=tmp_path), make_env(interval=0.5), conn)
+    assert conn.cloud.calls == []
 
 
 def test_image_lookup_by_properties_refuses_unverified(conn, provider):
