@@ -27,6 +27,7 @@ from kiln.settings import Settings
 
 USER_DATA_LIMIT = 16384  # bytes, before base64: EC2's limit
 APP_PORT = 80
+AZ_NAME = re.compile(r"^(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)[a-z]$")
 LIVE_STATES = ["pending", "running"]
 NOT_GONE = ["pending", "running", "shutting-down", "stopping", "stopped"]
 AUTH_CODES = {"AuthFailure", "UnrecognizedClientException", "InvalidClientTokenId", "SignatureDoesNotMatch"}
@@ -87,6 +88,8 @@ class AwsApi:
                     ) from None
                 message = " ".join(str(error.get("Message", "")).split())
                 raise AwsError(f"AWS {operation} failed: {code}: {message}", code) from None
+            except botocore.exceptions.BotoCoreError as exc:  # timeouts, TLS: messages hold no secrets
+                raise OperationFailed(f"AWS {operation} failed: {exc}") from None
 
         return call
 
@@ -95,16 +98,31 @@ class AwsProvider(Provider):
     def __init__(self, settings: Settings, env: Environment):
         super().__init__(settings, env)
         cloudnet.check_zone_count(env)
-        self.region = settings.aws_region or re.sub(r"[a-z]$", "", env.zones[0])
+        self.region = settings.aws_region or self.zone_region(env)
         config = botocore.config.Config(
             connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}
         )
         session = boto3.session.Session(region_name=self.region)
         endpoint = settings.aws_endpoint_url or None
-        self.ec2 = AwsApi(session.client("ec2", endpoint_url=endpoint, config=config), settings)
-        self.elb = AwsApi(session.client("elbv2", endpoint_url=endpoint, config=config), settings)
+        try:
+            self.ec2 = AwsApi(session.client("ec2", endpoint_url=endpoint, config=config), settings)
+            self.elb = AwsApi(session.client("elbv2", endpoint_url=endpoint, config=config), settings)
+        except (botocore.exceptions.InvalidRegionError, ValueError):
+            raise KilnError(
+                f"KILN_AWS_REGION={self.region!r} is not an AWS region name, like eu-west-1"
+            ) from None
         self._zones_checked = False
         self.check_environment()
+
+    @staticmethod
+    def zone_region(env: Environment) -> str:
+        match = AZ_NAME.match(env.zones[0])
+        if not match:
+            raise KilnError(
+                f"{env.file}: field 'zones[0]': '{env.zones[0]}' is not an availability zone name like "
+                "eu-west-1a: name AWS zones, or set KILN_AWS_REGION"
+            )
+        return match["region"]
 
     # ---- names and tags ---------------------------------------------------------------------
 

@@ -384,3 +384,12 @@ def test_the_cli_exits_2_with_one_line(aws_env, tmp_path):
         "check KILN_AWS_ENDPOINT_URL, or unset it to use AWS itself"
     ]
     assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_region_comes_from_the_first_zone_or_the_setting(aws_env, tmp_path):
+    settings = make_settings(tmp_path, "")
+    assert AwsProvider(settings, make_env()).region == "eu-west-1"
+    with pytest.raises(KilnError, match=r"^environments/mototest.yml: field 'zones\[0\]': 'z0' is not an"):
+        AwsProvider(settings, make_env(zones=["z0", "z1"]))
+    with pytest.raises(KilnError, match=r"^KILN_AWS_REGION='no region' is not an AWS region name"):
+        AwsProvider(Settings(aws_region="no region"), make_env(zones=["z0", "z1"]))
