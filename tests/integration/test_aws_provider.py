@@ -330,6 +330,20 @@ def test_up_and_a_rollout_through_the_engine(moto, tmp_path):
     assert len(web) == 2 and {i.version for i in web} == {"2.0"}
     assert {i.zone for i in web} == {0, 1}
     assert set(engine.provider.lb_servers()) == {i.name for i in web}
+    actions = [(e["action"], e.get("instance")) for e in state["events"] if e["action"] != "zone done"]
+    # moto drops a deregistered target at once, so the engine never sees it draining or removes it.
+    assert actions == [
+        ("launched", "web4"),
+        ("registered", "web4"),
+        ("healthy", None),
+        ("draining", "web2"),
+        ("terminated", "web2"),
+        ("launched", "web3"),
+        ("registered", "web3"),
+        ("healthy", None),
+        ("draining", "web1"),
+        ("terminated", "web1"),
+    ]
     engine.provider.destroy()
     assert all(not found for found in env_resources(moto, env.name).values())
 

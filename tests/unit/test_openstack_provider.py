@@ -17,6 +17,7 @@ from kiln.environments import Environment, EnvironmentSpec, Frontend, HealthChec
 from kiln.errors import KilnError, OperationFailed
 from kiln.providers.openstack import OpenStackProvider
 from kiln.settings import Settings
+from tests.conftest import REPO
 
 ZONES = ["nova-a", "nova-b"]
 SECRET = "kilntest-os-secret-never-printed"
@@ -33,6 +34,8 @@ class Res:
 
 
 class FakeCloud:
+    """Listings iterate over snapshots: the rollout engine launches and terminates in threads."""
+
     def __init__(self):
         self.ids = itertools.count(1)
         self.calls: list[tuple[str, str]] = []  # (operation, name) of every change, in order
@@ -50,11 +53,11 @@ class FakeCloud:
         self.calls.append((operation, res.name))
 
     def find(self, kind: str, name: str) -> Res | None:
-        found = [r for r in self.objects[kind].values() if name in (r.name, r.id)]
+        found = [r for r in list(self.objects[kind].values()) if name in (r.name, r.id)]
         return found[0] if found else None
 
     def tagged(self, kind: str, tags: str) -> list[Res]:
-        return [r for r in self.objects[kind].values() if tags in getattr(r, "tags", [])]
+        return [r for r in list(self.objects[kind].values()) if tags in getattr(r, "tags", [])]
 
 
 class FakeNetwork:
@@ -72,7 +75,7 @@ class FakeNetwork:
         return res
 
     def ports(self, device_id):
-        return (p for p in self.c.objects["port"].values() if p.device_id == device_id)
+        return (p for p in list(self.c.objects["port"].values()) if p.device_id == device_id)
 
     def find_network(self, name):
         return self.c.find("network", name)
@@ -125,7 +128,9 @@ class FakeNetwork:
         self.c.remove("router", router, "delete_router")
 
     def delete_subnet(self, subnet):
-        assert not any(p.fixed_ips[0]["subnet_id"] == subnet.id for p in self.c.objects["port"].values())
+        assert not any(
+            p.fixed_ips[0]["subnet_id"] == subnet.id for p in list(self.c.objects["port"].values())
+        )
         self.c.remove("subnet", subnet, "delete_subnet")
 
     def delete_network(self, network):
@@ -164,7 +169,7 @@ class FakeCompute:
         return server
 
     def servers(self, details, name):
-        return (s for s in self.c.objects["server"].values() if re.match(name, s.name))
+        return (s for s in list(self.c.objects["server"].values()) if re.match(name, s.name))
 
     def delete_server(self, server):
         self.c.remove("server", server, "delete_server")
@@ -178,7 +183,7 @@ class FakeImage:
         self.c = cloud
 
     def images(self):
-        return iter(self.c.objects["image"].values())
+        return iter(list(self.c.objects["image"].values()))
 
 
 class FakeLoadBalancer:
@@ -223,7 +228,7 @@ class FakeLoadBalancer:
         return found[0] if found else None
 
     def members(self, pool):
-        return (m for m in self.c.objects["member"].values() if m.pool_id == pool.id)
+        return (m for m in list(self.c.objects["member"].values()) if m.pool_id == pool.id)
 
     def create_member(self, pool, **attrs):
         return self.c.add(
@@ -259,7 +264,7 @@ class FakeConnection:
         self.load_balancer = FakeLoadBalancer(self.cloud)
 
 
-def make_env(**health) -> Environment:
+def make_env(drain_timeout: float = 30, **health) -> Environment:
     spec = EnvironmentSpec(
         provider="openstack",
         zones=list(ZONES),
@@ -268,7 +273,7 @@ def make_env(**health) -> Environment:
         health=HealthCheck(
             **{"path": "/healthz", "interval": 5, "rise": 3, "fall": 2, "timeout": 60, **health}
         ),
-        rollout=RolloutPolicy(drain_timeout=30),
+        rollout=RolloutPolicy(drain_timeout=drain_timeout),
     )
     return Environment("ostest", spec, "environments/ostest.yml")
 
@@ -504,3 +509,35 @@ def test_unknown_cloud_and_unreachable_endpoint_are_one_line(tmp_path, monkeypat
         provider.instances()
     assert str(caught.value).startswith("cannot reach OpenStack cloud 'closed': check its auth_url")
     assert SECRET not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_up_and_a_rollout_through_the_engine(conn, tmp_path):
+    """The engine's calls end to end on the fake: drained members wait out drain_timeout, then go."""
+    from kiln import rollout
+
+    settings = Settings(project_root=REPO, state_dir=tmp_path, cloud_poll=0.01, cloud_timeout=5)
+    env = make_env(drain_timeout=0.2)
+    for role in ("web", "db", "lb"):
+        glance(conn, role, "1.0", "verified", "2026-01-01T00:00:00Z")
+    engine = rollout.Engine(settings, env, OpenStackProvider(settings, env, conn), lambda line: None)
+    rollout.up(engine)
+    assert {i.name: i.version for i in engine.provider.instances()} == {
+        "db1": "1.0",
+        "web1": "1.0",
+        "web2": "1.0",
+    }
+    web_user_data = base64.b64decode(conn.cloud.find("server", "kiln-ostest-web1").user_data).decode()
+    assert "10.42.16.11" in web_user_data  # db1's fixed address in zone 1, named before db1 started
+
+    target = engine.provider.image(
+        "web", glance(conn, "web", "2.0", "verified", "2026-02-01T00:00:00Z").properties["kiln.version"]
+    )
+    state = engine.run(engine.start(target), target)
+    assert state["status"] == "succeeded"
+    web = engine.provider.instances("web")
+    assert {i.version for i in web} == {"2.0"} and {i.zone for i in web} == {0, 1}
+    assert set(engine.provider.lb_servers()) == {i.name for i in web}
+    drained = [c[1] for c in conn.cloud.calls if c[0] == "update_member"]
+    assert sorted(drained) == ["web1", "web2"]
+    actions = [e["action"] for e in state["events"]]
+    assert actions.count("draining") == 2 and actions.count("deregistered") == 2
