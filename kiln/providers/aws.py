@@ -396,7 +396,7 @@ class AwsProvider(Provider):
 
     def retry_dependent(self, delete) -> None:
         deadline = time.monotonic() + self.settings.cloud_timeout
-        while True:
+        for _ in range(cloudnet.polls(self.settings)):
             try:
                 delete()
                 return
@@ -404,6 +404,7 @@ class AwsProvider(Provider):
                 if exc.code != "DependencyViolation" or time.monotonic() > deadline:
                     raise
             time.sleep(self.settings.cloud_poll)
+        delete()  # the last try reports why
 
     def wait(self, what: str, done) -> None:
         cloudnet.wait_until(self.settings, what, done)

@@ -9,6 +9,7 @@ sorted roles. A running instance keeps the address it got, so the providers look
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -51,9 +52,17 @@ def fixed_address(env: Environment, instance: str) -> str:
 def wait_until(settings: Settings, what: str, done: Callable[[], bool]) -> None:
     """Poll until done(), at most KILN_CLOUD_TIMEOUT seconds, or OperationFailed naming what."""
     deadline = time.monotonic() + settings.cloud_timeout
-    while not done():
+    for _ in range(polls(settings)):
+        if done():
+            return
         if time.monotonic() > deadline:
-            raise OperationFailed(
-                f"timed out after {settings.cloud_timeout} s waiting for {what} (KILN_CLOUD_TIMEOUT)"
-            )
+            break
         time.sleep(settings.cloud_poll)
+    raise OperationFailed(
+        f"timed out after {settings.cloud_timeout} s waiting for {what} (KILN_CLOUD_TIMEOUT)"
+    )
+
+
+def polls(settings: Settings) -> int:
+    """How many looks fit in the timeout: a second bound on every wait besides the clock."""
+    return math.ceil(settings.cloud_timeout / max(settings.cloud_poll, 0.01)) + 2
