@@ -126,7 +126,18 @@ class OpenStackProvider(Provider):
 
     # ---- infrastructure ---------------------------------------------------------------------
 
+    def check_zones(self) -> None:
+        """Every zone is a Nova availability zone of the cloud, or one line naming the bad one."""
+        known = {z.name for z in self.compute.availability_zones()}
+        for i, zone in enumerate(self.env.zones):
+            if zone not in known:
+                raise KilnError(
+                    f"{self.env.file}: field 'zones[{i}]': '{zone}' is not a Nova availability zone of "
+                    f"this cloud; known: {', '.join(sorted(known)) or 'none'}"
+                )
+
     def ensure_networks(self) -> None:
+        self.check_zones()
         router = self.network.find_router(self.base_name)
         if router is None:
             router = self.network.create_router(name=self.base_name)

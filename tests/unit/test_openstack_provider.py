@@ -145,6 +145,9 @@ class FakeCompute:
     def __init__(self, cloud: FakeCloud):
         self.c = cloud
 
+    def availability_zones(self):
+        return iter([Res(name=zone) for zone in ZONES])
+
     def find_flavor(self, name):
         return Res(id="flavor-1", name=name) if name == "m1.small" else None
 
@@ -264,10 +267,10 @@ class FakeConnection:
         self.load_balancer = FakeLoadBalancer(self.cloud)
 
 
-def make_env(drain_timeout: float = 30, **health) -> Environment:
+def make_env(drain_timeout: float = 30, zones: list[str] = ZONES, **health) -> Environment:
     spec = EnvironmentSpec(
         provider="openstack",
-        zones=list(ZONES),
+        zones=list(zones),
         instances={"web": 2, "db": 1},
         frontend=Frontend(8080),
         health=HealthCheck(
@@ -349,6 +352,13 @@ def test_load_balancer_and_health_monitor_follow_the_environment(conn, provider)
         "create_pool",
     ]
     assert provider.frontend() == "http://10.42.0.5:8080/"
+
+
+def test_unknown_zone_names_the_field(conn, tmp_path):
+    env = make_env(zones=["nova-a", "nova-q"])
+    with pytest.raises(KilnError, match=r"field 'zones\[1\]': 'nova-q' is not a Nova availability zone"):
+        OpenStackProvider(Settings(state_dir=tmp_path), env, conn).ensure_networks()
+    assert conn.cloud.calls == []
 
 
 def test_settings_octavia_refuses_are_refused_before_anything_changes(conn, tmp_path):
