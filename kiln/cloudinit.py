@@ -18,6 +18,7 @@ import docker.errors
 import jinja2
 import yaml
 
+from kiln.config import yaml_problem
 from kiln.errors import KilnError
 from kiln.settings import Settings
 
@@ -116,9 +117,8 @@ def check_offline(documents: list[UserData], max_bytes: int, where: str) -> None
         try:
             data = yaml.safe_load(doc.text)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f"line {mark.line + 1}: " if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise KilnError(f"user-data of {doc.instance} is not valid YAML: {line}{problem}") from exc
+            line, _, problem = yaml_problem(exc)
+            where = f"line {line}: " if line else ""
+            raise KilnError(f"user-data of {doc.instance} is not valid YAML: {where}{problem}") from exc
         if not isinstance(data, dict):
             raise KilnError(f"user-data of {doc.instance} is not a cloud-config mapping (key: value lines)")

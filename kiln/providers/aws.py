@@ -416,20 +416,15 @@ class AwsProvider(Provider):
         if version:
             filters.append({"Name": "tag:kiln.version", "Values": [version]})
         images = self.ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
-        records = sorted(
-            (image_record(i) for i in images), key=lambda r: r.labels.get("kiln.built", ""), reverse=True
+        return cloudnet.newest_deployable(
+            [image_record(i) for i in images],
+            role,
+            version,
+            kind="AMI",
+            place=f" in {self.region}",
+            lookup="tags kiln.role, kiln.version",
+            target="amazon-ebs",
         )
-        which = f"{role} version {version}" if version else role
-        bake = f"bake it with `invoke bake {role} --target amazon-ebs`"
-        if not records:
-            raise KilnError(f"no AMI of {which} in {self.region} (tags kiln.role, kiln.version): {bake}")
-        usable = [r for r in records if r.status in ("verified", "promoted")]
-        if not usable:
-            statuses = ", ".join(sorted({r.status for r in records}))
-            raise KilnError(
-                f"no verified AMI of {which} in {self.region} (found: {statuses}): {bake} and verify it"
-            )
-        return usable[0]
 
     def check_user_data(self, image: ImageRecord, documents: list[UserData]) -> None:
         # The AMI's own cloud-init cannot run here: YAML, header and EC2's size limit only.

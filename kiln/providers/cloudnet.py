@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
+from kiln.images import ImageRecord
 from kiln.providers.base import INSTANCE_NAME
 from kiln.settings import Settings
 
@@ -66,3 +67,26 @@ def wait_until(settings: Settings, what: str, done: Callable[[], bool]) -> None:
 def polls(settings: Settings) -> int:
     """How many looks fit in the timeout: a second bound on every wait besides the clock."""
     return math.ceil(settings.cloud_timeout / max(settings.cloud_poll, 0.01)) + 2
+
+
+def newest_deployable(
+    records: list[ImageRecord],
+    role: str,
+    version: str | None,
+    *,
+    kind: str,
+    place: str,
+    lookup: str,
+    target: str,
+) -> ImageRecord:
+    """The newest verified or promoted image found; one line on why none may be deployed."""
+    records = sorted(records, key=lambda r: r.labels.get("kiln.built", ""), reverse=True)
+    which = f"{role} version {version}" if version else role
+    bake = f"bake it with `invoke bake {role} --target {target}`"
+    if not records:
+        raise KilnError(f"no {kind} of {which}{place} ({lookup}): {bake}")
+    usable = [r for r in records if r.status in ("verified", "promoted")]
+    if not usable:
+        statuses = ", ".join(sorted({r.status for r in records}))
+        raise KilnError(f"no verified {kind} of {which}{place} (found: {statuses}): {bake} and verify it")
+    return usable[0]

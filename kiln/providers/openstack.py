@@ -298,16 +298,15 @@ class OpenStackProvider(Provider):
             props = image.properties or {}
             if props.get("kiln.role") == role and (not version or props.get("kiln.version") == version):
                 records.append(image_record(image))
-        records.sort(key=lambda r: r.labels.get("kiln.built", ""), reverse=True)
-        which = f"{role} version {version}" if version else role
-        bake = f"bake it with `invoke bake {role} --target openstack`"
-        if not records:
-            raise KilnError(f"no Glance image of {which} (properties kiln.role, kiln.version): {bake}")
-        usable = [r for r in records if r.status in ("verified", "promoted")]
-        if not usable:
-            statuses = ", ".join(sorted({r.status for r in records}))
-            raise KilnError(f"no verified Glance image of {which} (found: {statuses}): {bake} and verify it")
-        return usable[0]
+        return cloudnet.newest_deployable(
+            records,
+            role,
+            version,
+            kind="Glance image",
+            place="",
+            lookup="properties kiln.role, kiln.version",
+            target="openstack",
+        )
 
     def check_user_data(self, image: ImageRecord, documents: list[UserData]) -> None:
         # The image's own cloud-init cannot run here: YAML, header and Nova's size limit only.
