@@ -583,14 +583,16 @@ def up(engine: Engine) -> None:
         images[role] = provider.image(role, running)
         if running is None:
             require_deployable(images[role])
-    lb_image = provider.image("lb")
-    require_deployable(lb_image)
+    lb_image = provider.image("lb") if provider.lb_from_image else None
+    if lb_image:
+        require_deployable(lb_image)
     plans = {role: _missing(env, role, provider.instances(role)) for role in images}
     for role, numbers in plans.items():
         engine.check_user_data(role, numbers, images[role])
+    lb_user_data = engine.user_data("lb", "lb", 0, lb_image) if lb_image else ""
+    if lb_image:
+        provider.check_user_data(lb_image, [cloudinit.UserData("lb", lb_user_data)])
     provider.ensure_networks()
-    lb_user_data = engine.user_data("lb", "lb", 0, lb_image)
-    provider.check_user_data(lb_image, [cloudinit.UserData("lb", lb_user_data)])
     provider.ensure_lb(lb_image, lb_user_data)
     engine.say(f"load balancer {provider.frontend()}")
     # Other roles first: the balanced role's user-data names them (the database).

@@ -95,6 +95,8 @@ class AwsApi:
 
 
 class AwsProvider(Provider):
+    lb_from_image = False  # ELBv2 is managed: no lb instance, image or user-data
+
     def __init__(self, settings: Settings, env: Environment):
         super().__init__(settings, env)
         cloudnet.check_zone_count(env)
@@ -286,8 +288,7 @@ class AwsProvider(Provider):
             "Matcher": {"HttpCode": "200"},
         }
 
-    def ensure_lb(self, image: ImageRecord, user_data: str) -> None:
-        # ELBv2 is managed: no lb instance runs, so the lb image and its user-data are unused here.
+    def ensure_lb(self, image: ImageRecord | None, user_data: str) -> None:
         health, port = self.health_check(), self.frontend_port()
         delay = int(self.env.spec.rollout.drain_timeout)
         subnets, group = self.subnets(), self.security_group_id()

@@ -45,6 +45,10 @@ class LbServer:
 
 
 class Provider(abc.ABC):
+    # Whether the load balancer is an instance of Kiln's `lb` image (local) rather than the
+    # cloud's managed service (ELBv2, Octavia), which needs no image and no user-data.
+    lb_from_image = True
+
     def __init__(self, settings: Settings, env: Environment):
         self.settings = settings
         self.env = env
@@ -56,8 +60,8 @@ class Provider(abc.ABC):
         """One network (subnet) per zone, created once."""
 
     @abc.abstractmethod
-    def ensure_lb(self, image: ImageRecord, user_data: str) -> None:
-        """The load balancer, listening on the frontend, created once."""
+    def ensure_lb(self, image: ImageRecord | None, user_data: str) -> None:
+        """The load balancer, listening on the frontend, created once (image: see lb_from_image)."""
 
     @abc.abstractmethod
     def frontend(self) -> str | None:

@@ -96,6 +96,8 @@ def connect(settings: Settings):
 
 
 class OpenStackProvider(Provider):
+    lb_from_image = False  # Octavia is managed: no lb instance, image or user-data
+
     def __init__(self, settings: Settings, env: Environment, connection=None):
         super().__init__(settings, env)
         cloudnet.check_zone_count(env)
@@ -209,8 +211,7 @@ class OpenStackProvider(Provider):
             "max_retries_down": within("health.fall", h.fall, 1, 10),
         }
 
-    def ensure_lb(self, image: ImageRecord, user_data: str) -> None:
-        # Octavia runs its own amphorae: no lb instance, so the lb image and its user-data are unused.
+    def ensure_lb(self, image: ImageRecord | None, user_data: str) -> None:
         port, monitor = self.frontend_port(), self.health_monitor()
         name = self.base_name
         lb = self.lb.find_load_balancer(name)

@@ -313,7 +313,8 @@ def test_up_and_a_rollout_through_the_engine(moto, tmp_path):
     """The engine's calls end to end; moto's instant health says nothing about real readiness."""
     env = make_env()
     settings = make_settings(tmp_path, moto)
-    for role in ("web", "db", "lb"):
+    # No lb AMI: ELBv2 is the load balancer.
+    for role in ("web", "db"):
         bake_ami(moto, role, "1.0", "verified", "2026-01-01T00:00:00Z")
     said = []
     engine = rollout.Engine(settings, env, get_provider(settings, env), said.append)

@@ -527,7 +527,7 @@ def test_up_and_a_rollout_through_the_engine(conn, tmp_path):
 
     settings = Settings(project_root=REPO, state_dir=tmp_path, cloud_poll=0.01, cloud_timeout=5)
     env = make_env(drain_timeout=0.2)
-    for role in ("web", "db", "lb"):
+    for role in ("web", "db"):  # no lb image: Octavia is the load balancer
         glance(conn, role, "1.0", "verified", "2026-01-01T00:00:00Z")
     engine = rollout.Engine(settings, env, OpenStackProvider(settings, env, conn), lambda line: None)
     rollout.up(engine)
