@@ -34,7 +34,6 @@ from kiln.images import ImageRecord
 from kiln.providers.base import Instance, Provider
 from kiln.settings import Settings
 
-POLL = 0.2  # seconds between two looks at the load balancer
 ACTIVE = ("running", "paused", "rolling-back")
 
 
@@ -323,13 +322,13 @@ class Engine:
                 raise RolloutFailed(
                     f"{checks} did not pass the load balancer's health check in {timeout:g} s"
                 )
-            time.sleep(POLL)
+            time.sleep(self.provider.poll_interval)
 
     def pause(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             self.sample()
-            time.sleep(min(POLL, max(0.0, end - time.monotonic())))
+            time.sleep(min(self.provider.poll_interval, max(0.0, end - time.monotonic())))
 
     def retire(self, names: list[str]) -> None:
         """Drain them together, wait for their sessions to end (or the drain timeout), remove."""
@@ -346,7 +345,7 @@ class Engine:
             servers = self.sample()["servers"]
             if all(servers[n].sessions == 0 for n in names if n in servers):
                 break
-            time.sleep(POLL)
+            time.sleep(self.provider.poll_interval)
         for name in names:
             if name in servers:
                 self.provider.lb_deregister(name)

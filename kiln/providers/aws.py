@@ -97,6 +97,10 @@ class AwsApi:
 class AwsProvider(Provider):
     lb_from_image = False  # ELBv2 is managed: no lb instance, image or user-data
 
+    @property
+    def poll_interval(self) -> float:
+        return self.settings.cloud_poll
+
     def __init__(self, settings: Settings, env: Environment):
         super().__init__(settings, env)
         cloudnet.check_zone_count(env)

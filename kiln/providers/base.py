@@ -53,6 +53,12 @@ class Provider(abc.ABC):
         self.settings = settings
         self.env = env
 
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between two looks at the load balancer while a rollout waits. A local
+        runtime-API call costs nothing; cloud APIs throttle, so clouds use KILN_CLOUD_POLL."""
+        return 0.2
+
     # ---- infrastructure ---------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -98,6 +98,10 @@ def connect(settings: Settings):
 class OpenStackProvider(Provider):
     lb_from_image = False  # Octavia is managed: no lb instance, image or user-data
 
+    @property
+    def poll_interval(self) -> float:
+        return self.settings.cloud_poll
+
     def __init__(self, settings: Settings, env: Environment, connection=None):
         super().__init__(settings, env)
         cloudnet.check_zone_count(env)
