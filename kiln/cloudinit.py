@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 import jinja2
+import yaml
 
+from kiln.config import yaml_problem
 from kiln.errors import KilnError
 from kiln.settings import Settings
 
@@ -94,3 +96,29 @@ def check(client: docker.DockerClient, image: str, documents: list[UserData], na
     if code != 0:
         detail = "; ".join(failures) or output.strip().replace("\n", " ")
         raise KilnError(f"user-data fails the cloud-init schema: {detail}")
+
+
+def check_offline(documents: list[UserData], max_bytes: int, where: str) -> None:
+    """What can be checked without the image's cloud-init: a `#cloud-config` YAML mapping that fits.
+
+    Cloud providers use it where no local container of the image runs `cloud-init schema`.
+    """
+    for doc in documents:
+        size = len(doc.text.encode())
+        if size > max_bytes:
+            raise KilnError(
+                f"user-data of {doc.instance} is {size} bytes, over the {max_bytes}-byte limit of {where}: "
+                "shorten its cloud-init template"
+            )
+        if not doc.text.startswith("#cloud-config"):
+            raise KilnError(
+                f"user-data of {doc.instance} does not start with '#cloud-config': fix its template"
+            )
+        try:
+            data = yaml.safe_load(doc.text)
+        except yaml.YAMLError as exc:
+            line, _, problem = yaml_problem(exc)
+            where = f"line {line}: " if line else ""
+            raise KilnError(f"user-data of {doc.instance} is not valid YAML: {where}{problem}") from exc
+        if not isinstance(data, dict):
+            raise KilnError(f"user-data of {doc.instance} is not a cloud-config mapping (key: value lines)")

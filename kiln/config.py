@@ -37,13 +37,19 @@ def load_yaml(path: Path, display: str) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        line, column, problem = yaml_problem(exc)
+        where = f" line {line}, column {column}" if line else ""
         raise KilnError(f"{display}:{where}: malformed YAML: {problem}") from exc
     if not isinstance(data, dict):
         raise KilnError(f"{display}: expected a mapping of fields at the top, got {_kind(data)}")
     return data
+
+
+def yaml_problem(exc: yaml.YAMLError) -> tuple[int | None, int | None, str]:
+    """(line, column, problem) of a YAML error, 1-based; line and column None when unknown."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return (mark.line + 1, mark.column + 1, problem) if mark else (None, None, problem)
 
 
 def parse(cls: type[T], data: Any, display: str, path: str = "") -> T:

@@ -34,7 +34,6 @@ from kiln.images import ImageRecord
 from kiln.providers.base import Instance, Provider
 from kiln.settings import Settings
 
-POLL = 0.2  # seconds between two looks at the load balancer
 ACTIVE = ("running", "paused", "rolling-back")
 
 
@@ -323,13 +322,13 @@ class Engine:
                 raise RolloutFailed(
                     f"{checks} did not pass the load balancer's health check in {timeout:g} s"
                 )
-            time.sleep(POLL)
+            time.sleep(self.provider.poll_interval)
 
     def pause(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             self.sample()
-            time.sleep(min(POLL, max(0.0, end - time.monotonic())))
+            time.sleep(min(self.provider.poll_interval, max(0.0, end - time.monotonic())))
 
     def retire(self, names: list[str]) -> None:
         """Drain them together, wait for their sessions to end (or the drain timeout), remove."""
@@ -346,7 +345,7 @@ class Engine:
             servers = self.sample()["servers"]
             if all(servers[n].sessions == 0 for n in names if n in servers):
                 break
-            time.sleep(POLL)
+            time.sleep(self.provider.poll_interval)
         for name in names:
             if name in servers:
                 self.provider.lb_deregister(name)
@@ -583,14 +582,16 @@ def up(engine: Engine) -> None:
         images[role] = provider.image(role, running)
         if running is None:
             require_deployable(images[role])
-    lb_image = provider.image("lb")
-    require_deployable(lb_image)
+    lb_image = provider.image("lb") if provider.lb_from_image else None
+    if lb_image:
+        require_deployable(lb_image)
     plans = {role: _missing(env, role, provider.instances(role)) for role in images}
     for role, numbers in plans.items():
         engine.check_user_data(role, numbers, images[role])
+    lb_user_data = engine.user_data("lb", "lb", 0, lb_image) if lb_image else ""
+    if lb_image:
+        provider.check_user_data(lb_image, [cloudinit.UserData("lb", lb_user_data)])
     provider.ensure_networks()
-    lb_user_data = engine.user_data("lb", "lb", 0, lb_image)
-    provider.check_user_data(lb_image, [cloudinit.UserData("lb", lb_user_data)])
     provider.ensure_lb(lb_image, lb_user_data)
     engine.say(f"load balancer {provider.frontend()}")
     # Other roles first: the balanced role's user-data names them (the database).

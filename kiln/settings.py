@@ -52,6 +52,23 @@ class Settings:
     audit_min_scap: float = _setting(
         95.0, "`invoke audit` fails below this ANSSI BP-028 intermediary (OpenSCAP) score"
     )
+    aws_endpoint_url: str = _setting(
+        "", "AWS API endpoint for EC2 and ELBv2, e.g. a moto server; empty: AWS itself"
+    )
+    aws_region: str = _setting(
+        "", "AWS region (default: the environment's first zone less its letter, eu-west-1a -> eu-west-1)"
+    )
+    aws_instance_type: str = _setting(
+        "t3.small", "EC2 instance type of every instance the aws provider starts"
+    )
+    openstack_cloud: str = _setting("", "clouds.yaml entry the openstack provider uses (default: OS_CLOUD)")
+    openstack_flavor: str = _setting(
+        "m1.small", "Nova flavor of every instance the openstack provider starts"
+    )
+    cloud_timeout: int = _setting(
+        600, "Seconds a cloud instance or load balancer may take to start, drain or go away"
+    )
+    cloud_poll: float = _setting(2.0, "Seconds between two looks at a cloud resource being changed")
 
     @property
     def name_prefix(self) -> str:

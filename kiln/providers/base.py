@@ -45,9 +45,19 @@ class LbServer:
 
 
 class Provider(abc.ABC):
+    # Whether the load balancer is an instance of Kiln's `lb` image (local) rather than the
+    # cloud's managed service (ELBv2, Octavia), which needs no image and no user-data.
+    lb_from_image = True
+
     def __init__(self, settings: Settings, env: Environment):
         self.settings = settings
         self.env = env
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between two looks at the load balancer while a rollout waits. A local
+        runtime-API call costs nothing; cloud APIs throttle, so clouds use KILN_CLOUD_POLL."""
+        return 0.2
 
     # ---- infrastructure ---------------------------------------------------------------------
 
@@ -56,8 +66,8 @@ class Provider(abc.ABC):
         """One network (subnet) per zone, created once."""
 
     @abc.abstractmethod
-    def ensure_lb(self, image: ImageRecord, user_data: str) -> None:
-        """The load balancer, listening on the frontend, created once."""
+    def ensure_lb(self, image: ImageRecord | None, user_data: str) -> None:
+        """The load balancer, listening on the frontend, created once (image: see lb_from_image)."""
 
     @abc.abstractmethod
     def frontend(self) -> str | None:

@@ -62,7 +62,8 @@ class LocalProvider(Provider):
                     name, driver="bridge", labels={**self.labels, "kiln.zone": zone_name}
                 )
 
-    def ensure_lb(self, image: ImageRecord, user_data: str) -> None:
+    def ensure_lb(self, image: ImageRecord | None, user_data: str) -> None:
+        assert image is not None, "the local load balancer runs the lb image"
         name = self.container_name("lb")
         try:
             container = self.client.containers.get(name)

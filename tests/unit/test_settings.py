@@ -26,3 +26,9 @@ def test_every_setting_is_described():
 def test_security_mirror_follows_the_mirror():
     s = Settings(mirror="http://snapshot.example/debian")
     assert s.resolved_security_mirror() == "http://snapshot.example/debian-security"
+
+
+def test_readme_lists_every_setting():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [name for name, _, _ in Settings.describe() if f"| `{name}` |" not in readme]
+    assert not missing, f"README's settings table lacks {missing}"

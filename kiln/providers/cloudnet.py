@@ -1,0 +1,92 @@
+"""What the cloud providers share: the address plan (one /20 per zone, a fixed address per
+instance name) and bounded waits.
+
+A fixed address lets user-data name a peer (the database) before that peer is launched, as
+Docker's DNS does for the local provider: instance <role><number> in zone z gets
+10.42.<16 z + role index>.<number + 10>, the role index being its place in the environment's
+sorted roles. A running instance keeps the address it got, so the providers look it up first.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from kiln.environments import Environment
+from kiln.errors import KilnError, OperationFailed
+from kiln.images import ImageRecord
+from kiln.providers.base import INSTANCE_NAME
+from kiln.settings import Settings
+
+NETWORK_CIDR = "10.42.0.0/16"
+MAX_ZONES = 16
+MAX_ROLES = 16
+MAX_NUMBER = 244  # + 10 stays below the subnet's broadcast address
+
+
+def zone_cidr(zone: int) -> str:
+    return f"10.42.{zone * 16}.0/20"
+
+
+def check_zone_count(env: Environment) -> None:
+    if len(env.zones) > MAX_ZONES:
+        raise KilnError(
+            f"{env.file}: field 'zones': {len(env.zones)} zones; a cloud environment takes 16 at most"
+        )
+
+
+def fixed_address(env: Environment, instance: str) -> str:
+    match = INSTANCE_NAME.match(instance)
+    roles = sorted(env.spec.instances)
+    if not match or match["role"] not in roles:
+        raise KilnError(f"{env.file}: field 'instances': no role for an instance named '{instance}'")
+    number, role_index = int(match["number"]), roles.index(match["role"])
+    if role_index >= MAX_ROLES or number > MAX_NUMBER:
+        raise KilnError(
+            f"{env.file}: field 'instances': {instance} is past the address plan "
+            f"({MAX_ROLES} roles, numbers up to {MAX_NUMBER})"
+        )
+    return f"10.42.{env.zone_of(number) * 16 + role_index}.{number + 10}"
+
+
+def wait_until(settings: Settings, what: str, done: Callable[[], bool]) -> None:
+    """Poll until done(), at most KILN_CLOUD_TIMEOUT seconds, or OperationFailed naming what."""
+    deadline = time.monotonic() + settings.cloud_timeout
+    for _ in range(polls(settings)):
+        if done():
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(settings.cloud_poll)
+    raise OperationFailed(
+        f"timed out after {settings.cloud_timeout} s waiting for {what} (KILN_CLOUD_TIMEOUT)"
+    )
+
+
+def polls(settings: Settings) -> int:
+    """How many looks fit in the timeout: a second bound on every wait besides the clock."""
+    return math.ceil(settings.cloud_timeout / max(settings.cloud_poll, 0.01)) + 2
+
+
+def newest_deployable(
+    records: list[ImageRecord],
+    role: str,
+    version: str | None,
+    *,
+    kind: str,
+    place: str,
+    lookup: str,
+    target: str,
+) -> ImageRecord:
+    """The newest verified or promoted image found; one line on why none may be deployed."""
+    records = sorted(records, key=lambda r: r.labels.get("kiln.built", ""), reverse=True)
+    which = f"{role} version {version}" if version else role
+    bake = f"bake it with `invoke bake {role} --target {target}`"
+    if not records:
+        raise KilnError(f"no {kind} of {which}{place} ({lookup}): {bake}")
+    usable = [r for r in records if r.status in ("verified", "promoted")]
+    if not usable:
+        statuses = ", ".join(sorted({r.status for r in records}))
+        raise KilnError(f"no verified {kind} of {which}{place} (found: {statuses}): {bake} and verify it")
+    return usable[0]
