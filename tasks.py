@@ -8,6 +8,7 @@ import sys
 from invoke import task
 
 from kiln import audit as audits
+from kiln import images as image_catalog
 from kiln import locks
 from kiln import rollout as rollouts
 from kiln import verify as verification
@@ -71,6 +72,20 @@ def images(c, role=None, json=False):
         columns = ["role", "version", "status", "lock-hash", "security-pending", "lynis-index", "scap-score"]
         columns += ["built", "image"]
         print_table(rows, columns)
+
+
+@task(help={"keep": "newest images to keep per role", "yes": "remove them (without it: only show the plan)"})
+@kiln_task
+def prune(c, keep=3, yes=False):
+    """Remove old images: keeps each role's newest, promoted ones, those containers use, and parents."""
+    store = DockerImageStore(docker_client(), settings())
+    decisions = image_catalog.prune(store, int(keep), remove=yes)
+    print_table([d.as_row() for d in decisions], ["image", "status", "action", "why"])
+    gone = sum(not d.keep for d in decisions)
+    if yes:
+        say(f"removed {gone} of {len(decisions)} images")
+    else:
+        say(f"would remove {gone} of {len(decisions)} images: add --yes to remove them")
 
 
 @task(help={"role": "role to render", "target": "docker, amazon-ebs or openstack"})

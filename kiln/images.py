@@ -128,6 +128,66 @@ class DockerImageStore:
         )
 
 
+@dataclass(frozen=True)
+class PruneDecision:
+    record: ImageRecord
+    keep: bool
+    reason: str
+
+    def as_row(self) -> dict[str, str]:
+        record, action = self.record, "keep" if self.keep else "remove"
+        return {"image": record.image, "status": record.status, "action": action, "why": self.reason}
+
+
+def plan_prune(records: list[ImageRecord], in_use: set[tuple[str, str]], keep: int) -> list[PruneDecision]:
+    """Which images to keep: per role the `keep` newest, anything promoted, anything a container
+    runs (a rollback needs it), and the parents of everything kept, so every kept image can be
+    rebuilt and traced. The rest may go."""
+    decisions: dict[str, tuple[bool, str]] = {}
+    newest: dict[str, int] = {}
+    for record in sorted(records, key=lambda r: r.labels.get("kiln.built", ""), reverse=True):
+        newest[record.role] = newest.get(record.role, 0) + 1
+        if (record.role, record.version) in in_use:
+            decisions[record.image] = (True, "used by a container")
+        elif record.status == "promoted":
+            decisions[record.image] = (True, "promoted")
+        elif newest[record.role] <= keep:
+            decisions[record.image] = (True, f"among the {keep} newest of {record.role}")
+        else:
+            decisions[record.image] = (False, f"older than the {keep} newest of {record.role}")
+    by_identity = {f"{r.role}@{r.labels.get('kiln.bake-id', '')}": r for r in records}
+    # A parent is older than its children: walking newest first reaches every kept chain.
+    for record in sorted(records, key=lambda r: r.labels.get("kiln.built", ""), reverse=True):
+        parent = by_identity.get(record.labels.get("kiln.parent-id", ""))
+        if decisions[record.image][0] and parent and not decisions[parent.image][0]:
+            decisions[parent.image] = (True, f"parent of {record.image}")
+    return [PruneDecision(r, *decisions[r.image]) for r in records]
+
+
+def images_in_use(client: docker.DockerClient) -> set[tuple[str, str]]:
+    """(role, version) of every container, running or not, that carries Kiln's labels."""
+    containers = client.containers.list(all=True, filters={"label": "kiln.version"})
+    return {(c.labels.get("kiln.role", ""), c.labels["kiln.version"]) for c in containers}
+
+
+def prune(store: DockerImageStore, keep: int, remove: bool) -> list[PruneDecision]:
+    """Plan (and with `remove`, carry out) the removal of old images of this image prefix."""
+    if keep < 1:
+        raise KilnError(f"--keep {keep}: keep at least the newest image of each role (--keep 1)")
+    decisions = plan_prune(store.list(), images_in_use(store.client), keep)
+    if not remove:
+        return decisions
+    done = []
+    for decision in decisions:
+        if not decision.keep:
+            try:
+                store.remove(decision.record.image)
+            except docker.errors.APIError as exc:  # e.g. a container without Kiln's labels runs it
+                decision = PruneDecision(decision.record, True, f"the engine refused: {exc.explanation}")
+        done.append(decision)
+    return done
+
+
 def require_image(store: DockerImageStore, role: str, version: str | None) -> ImageRecord:
     """The newest image of a role (or the given version), or a message saying how to bake it."""
     if version:
