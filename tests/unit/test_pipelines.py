@@ -26,12 +26,17 @@ def jobs_for(**variables: str) -> dict[str, dict]:
     return {job["name"]: job for job in listing if job["when"] != "never"}
 
 
-def test_push_runs_lint_then_bakes_base_then_each_role():
+def test_push_runs_lint_then_bakes_base_then_each_role_then_audits_every_role():
     jobs = jobs_for(CI_PIPELINE_SOURCE="push")
-    assert set(jobs) == {"lint", "bake:base", "bake:role: [web]", "bake:role: [db]", "bake:role: [lb]"}
+    bakes = {"bake:base", "bake:role: [web]", "bake:role: [db]", "bake:role: [lb]"}
+    audits = {f"audit: [{role}]" for role in ("base", "web", "db", "lb")}
+    assert set(jobs) == {"lint"} | bakes | audits
     assert [need["job"] for need in jobs["bake:base"]["needs"]] == ["lint"]
     for role in ("web", "db", "lb"):
         assert [need["job"] for need in jobs[f"bake:role: [{role}]"]["needs"]] == ["bake:base"]
+    for audit in audits:
+        assert {need["job"] for need in jobs[audit]["needs"]} == {"bake:base", "bake:role"}
+        assert jobs[audit]["stage"] == "audit"
 
 
 @pytest.mark.parametrize(
