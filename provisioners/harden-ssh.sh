@@ -74,8 +74,9 @@ chmod 0644 /etc/fail2ban/jail.local
 install -d -m 0755 /etc/systemd/system/ssh.service.d
 cat > /etc/systemd/system/ssh.service.d/kiln-hostkeys.conf <<'CONF'
 [Service]
-ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/local/sbin/kiln-ssh-hostkeys
 CONF
+chmod 0755 /usr/local/sbin/kiln-ssh-hostkeys
 
 # sshd -t needs a host key and its privilege-separation directory: check with a scratch key.
 scratch=$(mktemp -d)

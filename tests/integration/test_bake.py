@@ -84,6 +84,18 @@ def test_baked_web_serves_health_with_its_version(kiln, baked_web, docker_client
         container.remove(force=True)
 
 
+def test_a_command_given_to_the_image_runs_instead_of_its_services(kiln, baked_web, docker_client):
+    """`docker run IMAGE COMMAND` behaves as with any image: the command, not kiln-init's services."""
+    out = docker_client.containers.run(
+        f"{kiln.prefix}/web:{baked_web['web']}",
+        ["cat", "/etc/kiln/image.json"],
+        remove=True,
+        network_mode="none",
+        name=f"{kiln.prefix}-web-command",
+    )
+    assert json.loads(out.decode()) == {"role": "web", "version": baked_web["web"]}
+
+
 def test_changing_a_base_provisioner_rebakes_base_and_web(scratch_project, baked_web):
     with (scratch_project.project / "provisioners" / "base-init.sh").open("a") as f:
         f.write("# a change every role inherits\n")

@@ -221,7 +221,9 @@ def test_ssh_host_keys_made_at_first_boot(host):
     wait_for_first_boot(host)
     stats = host.check_output("stat -c '%Y %a %n' /etc/kiln/image.json /etc/ssh/ssh_host_*_key")
     (baked, _, _), *keys = (line.split() for line in stats.splitlines())
-    assert "/etc/ssh/ssh_host_ed25519_key" in {name for _, _, name in keys}
+    configured = set(re.findall(r"^HostKey\s+(\S+)", host.file("/etc/ssh/sshd_config").content_string, re.M))
+    assert "/etc/ssh/ssh_host_ed25519_key" in configured
+    assert {name for _, _, name in keys} == configured, "first boot made host keys sshd does not use"
     for mtime, mode, name in keys:
         assert int(mtime) > int(baked), f"{name} is older than the image: it was baked in"
         assert mode == "600", f"{name} has mode {mode}"
