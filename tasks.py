@@ -74,6 +74,15 @@ def images(c, role=None, json=False):
         print_table(rows, columns)
 
 
+@task(help={"role": "role whose image to promote", "version": "image version (default: the newest)"})
+@kiln_task
+def promote(c, role, version=None):
+    """Mark a verified image promoted: the only kind an environment with require_promoted deploys."""
+    record = image_catalog.promote(DockerImageStore(docker_client(), settings()), role, version)
+    say(f"{record.image} is promoted ({record.labels.get('kiln.promoted', '')})")
+    print(f"{record.role}\t{record.version}\t{record.image}")
+
+
 @task(help={"keep": "newest images to keep per role", "yes": "remove them (without it: only show the plan)"})
 @kiln_task
 def prune(c, keep=3, yes=False):

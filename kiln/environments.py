@@ -56,6 +56,9 @@ class EnvironmentSpec:
     health: HealthCheck = spec(HealthCheck(), help="the load balancer's health check")
     rollout: RolloutPolicy = spec(RolloutPolicy(), help="how a rollout replaces instances")
     protected: bool = spec(False, help="ask for confirmation before changing it (prod)")
+    require_promoted: bool = spec(
+        False, help="deploy only promoted images (`invoke promote`), not merely verified ones (prod)"
+    )
     app: dict[str, str] = spec({}, help="application settings passed to instances in user-data")
     backup: BackupSettings | None = spec(None, help="backup repositories, retention; `backup: {}` turns on")
 
@@ -69,6 +72,11 @@ class Environment:
     @property
     def zones(self) -> list[str]:
         return self.spec.zones
+
+    @property
+    def deployable(self) -> tuple[str, ...]:
+        """Image statuses this environment deploys."""
+        return ("promoted",) if self.spec.require_promoted else ("verified", "promoted")
 
     def zone_of(self, number: int) -> int:
         return number % len(self.spec.zones)

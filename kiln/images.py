@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 from dataclasses import dataclass
 
 import docker
@@ -199,3 +200,17 @@ def require_image(store: DockerImageStore, role: str, version: str | None) -> Im
         which = f"{role} version {version}" if version else f"{role}"
         raise KilnError(f"no baked image of {which}: bake it with `invoke bake {role}`")
     return record
+
+
+def promote(store: DockerImageStore, role: str, version: str | None) -> ImageRecord:
+    """Mark a verified image promoted: fit for environments with `require_promoted` (prod)."""
+    record = require_image(store, role, version)
+    if record.status == "promoted":
+        return record
+    if record.status != "verified":
+        raise KilnError(
+            f"{record.image} is {record.status}: only a verified image may be promoted "
+            f"(`invoke verify {role} --version {record.version}`, or bake a fixed one)"
+        )
+    promoted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return store.update_labels(record, {"kiln.status": "promoted", "kiln.promoted": promoted_at})

@@ -137,10 +137,16 @@ def majority_version(instances: list[Instance]) -> str | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def require_deployable(record: ImageRecord) -> None:
+def require_deployable(record: ImageRecord, env: Environment) -> None:
     if record.status == "rejected":
         raise KilnError(f"{record.image} was rejected by verification: it may not be deployed")
-    if record.status not in ("verified", "promoted"):
+    if record.status == "verified" and record.status not in env.deployable:
+        raise KilnError(
+            f"{record.image} is verified but not promoted, and {env.file} deploys only promoted images "
+            f"(require_promoted): once it has proved itself elsewhere, run "
+            f"`invoke promote {record.role} --version {record.version}`"
+        )
+    if record.status not in env.deployable:
         raise KilnError(f"{record.image} is {record.status}, not verified: verify it before deploying it")
 
 
@@ -424,7 +430,7 @@ class Engine:
 
     def start(self, target: ImageRecord) -> dict:
         """A new rollout's state, after refusing what must not start."""
-        require_deployable(target)
+        require_deployable(target, self.env)
         previous = self.store.load()
         if previous and previous.get("status") in ACTIVE:
             raise KilnError(
@@ -581,10 +587,10 @@ def up(engine: Engine) -> None:
         running = majority_version(provider.instances(role))
         images[role] = provider.image(role, running)
         if running is None:
-            require_deployable(images[role])
+            require_deployable(images[role], env)
     lb_image = provider.image("lb") if provider.lb_from_image else None
     if lb_image:
-        require_deployable(lb_image)
+        require_deployable(lb_image, env)
     plans = {role: _missing(env, role, provider.instances(role)) for role in images}
     for role, numbers in plans.items():
         engine.check_user_data(role, numbers, images[role])

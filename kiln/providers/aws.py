@@ -429,6 +429,7 @@ class AwsProvider(Provider):
             place=f" in {self.region}",
             lookup="tags kiln.role, kiln.version",
             target="amazon-ebs",
+            deployable=self.env.deployable,
         )
 
     def check_user_data(self, image: ImageRecord, documents: list[UserData]) -> None:

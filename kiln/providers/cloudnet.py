@@ -78,6 +78,7 @@ def newest_deployable(
     place: str,
     lookup: str,
     target: str,
+    deployable: tuple[str, ...] = ("verified", "promoted"),
 ) -> ImageRecord:
     """The newest verified or promoted image found; one line on why none may be deployed."""
     records = sorted(records, key=lambda r: r.labels.get("kiln.built", ""), reverse=True)
@@ -85,8 +86,9 @@ def newest_deployable(
     bake = f"bake it with `invoke bake {role} --target {target}`"
     if not records:
         raise KilnError(f"no {kind} of {which}{place} ({lookup}): {bake}")
-    usable = [r for r in records if r.status in ("verified", "promoted")]
+    usable = [r for r in records if r.status in deployable]
     if not usable:
         statuses = ", ".join(sorted({r.status for r in records}))
-        raise KilnError(f"no verified {kind} of {which}{place} (found: {statuses}): {bake} and verify it")
+        wanted = " or ".join(deployable)
+        raise KilnError(f"no {wanted} {kind} of {which}{place} (found: {statuses}): {bake} and verify it")
     return usable[0]

@@ -137,10 +137,13 @@ class LocalProvider(Provider):
                 )
             return record
         records = self.store.list(role)
-        usable = [r for r in records if r.status in ("verified", "promoted")]
+        usable = [r for r in records if r.status in self.env.deployable]
         if not usable:
-            why = f"none of its {len(records)} images is verified" if records else "no image is baked"
-            raise KilnError(f"no verified {role} image ({why}): bake it and verify it first")
+            wanted = " or ".join(self.env.deployable)
+            why = f"none of its {len(records)} images is {wanted}" if records else "no image is baked"
+            promoted_only = self.env.spec.require_promoted
+            fix = "promote one (`invoke promote`)" if promoted_only else "bake it and verify it"
+            raise KilnError(f"no {wanted} {role} image for {self.env.file} ({why}): {fix}")
         return usable[0]
 
     def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:

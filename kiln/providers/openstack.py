@@ -311,6 +311,7 @@ class OpenStackProvider(Provider):
             place="",
             lookup="properties kiln.role, kiln.version",
             target="openstack",
+            deployable=self.env.deployable,
         )
 
     def check_user_data(self, image: ImageRecord, documents: list[UserData]) -> None:

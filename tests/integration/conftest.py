@@ -16,6 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from kiln.images import DockerImageStore, ImageRecord
 from tests.conftest import copy_project
 
 pytestmark = pytest.mark.integration
@@ -52,6 +53,22 @@ class KilnRun:
 
     def with_project(self, project: Path) -> KilnRun:
         return KilnRun(project, self.prefix)
+
+
+def relabelled(
+    store: DockerImageStore, source, role: str, version: str, built: str, status: str, parent: str = ""
+) -> str:
+    """A cheap stand-in for a baked version: the baked base with other kiln.* labels."""
+    stand_in = ImageRecord(role, version, status, store.ref(role, version), source.id, {})
+    labels = {
+        "kiln.role": role,
+        "kiln.version": version,
+        "kiln.built": built,
+        "kiln.bake-id": f"bake-{version}",
+        "kiln.parent-id": parent,
+        "kiln.status": status,
+    }
+    return store.update_labels(stand_in, labels).image
 
 
 def remove_prefixed(client: docker.DockerClient, prefix: str) -> None:

@@ -231,7 +231,7 @@ def test_image_lookup_by_kiln_tags(moto, tmp_path):
     record = provider.image("web", "1.0")
     assert (record.id, record.version, record.status) == (old, "1.0", "verified")
     with pytest.raises(
-        KilnError, match=r"no verified AMI of web version 1.2 .*found: baked.*--target amazon-ebs"
+        KilnError, match=r"no verified or promoted AMI of web version 1.2 .*found: baked.*--target amazon-ebs"
     ):
         provider.image("web", "1.2")
     with pytest.raises(KilnError, match=r"no AMI of db in eu-west-1 .*`invoke bake db --target amazon-ebs`"):

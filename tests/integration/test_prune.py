@@ -6,25 +6,11 @@ from __future__ import annotations
 import docker
 import pytest
 
-from kiln.images import DockerImageStore, ImageRecord
+from kiln.images import DockerImageStore
 from kiln.settings import Settings
-from tests.integration.conftest import KilnRun, remove_prefixed
+from tests.integration.conftest import KilnRun, relabelled, remove_prefixed
 
 pytestmark = pytest.mark.integration
-
-
-def relabelled(store: DockerImageStore, source, role: str, version: str, built: str, status: str, parent=""):
-    """A cheap stand-in for a baked version: the baked base with other kiln.* labels."""
-    stand_in = ImageRecord(role, version, status, store.ref(role, version), source.id, {})
-    labels = {
-        "kiln.role": role,
-        "kiln.version": version,
-        "kiln.built": built,
-        "kiln.bake-id": f"bake-{version}",
-        "kiln.parent-id": parent,
-        "kiln.status": status,
-    }
-    return store.update_labels(stand_in, labels).image
 
 
 def tags(client, prefix: str) -> set[str]:

@@ -373,7 +373,8 @@ def test_image_lookup_by_properties_refuses_unverified(conn, provider):
     glance(conn, "web", "1.2", "baked", "2026-03-01T00:00:00Z")
     assert provider.image("web").id == newest.id
     assert provider.image("web", "1.0").version == "1.0"
-    with pytest.raises(KilnError, match=r"no verified Glance image of web version 1.2 \(found: baked\)"):
+    refused = r"no verified or promoted Glance image of web version 1.2 \(found: baked\)"
+    with pytest.raises(KilnError, match=refused):
         provider.image("web", "1.2")
     with pytest.raises(KilnError, match=r"no Glance image of db .*`invoke bake db --target openstack`"):
         provider.image("db")

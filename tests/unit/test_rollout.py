@@ -15,7 +15,7 @@ from kiln.providers.base import Instance
 from kiln.settings import Settings
 
 
-def make_env(web=3, zones=3, protected=False, **policy) -> Environment:
+def make_env(web=3, zones=3, protected=False, require_promoted=False, **policy) -> Environment:
     data = {
         "provider": "local",
         "zones": [f"z{i}" for i in range(zones)],
@@ -23,6 +23,7 @@ def make_env(web=3, zones=3, protected=False, **policy) -> Environment:
         "frontend": {"port": 0},
         "rollout": {"canary": 0, **policy},
         "protected": protected,
+        "require_promoted": require_promoted,
     }
     return Environment("t", parse(EnvironmentSpec, data, "t.yml"), "environments/t.yml")
 
@@ -114,12 +115,24 @@ def record(status: str) -> ImageRecord:
 )
 def test_unverified_and_rejected_images_are_refused(status, message):
     with pytest.raises(KilnError, match=message):
-        rollout.require_deployable(record(status))
+        rollout.require_deployable(record(status), make_env())
 
 
 def test_verified_and_promoted_images_deploy():
-    rollout.require_deployable(record("verified"))
-    rollout.require_deployable(record("promoted"))
+    rollout.require_deployable(record("verified"), make_env())
+    rollout.require_deployable(record("promoted"), make_env())
+
+
+def test_an_environment_that_requires_promotion_refuses_a_merely_verified_image():
+    prod = make_env(require_promoted=True)
+    with pytest.raises(KilnError) as refused:
+        rollout.require_deployable(record("verified"), prod)
+    assert str(refused.value) == (
+        "kiln/web:abc is verified but not promoted, and environments/t.yml deploys only promoted images "
+        "(require_promoted): once it has proved itself elsewhere, run `invoke promote web --version abc`"
+    )
+    rollout.require_deployable(record("promoted"), prod)
+    assert prod.deployable == ("promoted",)
 
 
 def test_majority_version_is_the_previous_one():
