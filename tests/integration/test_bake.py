@@ -165,6 +165,8 @@ def test_ctrl_c_stops_packer_and_leaves_no_container(scratch_project, baked_web,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As in a terminal: a test run started in the background of a shell inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 240
