@@ -22,7 +22,7 @@ from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import ImageRecord
 from kiln.providers import cloudnet
-from kiln.providers.base import Instance, LbServer, Provider
+from kiln.providers.base import Instance, LbServer
 from kiln.settings import Settings
 
 USER_DATA_LIMIT = 16384  # bytes, before base64: EC2's limit
@@ -94,16 +94,11 @@ class AwsApi:
         return call
 
 
-class AwsProvider(Provider):
-    lb_from_image = False  # ELBv2 is managed: no lb instance, image or user-data
-
-    @property
-    def poll_interval(self) -> float:
-        return self.settings.cloud_poll
+class AwsProvider(cloudnet.CloudProvider):
+    lb_service = "ELBv2"
 
     def __init__(self, settings: Settings, env: Environment):
         super().__init__(settings, env)
-        cloudnet.check_zone_count(env)
         self.region = settings.aws_region or self.zone_region(env)
         config = botocore.config.Config(
             connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}
@@ -271,16 +266,7 @@ class AwsProvider(Provider):
 
     def health_check(self) -> dict:
         """The target group's health check from the environment, within ELBv2's limits."""
-        h = self.env.spec.health
-
-        def within(field: str, value: float, low: int, high: int, unit: str = "") -> int:
-            if not (low <= value <= high and value == int(value)):
-                raise KilnError(
-                    f"{self.env.file}: field '{field}': {value:g}{unit} is outside ELBv2's whole "
-                    f"{low}-{high}{unit}"
-                )
-            return int(value)
-
+        h, within = self.env.spec.health, self.whole_within
         interval = within("health.interval", h.interval, 5, 300, " s")
         return {
             "HealthCheckProtocol": "HTTP",
@@ -558,16 +544,14 @@ class AwsProvider(Provider):
             )
         return arn
 
-    def targets_of(self, name: str) -> list[dict]:
-        return [
-            {"Id": i["InstanceId"], "Port": APP_PORT} for i in self.describe_instances(self.name_filter(name))
-        ]
+    def targets_of(self, name: str, states: list[str] | None = None) -> list[dict]:
+        found = self.describe_instances(self.name_filter(name, states))
+        return [{"Id": i["InstanceId"], "Port": APP_PORT} for i in found]
 
     def lb_register(self, instance: Instance) -> None:
-        live = self.describe_instances(self.name_filter(instance.name, LIVE_STATES))
-        if not live:
+        targets = self.targets_of(instance.name, LIVE_STATES)
+        if not targets:
             raise OperationFailed(f"{instance.name} is not running: it cannot join the load balancer")
-        targets = [{"Id": i["InstanceId"], "Port": APP_PORT} for i in live]
         self.elb.register_targets(TargetGroupArn=self.required_target_group(), Targets=targets)
 
     def lb_drain(self, instance: Instance) -> None:

@@ -1,5 +1,5 @@
-"""What the cloud providers share: the address plan (one /20 per zone, a fixed address per
-instance name) and bounded waits.
+"""What the cloud providers share: their base class (CloudProvider), the address plan (one /20
+per zone, a fixed address per instance name), bounded waits and the deployable-image rule.
 
 A fixed address lets user-data name a peer (the database) before that peer is launched, as
 Docker's DNS does for the local provider: instance <role><number> in zone z gets
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import ImageRecord
-from kiln.providers.base import INSTANCE_NAME
+from kiln.providers.base import INSTANCE_NAME, Provider
 from kiln.settings import Settings
 
 NETWORK_CIDR = "10.42.0.0/16"
@@ -27,6 +27,31 @@ MAX_NUMBER = 244  # + 10 stays below the subnet's broadcast address
 
 def zone_cidr(zone: int) -> str:
     return f"10.42.{zone * 16}.0/20"
+
+
+class CloudProvider(Provider):
+    """What the cloud providers share: the cloud's managed load balancer (no lb image), waits at
+    the pace cloud APIs allow, the zone limit of the address plan, and the LB service's limits."""
+
+    lb_from_image = False
+    lb_service = ""  # the managed load balancer, named in messages: ELBv2, Octavia
+
+    def __init__(self, settings: Settings, env: Environment):
+        super().__init__(settings, env)
+        check_zone_count(env)
+
+    @property
+    def poll_interval(self) -> float:
+        return self.settings.cloud_poll
+
+    def whole_within(self, field: str, value: float, low: int, high: int, unit: str = "") -> int:
+        """An environment setting as the whole number the LB service takes, or one line on why not."""
+        if not (low <= value <= high and value == int(value)):
+            raise KilnError(
+                f"{self.env.file}: field '{field}': {value:g}{unit} is outside {self.lb_service}'s "
+                f"whole {low}-{high}{unit}"
+            )
+        return int(value)
 
 
 def check_zone_count(env: Environment) -> None:

@@ -26,7 +26,7 @@ from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import ImageRecord
 from kiln.providers import cloudnet
-from kiln.providers.base import Instance, LbServer, Provider
+from kiln.providers.base import Instance, LbServer
 from kiln.settings import Settings
 
 USER_DATA_LIMIT = 65535  # bytes after base64: Nova's limit
@@ -95,16 +95,11 @@ def connect(settings: Settings):
         ) from None
 
 
-class OpenStackProvider(Provider):
-    lb_from_image = False  # Octavia is managed: no lb instance, image or user-data
-
-    @property
-    def poll_interval(self) -> float:
-        return self.settings.cloud_poll
+class OpenStackProvider(cloudnet.CloudProvider):
+    lb_service = "Octavia"
 
     def __init__(self, settings: Settings, env: Environment, connection=None):
         super().__init__(settings, env)
-        cloudnet.check_zone_count(env)
         self.health_monitor()  # what Octavia would refuse, refused before anything is created
         self.frontend_port()
         conn = connection if connection is not None else connect(settings)
@@ -194,15 +189,7 @@ class OpenStackProvider(Provider):
 
     def health_monitor(self) -> dict:
         """The pool's health monitor from the environment, within Octavia's limits."""
-        h = self.env.spec.health
-
-        def within(field: str, value: float, low: int, high: int) -> int:
-            if not (low <= value <= high and value == int(value)):
-                raise KilnError(
-                    f"{self.env.file}: field '{field}': {value:g} is outside Octavia's whole {low}-{high}"
-                )
-            return int(value)
-
+        h, within = self.env.spec.health, self.whole_within
         delay = within("health.interval", h.interval, 1, 3600)
         return {
             "type": "HTTP",
