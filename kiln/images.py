@@ -144,9 +144,10 @@ def plan_prune(records: list[ImageRecord], in_use: set[tuple[str, str]], keep: i
     """Which images to keep: per role the `keep` newest, anything promoted, anything a container
     runs (a rollback needs it), and the parents of everything kept, so every kept image can be
     rebuilt and traced. The rest may go."""
+    newest_first = sorted(records, key=lambda r: r.labels.get("kiln.built", ""), reverse=True)
     decisions: dict[str, tuple[bool, str]] = {}
     newest: dict[str, int] = {}
-    for record in sorted(records, key=lambda r: r.labels.get("kiln.built", ""), reverse=True):
+    for record in newest_first:
         newest[record.role] = newest.get(record.role, 0) + 1
         if (record.role, record.version) in in_use:
             decisions[record.image] = (True, "used by a container")
@@ -158,7 +159,7 @@ def plan_prune(records: list[ImageRecord], in_use: set[tuple[str, str]], keep: i
             decisions[record.image] = (False, f"older than the {keep} newest of {record.role}")
     by_identity = {f"{r.role}@{r.labels.get('kiln.bake-id', '')}": r for r in records}
     # A parent is older than its children: walking newest first reaches every kept chain.
-    for record in sorted(records, key=lambda r: r.labels.get("kiln.built", ""), reverse=True):
+    for record in newest_first:
         parent = by_identity.get(record.labels.get("kiln.parent-id", ""))
         if decisions[record.image][0] and parent and not decisions[parent.image][0]:
             decisions[parent.image] = (True, f"parent of {record.image}")

@@ -140,7 +140,7 @@ def majority_version(instances: list[Instance]) -> str | None:
 def require_deployable(record: ImageRecord, env: Environment) -> None:
     if record.status == "rejected":
         raise KilnError(f"{record.image} was rejected by verification: it may not be deployed")
-    if record.status == "verified" and record.status not in env.deployable:
+    if record.status == "verified" and env.spec.require_promoted:
         raise KilnError(
             f"{record.image} is verified but not promoted, and {env.file} deploys only promoted images "
             f"(require_promoted): once it has proved itself elsewhere, run "
