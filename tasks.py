@@ -9,13 +9,12 @@ from invoke import task
 
 from kiln import audit as audits
 from kiln import images as image_catalog
-from kiln import locks
-from kiln import rollout as rollouts
 from kiln import verify as verification
-from kiln.bake import Baker, dump_json, images_table
-from kiln.cli import kiln_task, print_table, settings
+from kiln.bake import Baker, images_table
+from kiln.cli import confirm, dump_json, kiln_task, print_table, settings
 from kiln.console import say
 from kiln.images import DockerImageStore, docker_client
+from kiln.rollout import lifecycle
 
 
 @task(
@@ -109,15 +108,9 @@ def render(c, role, target="docker"):
 @kiln_task
 def lock(c, role, update=False):
     """Re-resolve a role's packages against the mirror and show the diff to its lock."""
-    baker = Baker(settings())
-    target_role = baker.catalog.get(role)
-    parent_image, _ = baker.parent_of(target_role)
-    old = locks.read_lock(target_role)
-    resolution = locks.resolve(baker.client, parent_image, target_role, baker.settings)
-    changes = locks.diff(old, resolution)
+    changes, target_role = Baker(settings()).refresh_lock(role, update)
     print(changes.render())
     if update:
-        locks.write_lock(target_role, resolution.lock)
         say(f"wrote {target_role.display(target_role.lock_file)}")
     elif not changes.is_empty():
         say(f"run `invoke lock {role} --update` to write these changes")
@@ -142,17 +135,14 @@ def test(c, unit=False, k=""):
 @kiln_task
 def up(c, env):
     """Create an environment: zone networks, load balancer, instances from verified images."""
-    engine = rollouts.open_engine(env, say)
-    with engine.store.lock(engine.env, "up"):
-        rollouts.up(engine)
-    print(engine.provider.frontend())
+    print(lifecycle.up(lifecycle.open_engine(settings(), env, say)))
 
 
 @task(help={"env": "environment name", "json": "print JSON (frontend, instances) instead of a table"})
 @kiln_task
 def status(c, env, json=False):
     """Show an environment's instances: zone, role, version, health and load-balancer state."""
-    view = rollouts.status(rollouts.open_engine(env, say).provider)
+    view = lifecycle.status(lifecycle.open_engine(settings(), env, say).provider)
     if json:
         print(dump_json(view))
         return
@@ -173,65 +163,39 @@ def status(c, env, json=False):
 @kiln_task
 def rollout(c, env, role=None, image=None, plan=False, resume=False, yes=False):
     """Replace instances zone by zone behind the load balancer; roll back by itself on failure."""
-    engine = rollouts.open_engine(env, say)
-    if role and role != engine.role:
-        raise rollouts.KilnError(f"only {engine.role}, the load-balanced role, rolls out; not '{role}'")
+    engine = lifecycle.open_engine(settings(), env, say)
     if plan:
-        state = engine.start(engine.provider.image(engine.role, image))
-        steps = rollouts.plan(engine.env, engine.role, engine.provider.instances(engine.role),
-                              state["to"], state["zones"])
-        if not steps:
-            print(f"nothing to do: {env} runs {engine.role} {state['to']} everywhere")
+        steps = lifecycle.plan_rollout(engine, role, image)
+        if not steps.steps:
+            print(f"nothing to do: {env} runs {steps.role} {steps.to_version} everywhere")
             return
-        print(f"{env}: {engine.role} {state['from']} -> {state['to']}, {len(steps)} steps")
-        for step in steps:
-            print(rollouts.describe(engine.env, engine.role, step))
+        print(f"{env}: {steps.role} {steps.from_version} -> {steps.to_version}, {len(steps.steps)} steps")
+        print("\n".join(steps.steps))
         return
-    rollouts.confirm(engine.env, yes, "roll out to")
-    with engine.store.lock(engine.env, "rollout"):
-        if resume:
-            state = engine.store.load()
-            if not state or state["status"] not in rollouts.ACTIVE:
-                raise rollouts.KilnError(f"no interrupted or paused rollout of {env} to resume")
-            engine.state = state
-            if state["status"] == "rolling-back":
-                result = engine.roll_back(state["from"])
-            else:
-                result = engine.run(state, engine.provider.image(engine.role, state["to"]), resumed=True)
-        else:
-            target = engine.provider.image(engine.role, image)
-            state = engine.start(target)
-            if not state["zones"]:
-                print(f"nothing to do: {env} runs {engine.role} {target.version} everywhere")
-                return
-            result = engine.run(state, target)
-    print(f"rollout {result['id']} {result['status']}: {engine.role} {result['from']} -> {result['to']}"
-          f" in {result['seconds']} s")
-    print(f"timeline: {result['timeline']}")
+    done = lifecycle.deploy(engine, confirm(yes), role, image, resume)
+    if done.state is None:
+        print(f"nothing to do: {env} runs {done.role} {done.version} everywhere")
+        return
+    result = done.state
+    print(f"rollout {result.id} {result.status}: {done.role} {result.from_version} -> {result.to_version}"
+          f" in {result.seconds} s")
+    print(f"timeline: {result.timeline}")
 
 
 @task(help={"env": "environment name", "yes": "do not ask before changing a protected environment"})
 @kiln_task
 def rollback(c, env, yes=False):
     """Undo the last rollout: every zone back to the previous image, surge first."""
-    engine = rollouts.open_engine(env, say)
-    rollouts.confirm(engine.env, yes, "roll back")
-    with engine.store.lock(engine.env, "rollback"):
-        engine.state = rollouts.start_rollback(engine)
-        result = engine.roll_back(engine.state["from"])
-    print(f"rollback {result['id']} {result['status']}: {engine.role} back to {result['from']}")
-    print(f"timeline: {result['timeline']}")
+    result = lifecycle.rollback(lifecycle.open_engine(settings(), env, say), confirm(yes))
+    print(f"rollback {result.id} {result.status}: {result.role} back to {result.from_version}")
+    print(f"timeline: {result.timeline}")
 
 
 @task(help={"env": "environment name", "yes": "do not ask before removing a protected environment"})
 @kiln_task
 def down(c, env, yes=False):
     """Remove an environment's instances, load balancer and networks (the audit log stays)."""
-    engine = rollouts.open_engine(env, say)
-    rollouts.confirm(engine.env, yes, "remove")
-    with engine.store.lock(engine.env, "down"):
-        removed = engine.provider.destroy()
-        engine.store.state_file.unlink(missing_ok=True)
+    removed = lifecycle.down(lifecycle.open_engine(settings(), env, say), confirm(yes))
     print(f"removed {len(removed)}: {', '.join(removed) or 'nothing'}")
 
 
@@ -239,12 +203,12 @@ def down(c, env, yes=False):
 @kiln_task
 def backup(c, env, type="full"):
     """Back up an environment: PostgreSQL with pgBackRest, uploaded files with restic (both encrypted)."""
-    from kiln import backup as backups
+    from kiln.backup import operations
     from kiln.backup.base import human_size
 
-    backups.require_kind(type)
-    config = backups.backup_settings(settings(), env)
-    for record in backups.take_backup(settings(), env, type, config, docker_client()):
+    operations.require_kind(type)
+    config = operations.backup_settings(settings(), env)
+    for record in operations.take_backup(settings(), env, type, config, docker_client()):
         print(f"{record.tool}\t{record.kind}\t{record.id}\t{human_size(record.size)}")
 
 
@@ -252,11 +216,11 @@ def backup(c, env, type="full"):
 @kiln_task
 def backups(c, env, json=False):
     """List an environment's backups: tool, kind, id, age and size."""
-    from kiln import backup as backup_tools
+    from kiln.backup import operations
     from kiln.backup.base import human_age, human_size
 
-    config = backup_tools.backup_settings(settings(), env)
-    rows = [r.as_json() for r in backup_tools.list_backups(settings(), env, config, docker_client())]
+    config = operations.backup_settings(settings(), env)
+    rows = [r.as_json() for r in operations.list_backups(settings(), env, config, docker_client())]
     if json:
         print(dump_json(rows))
         return
@@ -276,13 +240,13 @@ def backups(c, env, json=False):
 @kiln_task
 def dr_drill(c, env, target_time=None, keep=False):
     """Restore the backups into a fresh DR environment, verify the data, smoke-test, report RTO/RPO."""
-    from kiln import backup as backup_tools
+    from kiln.backup.operations import backup_settings
     from kiln.drill import Drill, parse_target_time
     from kiln.errors import OperationFailed
 
     if target_time:
         parse_target_time(target_time)  # bad input stops here, before anything is created
-    config = backup_tools.backup_settings(settings(), env)
+    config = backup_settings(settings(), env)
     report = Drill(settings(), env, config, target_time, keep, docker_client()).run()
     verdict = "passed" if report.ok else "failed"
     print(f"{report.id}\t{verdict}\trto={report.rto_seconds}\trpo={report.rpo_seconds}")
@@ -295,12 +259,10 @@ def dr_drill(c, env, target_time=None, keep=False):
 @kiln_task
 def drills(c, json=False):
     """Show the DR drill history and write a chart of RTO and RPO over past drills (SVG)."""
-    from kiln.drill import chart_svg, load_history
+    from kiln.drill import load_history, write_chart
 
     history = load_history(settings())
-    chart = settings().state_dir / "drills" / "chart.svg"
-    chart.parent.mkdir(parents=True, exist_ok=True)
-    chart.write_text(chart_svg(history))
+    chart = write_chart(settings(), history)
     if json:
         print(dump_json(history))
         return

@@ -28,13 +28,15 @@ import time
 
 import docker
 
-from kiln.backup import BackupSettings, dbcheck, site, take_backup
-from kiln.backup.base import DockerShell, human_size
+from kiln.backup import containers, dbcheck
+from kiln.backup.base import BackupSettings, DockerShell, human_size
 from kiln.backup.load import load_data
+from kiln.backup.operations import take_backup
 from kiln.backup.pgbackrest import PgBackRest
 from kiln.backup.secrets import ensure_secrets, secret
 from kiln.drill import Drill, http
 from kiln.images import DockerImageStore
+from kiln.polling import poll
 from kiln.settings import Settings
 
 WRITE_INTERVAL = 0.5
@@ -83,14 +85,14 @@ def restore_bare(
     network = client.networks.create(name, labels={"kiln.env": name})
     container = None
     try:
-        container = site.launch(
+        container = containers.launch(
             client,
             name=f"{name}-db1",
             image=image,
             network=name,
             labels={"kiln.env": name},
-            files={"/etc/kiln/db.env": (site.db_env(password, hold=True), 0o600, "root")},
-            volumes=site.backup_mounts(env, "db", read_only=True),
+            files={"/etc/kiln/db.env": (containers.db_env(password, hold=True), 0o600, "root")},
+            volumes=containers.backup_mounts(env, "db", read_only=True),
         )
         shell = DockerShell(container, [key])
         tool = PgBackRest(shell, settings, key)
@@ -101,16 +103,17 @@ def restore_bare(
         else:
             tool.restore()
         assert container.exec_run(["pg_ctlcluster", "15", "main", "start"]).exit_code == 0
-        site.wait_until(
+        poll(
             lambda: (
                 container.exec_run(
                     ["psql", "-X", "-qAt", "-c", "SELECT pg_is_in_recovery()"], user="postgres"
                 ).output.strip()
                 == b"f"
             ),
-            900,
-            "promotion",
+            timeout=900,
             interval=0.05,
+            what="promotion",
+            tolerate=(Exception,),
         )
         seconds = time.monotonic() - started
         _, newest = dbcheck.parse_rows("postgres", dbcheck.psql(shell, "postgres", dbcheck.NEWEST_REPLAYED))
@@ -135,16 +138,28 @@ def main() -> None:
     try:
         ensure_secrets(settings, env)
         key, password = secret(settings, env, "KILN_BACKUP_KEY"), secret(settings, env, "KILN_DB_PASSWORD")
-        source = site.create_site(
+        source = containers.create_site(
             client,
             env,
             db_image=newest_verified(store, "db"),
             web_image=newest_verified(store, "web"),
             password=password,
         )
-        site.wait_until(lambda: site.db_ready(source.db), 60, "source db")
-        url = f"http://{site.address(source.web[0])}"
-        site.wait_until(lambda: b'"database": "ok"' in http(url + "/health")[1], 60, "source web")
+        poll(
+            lambda: containers.db_ready(source.db),
+            timeout=60,
+            interval=0.2,
+            what="source db",
+            tolerate=(Exception,),
+        )
+        url = f"http://{containers.address(source.web[0])}"
+        poll(
+            lambda: b'"database": "ok"' in http(url + "/health")[1],
+            timeout=60,
+            interval=0.2,
+            what="source web",
+            tolerate=(Exception,),
+        )
 
         started = time.monotonic()
         loaded = load_data(client, env, args.mb)
@@ -196,8 +211,8 @@ def main() -> None:
     finally:
         if writer is not None:
             writer.stop.set()
-        site.remove_site(client, f"kiln.env={env}")
-        for volume in site.repo_volumes(env).values():
+        containers.remove_site(client, f"kiln.env={env}")
+        for volume in containers.repo_volumes(env).values():
             with contextlib.suppress(docker.errors.NotFound):
                 client.volumes.get(volume).remove(force=True)
     print(json.dumps(figures, indent=2))

@@ -25,10 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.load import Load
-from kiln import rollout
 from kiln.config import parse
 from kiln.environments import Environment, EnvironmentSpec
 from kiln.providers.local import LocalProvider
+from kiln.rollout import lifecycle
+from kiln.rollout.engine import Engine
 from kiln.settings import Settings
 
 POLICY = {
@@ -42,7 +43,7 @@ POLICY = {
 }
 
 
-def batch_start(engine: rollout.Engine, image, count: int) -> float:
+def batch_start(engine: Engine, image, count: int) -> float:
     """Seconds from launching `count` instances together to all answering /health (asked directly).
 
     A zone's batch boots together, so on a small machine this is what a zone waits for.
@@ -95,13 +96,13 @@ def main() -> int:
         return 2
     target = provider.image("web", args.target) if args.target else verified[0]
     source = provider.image("web", args.source) if args.source else verified[1]
-    engine = rollout.Engine(settings, env, provider, say=lambda line: print(line, file=sys.stderr))
+    engine = Engine(settings, env, provider, say=lambda line: print(line, file=sys.stderr))
     try:
         # `up` starts from the newest verified image: pin the old one by launching it first.
         provider.ensure_networks()
         for n in range(1, 7):
             provider.launch("web", n, source, engine.user_data("web", f"web{n}", env.zone_of(n), source))
-        rollout.up(engine)
+        lifecycle.up(engine)
         # Measured under the same load as the rollout (the load generator shares the CPU), once
         # before and once after it: a shared machine's load drifts, the mean follows it.
         surge = env.spec.rollout.max_surge
@@ -111,8 +112,7 @@ def main() -> int:
         engine.started, engine.samples = time.monotonic(), []
         with Load(provider.frontend(), workers=4, max_seconds=600) as load:
             began = time.monotonic()  # the wall time includes the user-data check, as users see it
-            plan = engine.start(target)
-            result = engine.run(plan, target)
+            result = lifecycle.deploy(engine, approve=lambda env, what: None, image=target.version).state
             wall = time.monotonic() - began
         with Load(provider.frontend(), workers=4, max_seconds=300):
             starts.append(batch_start(engine, target, surge))
@@ -120,7 +120,7 @@ def main() -> int:
     finally:
         provider.destroy()
     h = env.spec.health
-    drain = mean_drain(result["events"])
+    drain = mean_drain(result.events)
     per_zone = h.rise * h.interval + env.spec.rollout.warmup + drain
     floor = len(env.zones) * (start + per_zone)
     floor_single = len(env.zones) * (single + per_zone)  # as if a batch booted as fast as one
@@ -133,7 +133,7 @@ def main() -> int:
         "rise_x_interval_s": h.rise * h.interval,
         "drain_s": round(drain, 2), "floor_s": round(floor, 1), "ratio": round(wall / floor, 2),
         "floor_one_instance_s": round(floor_single, 1), "ratio_one_instance": round(wall / floor_single, 2),
-        "timeline": result["timeline"],
+        "timeline": result.timeline,
     }  # fmt: skip
     print(json.dumps(figures, indent=2))
     return 0 if load.failed == 0 else 1

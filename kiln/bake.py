@@ -9,7 +9,6 @@ version of every role that uses it and of their children.
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import time
 import uuid
@@ -117,6 +116,16 @@ class Baker:
         record = self.store.find(parent.role, parent.version)
         assert record is not None
         return record.id, self._identity(record)
+
+    def refresh_lock(self, role_name: str, update: bool) -> tuple[locks.LockDiff, Role]:
+        """Re-resolve a role's packages against the mirror: the diff to its lock, written if `update`."""
+        role = self.catalog.get(role_name)
+        parent_image, _ = self.parent_of(role)
+        resolution = locks.resolve(self.client, parent_image, role, self.settings)
+        changes = locks.diff(locks.read_lock(role), resolution)
+        if update:
+            locks.write_lock(role, resolution.lock)
+        return changes, role
 
     def _bootstrap(self) -> tuple[str, str]:
         image_id = ensure_bootstrap_image(self.client, self.settings, console.say)
@@ -316,7 +325,3 @@ class Baker:
 
 def images_table(records: list[ImageRecord]) -> list[dict]:
     return [record.as_json() for record in records]
-
-
-def dump_json(data) -> str:
-    return json.dumps(data, indent=2, sort_keys=True)

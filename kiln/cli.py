@@ -1,13 +1,16 @@
-"""The glue between Invoke tasks and the library: one-line errors, exit codes, tables."""
+"""The glue between Invoke tasks and the library: one-line errors, exit codes, tables, JSON, prompts."""
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
+from collections.abc import Callable
 
 from invoke import Exit
 
+from kiln.environments import Environment
 from kiln.errors import KilnError
 from kiln.settings import Settings
 
@@ -45,3 +48,22 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     for row in rows:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
     sys.stdout.flush()
+
+
+def dump_json(data) -> str:
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+def confirm(yes: bool, ask: Callable[[str], str] = input) -> Callable[[Environment, str], None]:
+    """How the CLI approves a change to a protected environment: `--yes`, or its name typed on a
+    terminal; without a terminal, one line saying to pass --yes."""
+
+    def approve(env: Environment, what: str) -> None:
+        if yes:
+            return
+        if not os.isatty(0):
+            raise KilnError(f"{env.file} is protected: pass --yes to {what} it")
+        if ask(f"{env.name} is protected; type its name to {what} it: ").strip() != env.name:
+            raise KilnError(f"not confirmed: {env.name} is unchanged")
+
+    return approve

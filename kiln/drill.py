@@ -25,29 +25,31 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import docker
 import docker.errors
 import yaml
 
 from kiln import console, environments
-from kiln.backup import dbcheck, site
-from kiln.backup.base import BackupFault, BackupSettings, DockerShell, iso
+from kiln.backup import containers, dbcheck
+from kiln.backup.base import BackupFault, BackupSettings, DockerShell
 from kiln.backup.pgbackrest import PgBackRest
 from kiln.backup.restic import UPLOADS, Restic
 from kiln.backup.secrets import secret
 from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError, OperationFailed
+from kiln.files import write_atomic
+from kiln.polling import poll
 from kiln.providers import get_provider
 from kiln.providers.base import Provider
 from kiln.settings import Settings
+from kiln.stamps import new_id, utc_iso
 
 RECOVERY_TIMEOUT = 900  # seconds PostgreSQL may take to replay WAL and promote
 BOOT_TIMEOUT = 120  # seconds an instance may take to apply its user-data and start services
@@ -119,10 +121,6 @@ class DrillFailed(Exception):
     """A check failed in a way that makes the following steps meaningless."""
 
 
-def new_drill_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
-
-
 def parse_target_time(text: str) -> float:
     """`--target-time`: ISO 8601 with a zone, e.g. 2026-11-21T23:50:00Z or ...+01:00."""
     import datetime
@@ -168,11 +166,11 @@ class Drill:
         self.target_text = target_time
         self.keep = keep
         self.client = client or docker.from_env(timeout=120)
-        self.id = new_drill_id()
+        self.id = new_id()
         self.dr_env = f"dr-{self.id}"
         self.network = ""
         self.restore_point = f"kiln-drill-{self.id}"
-        self.report = DrillReport(self.id, env, self.dr_env, iso(time.time()), target_time, kept=keep)
+        self.report = DrillReport(self.id, env, self.dr_env, utc_iso(time.time()), target_time, kept=keep)
         self.history = settings.state_dir / "drills"
         self.key = secret(settings, env, "KILN_BACKUP_KEY")
         self.password = secret(settings, env, "KILN_DB_PASSWORD")
@@ -230,8 +228,8 @@ class Drill:
         if not ok and fatal:
             raise DrillFailed(name)
 
-    def source(self) -> site.Site:
-        return site.Site.find(self.client, self.env)
+    def source(self) -> containers.Site:
+        return containers.Site.find(self.client, self.env)
 
     def take_reference(self) -> str:
         source = self.source()
@@ -251,7 +249,7 @@ class Drill:
     def create_environment(self) -> str:
         """A separate environment through the source's provider: one zone, db held for the
         restore, web from the newest verified image, both reading the source's repositories."""
-        for volume in site.repo_volumes(self.env).values():
+        for volume in containers.repo_volumes(self.env).values():
             try:
                 self.client.volumes.get(volume)
             except docker.errors.NotFound as exc:
@@ -278,7 +276,7 @@ class Drill:
                 {
                     "path": "/etc/kiln/db.env",
                     "permissions": "0600",
-                    "content": site.db_env(self.password, hold=True).decode(),
+                    "content": containers.db_env(self.password, hold=True).decode(),
                 }
             ),
         )
@@ -291,7 +289,7 @@ class Drill:
                     "path": "/etc/kiln/web.env",
                     "owner": "root:kiln-web",
                     "permissions": "0640",
-                    "content": site.web_env(db_host, self.password).decode(),
+                    "content": containers.web_env(db_host, self.password).decode(),
                 }
             ),
         )
@@ -327,7 +325,13 @@ class Drill:
     def restore_files(self, files: Restic) -> float:
         """Seconds the files took, from the restore's start (the web instance's boot included)."""
         started = time.monotonic()
-        site.wait_until(lambda: self.booted(self.web), BOOT_TIMEOUT, "the DR web instance's first boot")
+        poll(
+            lambda: self.booted(self.web),
+            timeout=BOOT_TIMEOUT,
+            interval=0.2,
+            what="the DR web instance's first boot",
+            tolerate=(Exception,),
+        )
         files.configure()
         self.report.backups["restic"] = files.latest().id
         files.restore()
@@ -349,11 +353,23 @@ class Drill:
                 raise BackupFault(exc.cause, f"{exc.detail}; {which_files(pg)}") from exc
             copied = time.monotonic()
             # The held cluster (KILN_DB_HOLD from the user-data) stays down until first boot is over.
-            site.wait_until(lambda: self.booted(self.db), BOOT_TIMEOUT, "the DR db instance's first boot")
+            poll(
+                lambda: self.booted(self.db),
+                timeout=BOOT_TIMEOUT,
+                interval=0.2,
+                what="the DR db instance's first boot",
+                tolerate=(Exception,),
+            )
             start = self.db.exec_run(["pg_ctlcluster", "15", "main", "start"])
             if start.exit_code != 0:
                 raise recovery_fault(self.db)
-            site.wait_until(self.promoted, RECOVERY_TIMEOUT, "PostgreSQL promotion", interval=0.1)
+            poll(
+                self.promoted,
+                timeout=RECOVERY_TIMEOUT,
+                interval=0.1,
+                what="PostgreSQL promotion",
+                tolerate=(Exception,),
+            )
             promoted = time.monotonic()
             files_seconds = restored_files.result()
         return (
@@ -374,13 +390,19 @@ class Drill:
         return out.decode().strip() == "f"
 
     def smoke_test(self) -> str:
-        base = f"http://{site.address(self.web, self.network)}"
+        base = f"http://{containers.address(self.web, self.network)}"
 
         def healthy():
             code, body = http(base + "/health")
             return code == 200 and json.loads(body).get("database") == "ok"
 
-        site.wait_until(healthy, 60, "the DR web instance (/health with database ok)")
+        poll(
+            healthy,
+            timeout=60,
+            interval=0.2,
+            what="the DR web instance (/health with database ok)",
+            tolerate=(Exception,),
+        )
         code, body = http(base + "/records")
         if code != 200:
             raise BackupFault("smoke-failed", f"GET /records answered {code}")
@@ -418,10 +440,10 @@ class Drill:
         if self.target is not None and self.newest_restored > self.target + 0.001:
             raise BackupFault(
                 "restore-failed",
-                f"newest restored commit {iso(self.newest_restored)} "
+                f"newest restored commit {utc_iso(self.newest_restored)} "
                 f"is after the target time {self.target_text}",
             )
-        return f"restore covers commits to {iso(covered)}; newest in the source {iso(source_newest)}"
+        return f"restore covers commits to {utc_iso(covered)}; newest in the source {utc_iso(source_newest)}"
 
     def verify_backups(self) -> str:
         pg, files = self.tools()
@@ -444,11 +466,11 @@ class Drill:
         restored = dbcheck.snapshot(shell)
         if self.smoke_record is not None:  # the smoke test's own record is the drill's, not the source's
             restored.tables = dbcheck.without_row(
-                shell, restored.tables, site.DB_NAME, "public.records", self.smoke_record
+                shell, restored.tables, containers.DB_NAME, "public.records", self.smoke_record
             )
         problems = dbcheck.compare(self.reference.tables, restored.tables)
         self.report.counts["tables"] = len(restored.tables)
-        app_table = restored.tables.get(f"{site.DB_NAME}:public.records")
+        app_table = restored.tables.get(f"{containers.DB_NAME}:public.records")
         if app_table is not None:
             self.report.counts["records"] = app_table.rows
         if problems:
@@ -472,15 +494,8 @@ class Drill:
 
     def write_report(self) -> None:
         folder = self.history / self.env
-        folder.mkdir(parents=True, exist_ok=True)
-        for suffix, text in (
-            (".json", json.dumps(self.report.as_json(), indent=2)),
-            (".md", self.report.markdown()),
-        ):
-            path = folder / f"{self.id}{suffix}"
-            tmp = path.with_suffix(suffix + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+        write_atomic(folder / f"{self.id}.json", json.dumps(self.report.as_json(), indent=2))
+        write_atomic(folder / f"{self.id}.md", self.report.markdown())
         console.say(f"report: {folder / (self.id + '.md')}")
 
 
@@ -538,6 +553,13 @@ def load_history(settings: Settings) -> list[dict]:
         with contextlib.suppress(ValueError, OSError):
             reports.append(json.loads(path.read_text()))
     return sorted(reports, key=lambda r: r["started"])
+
+
+def write_chart(settings: Settings, history: list[dict]) -> Path:
+    """<state_dir>/drills/chart.svg: RTO and RPO over the drills in `history`."""
+    chart = settings.state_dir / "drills" / "chart.svg"
+    write_atomic(chart, chart_svg(history))
+    return chart
 
 
 def chart_svg(reports: list[dict], width: int = 640, height: int = 240) -> str:

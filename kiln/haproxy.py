@@ -161,7 +161,3 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
-def write_config(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

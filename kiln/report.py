@@ -1,4 +1,4 @@
-"""Records of rollouts: an append-only JSON-lines audit log and a timeline picture (SVG).
+"""A rollout's timeline picture (SVG); the audit log it accompanies lives in `rollout.state`.
 
 The timeline draws, per zone, how many instances of each version the load balancer counted
 healthy over time: a rollout shows one colour handing over to the next, zone after zone.
@@ -6,29 +6,9 @@ healthy over time: a rollout shows one colour handing over to the next, zone aft
 
 from __future__ import annotations
 
-import json
-import os
 from html import escape
-from pathlib import Path
 
 COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#b279a2", "#9d755d"]
-
-
-def append_audit(path: Path, record: dict) -> None:
-    """One line per record, written with O_APPEND so concurrent writers never interleave."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-
-
-def read_audit(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def timeline_svg(samples: list[dict], zones: list[str], title: str) -> str:

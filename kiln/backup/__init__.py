@@ -1,87 +1,18 @@
-"""Backups of an environment: pgBackRest for the database, restic for the uploaded files.
+"""Backup tools registry: name -> "module:Class", imported on first use (like testinfra's backends).
 
-`TOOLS` maps a tool's name to its module's class (like testinfra's backends); `take_backup`
-and `list_backups` are what `invoke backup` and `invoke backups` call.
+What `invoke backup` and `invoke backups` call lives in `kiln.backup.operations`.
 """
 
 from __future__ import annotations
 
-import docker
+import importlib
 
-from kiln import console, environments
-from kiln.backup.base import BackupRecord, BackupSettings, BackupTool
-from kiln.backup.pgbackrest import PgBackRest
-from kiln.backup.restic import Restic
-from kiln.backup.secrets import S3_NAMES, ensure_secrets, secret
-from kiln.backup.site import Site
-from kiln.errors import KilnError
-from kiln.settings import Settings
-
-TOOLS: dict[str, type[BackupTool]] = {"pgbackrest": PgBackRest, "restic": Restic}
-KINDS = ("full", "diff", "incr")
+TOOLS = {
+    "pgbackrest": "kiln.backup.pgbackrest:PgBackRest",  # the database, in the db instance
+    "restic": "kiln.backup.restic:Restic",  # uploaded files, in a web instance
+}
 
 
-def tools(
-    settings: Settings, env: str, backup: BackupSettings, client: docker.DockerClient
-) -> list[BackupTool]:
-    """The environment's tools, each in the instance it runs in: db first, then web (if any)."""
-    site = Site.find(client, env)
-    key = secret(settings, env, "KILN_BACKUP_KEY")
-    s3 = None
-    if backup.repository == "s3":
-        if backup.s3 is None:
-            raise KilnError(f"environments/{env}.yml: field 'backup.s3': required when repository is 's3'")
-        s3 = (secret(settings, env, S3_NAMES[0]), secret(settings, env, S3_NAMES[1]))
-    found: list[BackupTool] = [PgBackRest(site.db_shell([key]), backup, key, s3)]
-    web = site.web_shell([key])
-    if web is not None:
-        found.append(Restic(web, backup, key))
-    return found
-
-
-def require_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise KilnError(f"--type '{kind}': use one of {', '.join(KINDS)}")
-
-
-def take_backup(
-    settings: Settings, env: str, kind: str, backup: BackupSettings, client: docker.DockerClient
-) -> list[BackupRecord]:
-    require_kind(kind)
-    created = ensure_secrets(settings, env)
-    if created:
-        console.say(f"created {created} with a new backup key: keep a copy off this machine")
-    records = []
-    for tool in tools(settings, env, backup, client):
-        tool.configure()
-        if isinstance(tool, PgBackRest):
-            tool.create_stanza()
-        else:
-            assert isinstance(tool, Restic)
-            tool.init_repository()
-        records.append(tool.backup(kind))
-    return records
-
-
-def list_backups(
-    settings: Settings, env: str, backup: BackupSettings, client: docker.DockerClient
-) -> list[BackupRecord]:
-    records: list[BackupRecord] = []
-    for tool in tools(settings, env, backup, client):
-        tool.configure()
-        records.extend(tool.list())
-    return records
-
-
-def backup_settings(settings: Settings, env: str) -> BackupSettings:
-    """The `backup:` section of environments/<env>.yml; defaults for an environment without a file
-    (one whose instances were started by other means, found by their labels)."""
-    if not (environments.env_dir(settings) / f"{env}.yml").exists():
-        return BackupSettings()
-    loaded = environments.load(settings, env)
-    if loaded.spec.backup is None:
-        raise KilnError(
-            f"{loaded.file}: field 'backup': missing, so its instances have no repository "
-            "volumes; add `backup: {}` (defaults) and recreate them with `invoke up`"
-        )
-    return loaded.spec.backup
+def tool_class(name: str) -> type:
+    module, _, cls = TOOLS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)

@@ -18,6 +18,7 @@ import docker.errors
 from kiln.config import spec
 from kiln.containerfiles import put_file
 from kiln.errors import OperationFailed
+from kiln.stamps import utc_iso
 
 # Named causes a drill or a backup reports; tests and the drill history key on them.
 CAUSES = {
@@ -155,17 +156,13 @@ class BackupRecord:
             "tool": self.tool,
             "id": self.id,
             "kind": self.kind,
-            "started": iso(self.started),
-            "finished": iso(self.finished),
+            "started": utc_iso(self.started),
+            "finished": utc_iso(self.finished),
             "age_seconds": round(time.time() - self.finished),
             "size": self.size,
             "stored": self.stored,
             **self.details,
         }
-
-
-def iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def human_size(size: float) -> str:
@@ -190,7 +187,8 @@ class BackupTool(abc.ABC):
     """One backup tool working in one instance (like testinfra's backends)."""
 
     name: ClassVar[str]
-    kind: ClassVar[str]  # what it protects: "database" or "files"
+    # (cause, words): the first cause one of whose words the tool's output holds.
+    causes: ClassVar[tuple[tuple[str, tuple[str, ...]], ...]] = ()
 
     def __init__(self, shell: Shell, settings: BackupSettings, key: str):
         self.shell = shell
@@ -202,6 +200,10 @@ class BackupTool(abc.ABC):
     @abc.abstractmethod
     def configure(self) -> None:
         """Write the repository settings and the key into the instance (idempotent)."""
+
+    @abc.abstractmethod
+    def prepare_repository(self) -> None:
+        """Create the repository when it does not exist yet (idempotent)."""
 
     @abc.abstractmethod
     def backup(self, kind: str) -> BackupRecord:
@@ -228,8 +230,13 @@ class BackupTool(abc.ABC):
         return result
 
     def fault(self, result: Result, default: str) -> BackupFault:
-        """The named cause a failed command reveals (a tool overrides `classify`)."""
+        """The named cause a failed command reveals (from the tool's `causes`)."""
         return BackupFault(self.classify(result.err + result.out) or default, f"{self.name}: {result.tail()}")
 
-    def classify(self, output: str) -> str | None:
+    @classmethod
+    def classify(cls, output: str) -> str | None:
+        lowered = output.lower()
+        for cause, words in cls.causes:
+            if any(word.lower() in lowered for word in words):
+                return cause
         return None

@@ -17,7 +17,7 @@ import time
 import docker
 
 from kiln import console
-from kiln.backup import site
+from kiln.backup import containers
 from kiln.backup.base import DockerShell
 from kiln.drill import http
 from kiln.errors import KilnError, OperationFailed
@@ -40,11 +40,11 @@ FROM (SELECT random() AS r FROM generate_series(1, {rows})) s
 def load_data(client: docker.DockerClient, env: str, mb: int, seed: int | None = None) -> dict:
     if mb < 1 or mb > 100_000:
         raise KilnError(f"--mb {mb}: give a size in MiB between 1 and 100000")
-    found = site.Site.find(client, env)
+    found = containers.Site.find(client, env)
     db = found.require_db()
     if not found.web:
         raise KilnError(f"environment '{env}' has no running web instance: the load goes through the app")
-    base = f"http://{site.address(found.web[0])}"
+    base = f"http://{containers.address(found.web[0])}"
     rng = random.Random(seed)
     deadline = time.monotonic() + DEADLINE
     for i in range(10):
@@ -73,7 +73,7 @@ def load_data(client: docker.DockerClient, env: str, mb: int, seed: int | None =
                     "-v",
                     "ON_ERROR_STOP=1",
                     "-d",
-                    site.DB_NAME,
+                    containers.DB_NAME,
                     "-c",
                     INSERT.format(rows=rows),
                 ],
@@ -98,7 +98,7 @@ def load_data(client: docker.DockerClient, env: str, mb: int, seed: int | None =
             "-X",
             "-qAt",
             "-d",
-            site.DB_NAME,
+            containers.DB_NAME,
             "-c",
             "SELECT count(*), pg_total_relation_size('records') FROM records",
         ],

@@ -57,14 +57,6 @@ _CAUSES = (
 )
 
 
-def classify(output: str) -> str | None:
-    lowered = output.lower()
-    for cause, words in _CAUSES:
-        if any(word.lower() in lowered for word in words):
-            return cause
-    return None
-
-
 def render_conf(settings: BackupSettings, key: str, s3_credentials: tuple[str, str] | None = None) -> str:
     """conf.d/kiln.conf: the repository, its retention and its cipher (the key is a secret)."""
     lines = ["[global]"]
@@ -166,7 +158,7 @@ def wal_gaps(names: list[str], start: str) -> list[str]:
 
 class PgBackRest(BackupTool):
     name = "pgbackrest"
-    kind = "database"
+    causes = _CAUSES
 
     def __init__(
         self, shell, settings: BackupSettings, key: str, s3_credentials: tuple[str, str] | None = None
@@ -176,9 +168,6 @@ class PgBackRest(BackupTool):
         for secret in s3_credentials or ():
             shell.secrets.append(secret)
 
-    def classify(self, output: str) -> str | None:
-        return classify(output)
-
     def pgbackrest(self, *args: str, cause: str = "tool-failed") -> Result:
         return self.run(["pgbackrest", f"--stanza={STANZA}", *args], cause=cause, user="postgres")
 
@@ -186,7 +175,8 @@ class PgBackRest(BackupTool):
         conf = render_conf(self.settings, self.key, self.s3_credentials)
         self.shell.put(CONF_D, conf.encode(), 0o600, self.shell.ids("postgres"))
 
-    def create_stanza(self) -> None:
+    def prepare_repository(self) -> None:
+        """Create the stanza (idempotent)."""
         self.pgbackrest("stanza-create")
 
     def backup(self, kind: str) -> BackupRecord:
@@ -202,7 +192,7 @@ class PgBackRest(BackupTool):
         code, message, records, archive = parse_info(result.out)
         if code == 99:
             first = self.shell.scrub(message.splitlines()[0] if message else "unknown error")
-            raise BackupFault(classify(message) or "tool-failed", f"pgbackrest info: {first}")
+            raise BackupFault(self.classify(message) or "tool-failed", f"pgbackrest info: {first}")
         return code, message, records, archive
 
     def list(self) -> list[BackupRecord]:
@@ -239,7 +229,7 @@ class PgBackRest(BackupTool):
         findings = verify_findings(result.out + result.err)
         if not result.ok or findings:
             detail = " | ".join(findings[:3]) or result.tail()
-            raise BackupFault(classify(detail) or "corrupt-backup", f"pgbackrest verify: {detail}")
+            raise BackupFault(self.classify(detail) or "corrupt-backup", f"pgbackrest verify: {detail}")
 
     def check(self) -> list[str]:
         """Every backup and archived segment readable with this key, and WAL continuous."""

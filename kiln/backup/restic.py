@@ -42,14 +42,6 @@ _CAUSES = (
 )
 
 
-def classify(output: str) -> str | None:
-    lowered = output.lower()
-    for cause, words in _CAUSES:
-        if any(word in lowered for word in words):
-            return cause
-    return None
-
-
 def parse_time(text: str) -> float:
     """restic's RFC 3339 times carry nanoseconds, more than fromisoformat takes."""
     match = TIME.match(text)
@@ -90,7 +82,7 @@ def parse_summary(text: str) -> dict:
 
 class Restic(BackupTool):
     name = "restic"
-    kind = "files"
+    causes = _CAUSES
     read_only = False  # a DR instance reads the repository without taking locks
 
     @property
@@ -101,9 +93,6 @@ class Restic(BackupTool):
             "RESTIC_CACHE_DIR": "/var/cache/kiln-restic",
         }
 
-    def classify(self, output: str) -> str | None:
-        return classify(output)
-
     def restic(self, *args: str, cause: str = "tool-failed", nice: bool = False) -> Result:
         lock = ["--no-lock"] if self.read_only else []
         niceness = ["nice", "-n", "10"] if nice else []
@@ -112,11 +101,12 @@ class Restic(BackupTool):
     def configure(self) -> None:
         self.shell.put(PASSWORD_FILE, self.key.encode(), 0o600)
 
-    def init_repository(self) -> None:
+    def prepare_repository(self) -> None:
+        """Initialise the repository unless it exists."""
         probe = self.shell.run(["restic", "cat", "config"], env=self.env)
         if probe.ok:
             return
-        if classify(probe.err) != "repository-missing":
+        if self.classify(probe.err) != "repository-missing":
             raise self.fault(probe, "tool-failed")
         self.restic("init")
 

@@ -1,12 +1,14 @@
-"""Provider registry: name -> class, imported on first use (like testinfra's backends)."""
+"""Provider registry: name -> "module:Class", imported on first use (like testinfra's backends)."""
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from kiln.environments import Environment
-from kiln.providers.base import Provider
-from kiln.settings import Settings
+if TYPE_CHECKING:
+    from kiln.environments import Environment
+    from kiln.providers.base import Provider
+    from kiln.settings import Settings
 
 PROVIDERS = {
     "local": "kiln.providers.local:LocalProvider",

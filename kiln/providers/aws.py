@@ -21,7 +21,7 @@ from kiln.cloudinit import UserData
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import ImageRecord
-from kiln.providers import cloudnet
+from kiln.providers import cloud
 from kiln.providers.base import Instance, LbServer
 from kiln.settings import Settings
 
@@ -94,7 +94,7 @@ class AwsApi:
         return call
 
 
-class AwsProvider(cloudnet.CloudProvider):
+class AwsProvider(cloud.CloudProvider):
     lb_service = "ELBv2"
 
     def __init__(self, settings: Settings, env: Environment):
@@ -188,7 +188,7 @@ class AwsProvider(cloudnet.CloudProvider):
         vpc_id = self.vpc_id()
         if vpc_id is None:
             vpc = self.ec2.create_vpc(
-                CidrBlock=cloudnet.NETWORK_CIDR, TagSpecifications=self.tag_spec("vpc", self.name("vpc"))
+                CidrBlock=cloud.NETWORK_CIDR, TagSpecifications=self.tag_spec("vpc", self.name("vpc"))
             )["Vpc"]
             vpc_id = vpc["VpcId"]
             self.ec2.modify_vpc_attribute(VpcId=vpc_id, EnableDnsHostnames={"Value": True})
@@ -211,7 +211,7 @@ class AwsProvider(cloudnet.CloudProvider):
                 self.ec2.create_subnet(
                     VpcId=vpc_id,
                     AvailabilityZone=zone_name,
-                    CidrBlock=cloudnet.zone_cidr(zone),
+                    CidrBlock=cloud.zone_cidr(zone),
                     TagSpecifications=self.tag_spec(
                         "subnet", self.name(zone_name), **{"kiln.zone": zone_name}
                     ),
@@ -387,7 +387,7 @@ class AwsProvider(cloudnet.CloudProvider):
 
     def retry_dependent(self, delete) -> None:
         deadline = time.monotonic() + self.settings.cloud_timeout
-        for _ in range(cloudnet.polls(self.settings)):
+        for _ in range(cloud.polls(self.settings)):
             try:
                 delete()
                 return
@@ -398,7 +398,7 @@ class AwsProvider(cloudnet.CloudProvider):
         delete()  # the last try reports why
 
     def wait(self, what: str, done) -> None:
-        cloudnet.wait_until(self.settings, what, done)
+        cloud.wait_until(self.settings, what, done)
 
     # ---- images and instances ---------------------------------------------------------------
 
@@ -407,7 +407,7 @@ class AwsProvider(cloudnet.CloudProvider):
         if version:
             filters.append({"Name": "tag:kiln.version", "Values": [version]})
         images = self.ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
-        return cloudnet.newest_deployable(
+        return cloud.newest_deployable(
             [image_record(i) for i in images],
             role,
             version,
@@ -426,7 +426,7 @@ class AwsProvider(cloudnet.CloudProvider):
         found = self.describe_instances(self.name_filter(instance, LIVE_STATES))
         if found:
             return found[0]["PrivateIpAddress"]
-        return cloudnet.fixed_address(self.env, instance)
+        return cloud.fixed_address(self.env, instance)
 
     def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:
         name = f"{role}{number}"
@@ -449,7 +449,7 @@ class AwsProvider(cloudnet.CloudProvider):
             MaxCount=1,
             SubnetId=subnet,
             SecurityGroupIds=[group],
-            PrivateIpAddress=cloudnet.fixed_address(self.env, name),
+            PrivateIpAddress=cloud.fixed_address(self.env, name),
             UserData=user_data,
             MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},  # IMDSv2 only
             TagSpecifications=[

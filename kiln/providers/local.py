@@ -9,6 +9,7 @@ folder (config, stats socket) and each instance's NoCloud seed live under
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import time
@@ -18,16 +19,30 @@ import docker
 import docker.errors
 
 from kiln import cloudinit, haproxy
-from kiln.backup.site import instance_mounts
+from kiln.backup.containers import instance_mounts
 from kiln.cloudinit import UserData
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
+from kiln.files import write_atomic
 from kiln.images import DockerImageStore, ImageRecord, docker_client
 from kiln.providers.base import Instance, LbServer, Provider
 from kiln.settings import Settings
 
 STOP_TIMEOUT = 10  # seconds kiln-init gets to stop services before SIGKILL
 LB_START_TIMEOUT = 120  # first boot runs cloud-init, slow on a busy machine
+
+
+def docker_errors_fail(method):
+    """Docker's API errors become OperationFailed: the engine above knows only Kiln's errors."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except docker.errors.APIError as exc:
+            raise OperationFailed(f"docker: {exc.explanation or exc}") from exc
+
+    return wrapper
 
 
 class LocalProvider(Provider):
@@ -53,6 +68,7 @@ class LocalProvider(Provider):
 
     # ---- infrastructure ---------------------------------------------------------------------
 
+    @docker_errors_fail
     def ensure_networks(self) -> None:
         existing = {n.name for n in self.client.networks.list(filters={"label": f"kiln.env={self.env.name}"})}
         for zone, zone_name in enumerate(self.env.zones):
@@ -62,6 +78,7 @@ class LocalProvider(Provider):
                     name, driver="bridge", labels={**self.labels, "kiln.zone": zone_name}
                 )
 
+    @docker_errors_fail
     def ensure_lb(self, image: ImageRecord | None, user_data: str) -> None:
         assert image is not None, "the local load balancer runs the lb image"
         name = self.container_name("lb")
@@ -110,6 +127,7 @@ class LocalProvider(Provider):
         bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get("80/tcp") or []
         return f"http://127.0.0.1:{bindings[0]['HostPort']}/" if bindings else None
 
+    @docker_errors_fail
     def destroy(self) -> list[str]:
         removed = []
         for container in self.client.containers.list(
@@ -146,6 +164,7 @@ class LocalProvider(Provider):
             raise KilnError(f"no {wanted} {role} image for {self.env.file} ({why}): {fix}")
         return usable[0]
 
+    @docker_errors_fail
     def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:
         name = f"{role}{number}"
         zone = self.env.zone_of(number)
@@ -197,6 +216,7 @@ class LocalProvider(Provider):
     def peer_address(self, instance: str) -> str:
         return self.container_name(instance)  # Docker's DNS on every zone network it joins
 
+    @docker_errors_fail
     def instances(self, role: str | None = None) -> list[Instance]:
         filters = {"label": [f"kiln.env={self.env.name}", "kiln.instance"]}
         if role:
@@ -206,6 +226,7 @@ class LocalProvider(Provider):
         found = [self._instance(c) for c in containers]
         return sorted(found, key=lambda i: (i.role, i.number))
 
+    @docker_errors_fail
     def terminate(self, instance: Instance) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             container = self.client.containers.get(self.container_name(instance.name))
@@ -230,22 +251,26 @@ class LocalProvider(Provider):
 
     # ---- load balancer ----------------------------------------------------------------------
 
+    @docker_errors_fail
     def lb_register(self, instance: Instance) -> None:
         h = self.env.spec.health
         server = haproxy.Server(instance.name, instance.address, 80)
         self.api.add_server(server, interval=h.interval, rise=h.rise, fall=h.fall)
         self.sync_lb_config()
 
+    @docker_errors_fail
     def lb_drain(self, instance: Instance) -> None:
         self.api.drain(instance.name)
         self.sync_lb_config()
 
+    @docker_errors_fail
     def lb_servers(self) -> dict[str, LbServer]:
         return {
             name: LbServer(name, s.healthy, s.lb_state, s.sessions, s.check)
             for name, s in self.api.stats().items()
         }
 
+    @docker_errors_fail
     def lb_deregister(self, name: str) -> None:
         self.api.delete_server(name)
         self.sync_lb_config()
@@ -263,4 +288,4 @@ class LocalProvider(Provider):
         text = haproxy.render_config(
             servers, port=80, health_path=h.path, interval=h.interval, rise=h.rise, fall=h.fall
         )
-        haproxy.write_config(self.lb_folder / "haproxy.cfg", text)
+        write_atomic(self.lb_folder / "haproxy.cfg", text)

@@ -25,7 +25,7 @@ from kiln.cloudinit import UserData
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import ImageRecord
-from kiln.providers import cloudnet
+from kiln.providers import cloud
 from kiln.providers.base import Instance, LbServer
 from kiln.settings import Settings
 
@@ -95,7 +95,7 @@ def connect(settings: Settings):
         ) from None
 
 
-class OpenStackProvider(cloudnet.CloudProvider):
+class OpenStackProvider(cloud.CloudProvider):
     lb_service = "Octavia"
 
     def __init__(self, settings: Settings, env: Environment, connection=None):
@@ -155,7 +155,7 @@ class OpenStackProvider(cloudnet.CloudProvider):
             subnet = self.network.find_subnet(name)
             if subnet is None:
                 subnet = self.network.create_subnet(
-                    name=name, network_id=network.id, ip_version=4, cidr=cloudnet.zone_cidr(zone)
+                    name=name, network_id=network.id, ip_version=4, cidr=cloud.zone_cidr(zone)
                 )
                 self.network.set_tags(subnet, [self.tag])
             # One router joins the zones: web instances reach the database in another zone.
@@ -171,7 +171,7 @@ class OpenStackProvider(cloudnet.CloudProvider):
                 security_group_id=group.id,
                 direction="ingress",
                 ethertype="IPv4",
-                remote_ip_prefix=cloudnet.NETWORK_CIDR,
+                remote_ip_prefix=cloud.NETWORK_CIDR,
             )
 
     def subnet(self, zone: int):
@@ -254,7 +254,7 @@ class OpenStackProvider(cloudnet.CloudProvider):
         lb = self.lb.find_load_balancer(self.base_name)
         if lb is not None:
             self.lb.delete_load_balancer(lb, cascade=True)  # with its listener, pool, monitor, members
-            cloudnet.wait_until(
+            cloud.wait_until(
                 self.settings,
                 f"load balancer {self.base_name} to go away",
                 lambda: self.lb.find_load_balancer(self.base_name) is None,
@@ -290,7 +290,7 @@ class OpenStackProvider(cloudnet.CloudProvider):
             props = image.properties or {}
             if props.get("kiln.role") == role and (not version or props.get("kiln.version") == version):
                 records.append(image_record(image))
-        return cloudnet.newest_deployable(
+        return cloud.newest_deployable(
             records,
             role,
             version,
@@ -310,7 +310,7 @@ class OpenStackProvider(cloudnet.CloudProvider):
         server = self.server(instance)
         if server is not None:
             return self.instance(server).address
-        return cloudnet.fixed_address(self.env, instance)
+        return cloud.fixed_address(self.env, instance)
 
     def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:
         name = f"{role}{number}"
@@ -331,7 +331,7 @@ class OpenStackProvider(cloudnet.CloudProvider):
             image_id=image.id,
             flavor_id=flavor.id,
             availability_zone=self.env.zones[zone],
-            networks=[{"uuid": network.id, "fixed_ip": cloudnet.fixed_address(self.env, name)}],
+            networks=[{"uuid": network.id, "fixed_ip": cloud.fixed_address(self.env, name)}],
             security_groups=[{"name": self.base_name}],
             user_data=base64.b64encode(user_data.encode()).decode(),  # the compute proxy sends it as is
             metadata={

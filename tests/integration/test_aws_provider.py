@@ -20,11 +20,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from kiln import rollout
 from kiln.environments import Environment, EnvironmentSpec, Frontend, HealthCheck, RolloutPolicy
 from kiln.errors import KilnError
 from kiln.providers import get_provider
 from kiln.providers.aws import AwsProvider, lb_server
+from kiln.rollout import lifecycle
+from kiln.rollout.engine import Engine
 from kiln.settings import Settings
 from tests.conftest import REPO, copy_project
 
@@ -317,8 +318,8 @@ def test_up_and_a_rollout_through_the_engine(moto, tmp_path):
     for role in ("web", "db"):
         bake_ami(moto, role, "1.0", "verified", "2026-01-01T00:00:00Z")
     said = []
-    engine = rollout.Engine(settings, env, get_provider(settings, env), said.append)
-    rollout.up(engine)
+    engine = Engine(settings, env, get_provider(settings, env), said.append)
+    lifecycle.up(engine)
     before = {i.name: i.version for i in engine.provider.instances()}
     assert before == {"db1": "1.0", "web1": "1.0", "web2": "1.0"}
     assert set(engine.provider.lb_servers()) == {"web1", "web2"}
@@ -326,12 +327,12 @@ def test_up_and_a_rollout_through_the_engine(moto, tmp_path):
     bake_ami(moto, "web", "2.0", "verified", "2026-02-01T00:00:00Z")
     target = engine.provider.image("web", "2.0")
     state = engine.run(engine.start(target), target)
-    assert state["status"] == "succeeded"
+    assert state.status == "succeeded"
     web = engine.provider.instances("web")
     assert len(web) == 2 and {i.version for i in web} == {"2.0"}
     assert {i.zone for i in web} == {0, 1}
     assert set(engine.provider.lb_servers()) == {i.name for i in web}
-    actions = [(e["action"], e.get("instance")) for e in state["events"] if e["action"] != "zone done"]
+    actions = [(e["action"], e.get("instance")) for e in state.events if e["action"] != "zone done"]
     # moto drops a deregistered target at once, so the engine never sees it draining or removes it.
     assert actions == [
         ("launched", "web4"),

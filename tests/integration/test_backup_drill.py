@@ -16,27 +16,28 @@ from pathlib import Path
 
 import pytest
 
-from kiln.backup import site
+from kiln.backup import containers
 from kiln.backup.secrets import ensure_secrets, secret
 from kiln.drill import http
+from kiln.polling import poll
 from kiln.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
 class Source:
-    def __init__(self, kiln, env: str, found: site.Site, client):
+    def __init__(self, kiln, env: str, found: containers.Site, client):
         self.kiln, self.env, self.site, self.client = kiln, env, found, client
 
     @property
     def db(self):
-        return self.site.db
+        return self.containers.db
 
     @property
     def url(self) -> str:
-        return f"http://{site.address(self.site.web[0])}"
+        return f"http://{containers.address(self.containers.web[0])}"
 
-    def sql(self, statement: str, database: str = site.DB_NAME) -> str:
+    def sql(self, statement: str, database: str = containers.DB_NAME) -> str:
         code, out = self.db.exec_run(
             ["psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", statement], user="postgres"
         )
@@ -62,28 +63,40 @@ class Source:
         return proc, report
 
 
-def start_site(kiln, client, env: str, images: dict[str, str]) -> site.Site:
+def start_site(kiln, client, env: str, images: dict[str, str]) -> containers.Site:
     settings = Settings(project_root=kiln.project)
     ensure_secrets(settings, env)
-    found = site.create_site(
+    found = containers.create_site(
         client,
         env,
         db_image=images["db"],
         web_image=images["web"],
         password=secret(settings, env, "KILN_DB_PASSWORD"),
     )
-    site.wait_until(lambda: site.db_ready(found.db), 60, f"{env} db")
-    url = f"http://{site.address(found.web[0])}/health"
-    site.wait_until(lambda: http(url)[0] == 200 and b'"database": "ok"' in http(url)[1], 60, f"{env} web")
+    poll(
+        lambda: containers.db_ready(found.db),
+        timeout=60,
+        interval=0.2,
+        what=f"{env} db",
+        tolerate=(Exception,),
+    )
+    url = f"http://{containers.address(found.web[0])}/health"
+    poll(
+        lambda: http(url)[0] == 200 and b'"database": "ok"' in http(url)[1],
+        timeout=60,
+        interval=0.2,
+        what=f"{env} web",
+        tolerate=(Exception,),
+    )
     return found
 
 
 def remove_env(client, project: Path, env: str) -> None:
     """The environment, the DR environments its drills kept or left behind, and its repositories."""
     for report in (project / ".kiln" / "drills" / env).glob("*.json"):
-        site.remove_site(client, f"kiln.env={json.loads(report.read_text())['dr_env']}")
-    site.remove_site(client, f"kiln.env={env}")
-    for volume in site.repo_volumes(env).values():
+        containers.remove_site(client, f"kiln.env={json.loads(report.read_text())['dr_env']}")
+    containers.remove_site(client, f"kiln.env={env}")
+    for volume in containers.repo_volumes(env).values():
         for found in client.volumes.list(filters={"name": volume}):
             if found.name == volume:
                 found.remove(force=True)
@@ -165,7 +178,7 @@ def test_point_in_time_restore_lands_on_the_requested_time(source):
                 "-X",
                 "-qAt",
                 "-d",
-                site.DB_NAME,
+                containers.DB_NAME,
                 "-c",
                 f"SELECT id FROM records WHERE id IN ({before}, {after}) ORDER BY id",
             ],
@@ -174,7 +187,7 @@ def test_point_in_time_restore_lands_on_the_requested_time(source):
         assert code == 0 and out.decode().split() == [str(before)]
     finally:
         if report:
-            site.remove_site(source.client, f"kiln.env={report['dr_env']}")
+            containers.remove_site(source.client, f"kiln.env={report['dr_env']}")
 
 
 def test_a_wrong_key_fails_the_drill_and_is_named(source):

@@ -61,7 +61,7 @@ def test_info_lists_backups_oldest_first_with_sizes_and_wal_range():
 def test_info_with_a_wrong_key_names_the_key_not_other():
     code, message, records, _ = pgbackrest.parse_info(WRONG_KEY_INFO)
     assert code == 99 and records == []
-    assert pgbackrest.classify(message) == "wrong-key"
+    assert pgbackrest.PgBackRest.classify(message) == "wrong-key"
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_info_with_a_wrong_key_names_the_key_not_other():
     ],
 )
 def test_pgbackrest_output_is_classified_into_named_causes(output, cause):
-    assert pgbackrest.classify(output) == cause
+    assert pgbackrest.PgBackRest.classify(output) == cause
 
 
 def test_wal_gaps_finds_the_missing_segment_across_a_log_boundary():
@@ -187,7 +187,7 @@ def test_restic_snapshots_summary_and_times():
     ],
 )
 def test_restic_output_is_classified(output, cause):
-    assert restic.classify(output) == cause
+    assert restic.Restic.classify(output) == cause
 
 
 def test_table_comparison_names_each_kind_of_difference():

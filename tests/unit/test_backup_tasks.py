@@ -4,7 +4,7 @@ import pytest
 from invoke import Exit, MockContext
 
 import tasks
-from kiln.backup import backup_settings
+from kiln.backup.operations import backup_settings
 from kiln.errors import KilnError
 
 

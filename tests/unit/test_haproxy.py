@@ -22,13 +22,6 @@ def test_config_lists_exactly_the_servers_in_service():
     assert "balance roundrobin" in lines  # dynamic servers need a dynamic algorithm
 
 
-def test_write_config_replaces_the_file_whole(tmp_path: Path):
-    path = tmp_path / "haproxy.cfg"
-    haproxy.write_config(path, "one\n")
-    haproxy.write_config(path, "two\n")
-    assert path.read_text() == "two\n" and [p.name for p in tmp_path.iterdir()] == ["haproxy.cfg"]
-
-
 def test_server_states_from_show_stat_status():
     def stat(status):
         return haproxy.ServerStat("web1", status, 0, "L7OK")

@@ -524,14 +524,15 @@ def test_unknown_cloud_and_unreachable_endpoint_are_one_line(tmp_path, monkeypat
 
 def test_up_and_a_rollout_through_the_engine(conn, tmp_path):
     """The engine's calls end to end on the fake: drained members wait out drain_timeout, then go."""
-    from kiln import rollout
+    from kiln.rollout import lifecycle
+    from kiln.rollout.engine import Engine
 
     settings = Settings(project_root=REPO, state_dir=tmp_path, cloud_poll=0.01, cloud_timeout=5)
     env = make_env(drain_timeout=0.2)
     for role in ("web", "db"):  # no lb image: Octavia is the load balancer
         glance(conn, role, "1.0", "verified", "2026-01-01T00:00:00Z")
-    engine = rollout.Engine(settings, env, OpenStackProvider(settings, env, conn), lambda line: None)
-    rollout.up(engine)
+    engine = Engine(settings, env, OpenStackProvider(settings, env, conn), lambda line: None)
+    lifecycle.up(engine)
     assert {i.name: i.version for i in engine.provider.instances()} == {
         "db1": "1.0",
         "web1": "1.0",
@@ -544,11 +545,11 @@ def test_up_and_a_rollout_through_the_engine(conn, tmp_path):
         "web", glance(conn, "web", "2.0", "verified", "2026-02-01T00:00:00Z").properties["kiln.version"]
     )
     state = engine.run(engine.start(target), target)
-    assert state["status"] == "succeeded"
+    assert state.status == "succeeded"
     web = engine.provider.instances("web")
     assert {i.version for i in web} == {"2.0"} and {i.zone for i in web} == {0, 1}
     assert set(engine.provider.lb_servers()) == {i.name for i in web}
     drained = [c[1] for c in conn.cloud.calls if c[0] == "update_member"]
     assert sorted(drained) == ["web1", "web2"]
-    actions = [e["action"] for e in state["events"]]
+    actions = [e["action"] for e in state.events]
     assert actions.count("draining") == 2 and actions.count("deregistered") == 2

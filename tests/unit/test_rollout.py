@@ -1,17 +1,21 @@
 """The rollout plan and its rules, the lock, the state record, confirmation, and the tasks."""
 
+import json
 from pathlib import Path
 
 import pytest
 from invoke import Exit, MockContext
 
 import tasks
-from kiln import report, rollout
+from kiln import report
+from kiln.cli import confirm
 from kiln.config import parse
 from kiln.environments import Environment, EnvironmentSpec
 from kiln.errors import KilnError
 from kiln.images import ImageRecord
 from kiln.providers.base import Instance
+from kiln.rollout import planning as rollout
+from kiln.rollout.state import RolloutState, Store
 from kiln.settings import Settings
 
 
@@ -144,43 +148,62 @@ def test_majority_version_is_the_previous_one():
 
 def test_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
     env = make_env()
-    store = rollout.Store(Settings(project_root=tmp_path, state_dir=tmp_path), env)
+    store = Store(Settings(project_root=tmp_path, state_dir=tmp_path), env.name)
     with (
-        store.lock(env, "rollout"),
+        store.lock("rollout"),
         pytest.raises(KilnError, match=r"environment t is locked by rollout \(pid \d+"),
-        store.lock(env, "rollout"),
+        store.lock("rollout"),
     ):
         pass
-    with store.lock(env, "rollback"):
+    with store.lock("rollback"):
         pass
 
 
 def test_state_is_saved_atomically_and_reloaded(tmp_path):
     env = make_env()
-    store = rollout.Store(Settings(project_root=tmp_path, state_dir=tmp_path), env)
-    store.save({"id": "1", "status": "running"})
-    assert store.load() == {"id": "1", "status": "running"}
+    store = Store(Settings(project_root=tmp_path, state_dir=tmp_path), env.name)
+    state = RolloutState("t", "web", "1.0", "2.0", [0, 2], id="1")
+    store.save(state)
+    assert store.load() == state
+    saved = json.loads(store.state_file.read_text())
+    assert (saved["from"], saved["to"], saved["status"]) == ("1.0", "2.0", "running")
     assert [p.name for p in store.folder.iterdir()] == ["rollout.json"]
+
+
+def test_a_rollback_record_undoes_its_rollout():
+    rolled = RolloutState("t", "web", "1.0", "2.0", [0, 1], id="r1", status="paused", done=[0])
+    undo = rolled.rollback()
+    assert (undo.action, undo.undoes, undo.status, undo.from_version) == (
+        "rollback",
+        "r1",
+        "rolling-back",
+        "1.0",
+    )
+    assert undo.id != rolled.id and undo.done == []
 
 
 def test_protected_environment_needs_yes_or_its_name(monkeypatch):
     prod = make_env(protected=True)
-    monkeypatch.setattr(rollout.os, "isatty", lambda fd: False)
+    monkeypatch.setattr("kiln.cli.os.isatty", lambda fd: False)
     with pytest.raises(KilnError, match=r"environments/t.yml is protected: pass --yes to roll out to it"):
-        rollout.confirm(prod, False, "roll out to")
-    rollout.confirm(prod, True, "roll out to")
-    rollout.confirm(make_env(), False, "roll out to")
-    monkeypatch.setattr(rollout.os, "isatty", lambda fd: True)
-    rollout.confirm(prod, False, "roll out to", ask=lambda prompt: "t")
+        confirm(False)(prod, "roll out to")
+    confirm(True)(prod, "roll out to")
+    monkeypatch.setattr("kiln.cli.os.isatty", lambda fd: True)
+    confirm(False, ask=lambda prompt: "t")(prod, "roll out to")
     with pytest.raises(KilnError, match="not confirmed: t is unchanged"):
-        rollout.confirm(prod, False, "roll out to", ask=lambda prompt: "yes")
+        confirm(False, ask=lambda prompt: "yes")(prod, "roll out to")
 
 
 def test_audit_log_appends_lines(tmp_path):
-    path = tmp_path / "audit.jsonl"
-    report.append_audit(path, {"id": "1", "status": "succeeded"})
-    report.append_audit(path, {"id": "2", "status": "rolled-back"})
-    assert [r["id"] for r in report.read_audit(path)] == ["1", "2"]
+    store = Store(Settings(project_root=tmp_path, state_dir=tmp_path), "t")
+    store.append_audit(RolloutState("t", "web", "1.0", "2.0", [0], id="1", status="succeeded"))
+    store.append_audit(RolloutState("t", "web", "2.0", "3.0", [0], id="2", status="rolled-back"))
+    audit = store.read_audit()
+    assert [(r["id"], r["status"], r["action"]) for r in audit] == [
+        ("1", "succeeded", "rollout"),
+        ("2", "rolled-back", "rollout"),
+    ]
+    assert "events" not in audit[0]
 
 
 def test_timeline_draws_each_version_in_its_own_colour():

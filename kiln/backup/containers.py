@@ -1,4 +1,4 @@
-"""Instances of an environment on the local Docker engine, as the backup tools see them.
+"""An environment's containers on the local Docker engine, as the backup tools see them.
 
 Instances are found by the local provider's labels (`kiln.env`, `kiln.role`); the backup
 repositories are the docker volumes `kiln-<env>-pgbackrest` and `kiln-<env>-restic` (standing
@@ -10,7 +10,6 @@ instance with the docker SDK directly, for tests and benchmarks that need a sour
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass, field
 
 import docker
@@ -147,21 +146,6 @@ def launch(
             container.remove(force=True)
         raise
     return container
-
-
-def wait_until(check, timeout: float, what: str, interval: float = 0.2):
-    """Poll `check` (returning a truthy value when done) for at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except Exception as exc:  # the thing is still coming up: keep the reason for the message
-            value, last = None, exc
-        if value:
-            return value
-        time.sleep(interval)
-    raise OperationFailed(f"{what} not ready after {timeout:.0f} s" + (f": {last}" if last else ""))
 
 
 def db_ready(container) -> bool:

@@ -1,4 +1,4 @@
-"""What the cloud providers share: their base class (CloudProvider), the address plan (one /20
+"""The cloud providers' base class (CloudProvider) and what they share: the address plan (one /20
 per zone, a fixed address per instance name), bounded waits and the deployable-image rule.
 
 A fixed address lets user-data name a peer (the database) before that peer is launched, as
@@ -9,13 +9,12 @@ sorted roles. A running instance keeps the address it got, so the providers look
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 
 from kiln.environments import Environment
-from kiln.errors import KilnError, OperationFailed
+from kiln.errors import KilnError
 from kiln.images import ImageRecord
+from kiln.polling import max_looks, poll
 from kiln.providers.base import INSTANCE_NAME, Provider
 from kiln.settings import Settings
 
@@ -77,21 +76,18 @@ def fixed_address(env: Environment, instance: str) -> str:
 
 def wait_until(settings: Settings, what: str, done: Callable[[], bool]) -> None:
     """Poll until done(), at most KILN_CLOUD_TIMEOUT seconds, or OperationFailed naming what."""
-    deadline = time.monotonic() + settings.cloud_timeout
-    for _ in range(polls(settings)):
-        if done():
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(settings.cloud_poll)
-    raise OperationFailed(
-        f"timed out after {settings.cloud_timeout} s waiting for {what} (KILN_CLOUD_TIMEOUT)"
+    poll(
+        done,
+        timeout=settings.cloud_timeout,
+        interval=settings.cloud_poll,
+        what=what,
+        hint=" (KILN_CLOUD_TIMEOUT)",
     )
 
 
 def polls(settings: Settings) -> int:
     """How many looks fit in the timeout: a second bound on every wait besides the clock."""
-    return math.ceil(settings.cloud_timeout / max(settings.cloud_poll, 0.01)) + 2
+    return max_looks(settings.cloud_timeout, settings.cloud_poll)
 
 
 def newest_deployable(

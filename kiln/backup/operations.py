@@ -1,0 +1,77 @@
+"""Backing up and listing an environment's backups: what `invoke backup` and `invoke backups` call."""
+
+from __future__ import annotations
+
+import docker
+
+from kiln import console, environments
+from kiln.backup import tool_class
+from kiln.backup.base import BackupRecord, BackupSettings, BackupTool
+from kiln.backup.containers import Site
+from kiln.backup.secrets import S3_NAMES, ensure_secrets, secret
+from kiln.errors import KilnError
+from kiln.settings import Settings
+
+KINDS = ("full", "diff", "incr")
+
+
+def tools(
+    settings: Settings, env: str, backup: BackupSettings, client: docker.DockerClient
+) -> list[BackupTool]:
+    """The environment's tools, each in the instance it runs in: db first, then web (if any)."""
+    site = Site.find(client, env)
+    key = secret(settings, env, "KILN_BACKUP_KEY")
+    s3 = None
+    if backup.repository == "s3":
+        if backup.s3 is None:
+            raise KilnError(f"environments/{env}.yml: field 'backup.s3': required when repository is 's3'")
+        s3 = (secret(settings, env, S3_NAMES[0]), secret(settings, env, S3_NAMES[1]))
+    found: list[BackupTool] = [tool_class("pgbackrest")(site.db_shell([key]), backup, key, s3)]
+    web = site.web_shell([key])
+    if web is not None:
+        found.append(tool_class("restic")(web, backup, key))
+    return found
+
+
+def require_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise KilnError(f"--type '{kind}': use one of {', '.join(KINDS)}")
+
+
+def take_backup(
+    settings: Settings, env: str, kind: str, backup: BackupSettings, client: docker.DockerClient
+) -> list[BackupRecord]:
+    require_kind(kind)
+    created = ensure_secrets(settings, env)
+    if created:
+        console.say(f"created {created} with a new backup key: keep a copy off this machine")
+    records = []
+    for tool in tools(settings, env, backup, client):
+        tool.configure()
+        tool.prepare_repository()
+        records.append(tool.backup(kind))
+    return records
+
+
+def list_backups(
+    settings: Settings, env: str, backup: BackupSettings, client: docker.DockerClient
+) -> list[BackupRecord]:
+    records: list[BackupRecord] = []
+    for tool in tools(settings, env, backup, client):
+        tool.configure()
+        records.extend(tool.list())
+    return records
+
+
+def backup_settings(settings: Settings, env: str) -> BackupSettings:
+    """The `backup:` section of environments/<env>.yml; defaults for an environment without a file
+    (one whose instances were started by other means, found by their labels)."""
+    if not (environments.env_dir(settings) / f"{env}.yml").exists():
+        return BackupSettings()
+    loaded = environments.load(settings, env)
+    if loaded.spec.backup is None:
+        raise KilnError(
+            f"{loaded.file}: field 'backup': missing, so its instances have no repository "
+            "volumes; add `backup: {}` (defaults) and recreate them with `invoke up`"
+        )
+    return loaded.spec.backup

@@ -1,0 +1,382 @@
+"""The rollout engine: converges one zone at a time to an image, over any provider.
+
+Each step comes from `planning.next_step` over what exists now, so a resumed rollout simply
+continues from what it finds: an instance launched but not registered is registered, a server
+left in drain is drained and removed (`reconcile`). On failure every touched zone converges
+back to the previous image the same way, surge first, so capacity never drops below the
+policy's minimum. Providers turn their SDK's errors into Kiln's; the engine catches only those.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from kiln import cloudinit, report
+from kiln.environments import Environment
+from kiln.errors import KilnError, OperationFailed
+from kiln.files import write_atomic
+from kiln.images import ImageRecord
+from kiln.providers.base import Instance, Provider
+from kiln.rollout.planning import describe, majority_version, next_step, plan, require_deployable
+from kiln.rollout.state import RolloutState, Store
+from kiln.settings import Settings
+from kiln.stamps import utc_iso
+
+
+class RolloutFailed(OperationFailed):
+    """A step failed (health never passed, an instance died, a timeout): roll back."""
+
+
+def db_settings(settings: Settings, env: Environment, provider: Provider) -> dict | None:
+    """The application database's address and login; the password is made once, kept 0600."""
+    if env.count("db") == 0:
+        return None
+    path = settings.state_dir / "envs" / env.name / "db-password"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: made once, never replaced; instances already running use it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, secrets.token_urlsafe(24).encode())
+        os.close(fd)
+    return {
+        "host": provider.peer_address("db1"),
+        "port": 5432,
+        "name": "kiln",
+        "user": "kiln",
+        "password": path.read_text().strip(),
+    }
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    env: Environment
+    provider: Provider
+    say: Callable[[str], None]
+    samples: list[dict] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.store = Store(self.settings, self.env.name)
+        self.role = self.env.spec.balanced_role
+        self.state: RolloutState | None = None
+        self._lock = threading.Lock()  # events come from launch and terminate threads too
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kiln-rollout")
+        self._stopping: list[Future] = []
+        self._retiring: set[str] = set()  # out of the load balancer, being stopped
+
+    # ---- user-data --------------------------------------------------------------------------
+
+    def user_data(self, role: str, instance: str, zone: int, image: ImageRecord) -> str:
+        variables = {
+            "environment": self.env.name,
+            "zone": self.env.zones[zone],
+            "zone_index": zone,
+            "instance": instance,
+            "role": role,
+            "version": image.version,
+            "db": db_settings(self.settings, self.env, self.provider),
+            "app": self.env.spec.app,
+        }
+        return cloudinit.render(self.settings, role, variables)
+
+    def check_user_data(self, role: str, numbers: list[int], image: ImageRecord) -> None:
+        """Render and schema-check every planned instance's user-data before anything changes."""
+        documents = [
+            cloudinit.UserData(f"{role}{n}", self.user_data(role, f"{role}{n}", self.env.zone_of(n), image))
+            for n in numbers
+        ]
+        self.provider.check_user_data(image, documents)
+
+    # ---- events, samples, state -------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 2)
+
+    def event(self, action: str, **details) -> None:
+        entry = {"at": utc_iso(), "t": self.elapsed(), "action": action, **details}
+        with self._lock:
+            if self.state:
+                self.state.events.append(entry)
+        self.save()
+        self.say(f"  {action} " + " ".join(f"{k}={v}" for k, v in details.items()))
+
+    def save(self) -> None:
+        with self._lock:
+            if self.state:
+                self.store.save(self.state)
+
+    def instances(self, role: str | None = None) -> list[Instance]:
+        """The provider's instances less those already retired and still stopping."""
+        with self._lock:
+            retiring = set(self._retiring)
+        return [i for i in self.provider.instances(role) if i.name not in retiring]
+
+    def sample(self) -> dict[str, object]:
+        """Healthy instances per zone and version, for the timeline; the servers as a bonus."""
+        servers = self.provider.lb_servers()
+        instances = self.instances(self.role)
+        t = self.elapsed()
+        for zone in range(len(self.env.zones)):
+            healthy = collections.Counter(
+                i.version
+                for i in instances
+                if i.zone == zone
+                and i.name in servers
+                and servers[i.name].healthy
+                and servers[i.name].state == "ready"
+            )
+            self.samples.append({"t": t, "zone": zone, "healthy": dict(healthy)})
+        return {"servers": servers, "instances": instances}
+
+    # ---- primitive actions ------------------------------------------------------------------
+
+    def launch(self, number: int, image: ImageRecord, register: bool = True) -> Instance:
+        role = image.role
+        user_data = self.user_data(role, f"{role}{number}", self.env.zone_of(number), image)
+        instance = self.provider.launch(role, number, image, user_data)
+        self.event(
+            "launched", instance=instance.name, version=image.version, zone=self.env.zones[instance.zone]
+        )
+        if register:
+            self.provider.lb_register(instance)
+            self.event("registered", instance=instance.name)
+        return instance
+
+    def wait_healthy(self, names: list[str]) -> None:
+        timeout = self.env.spec.health.timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.sample()
+            servers, instances = seen["servers"], {i.name: i for i in seen["instances"]}
+            dead = [n for n in names if n not in instances or not instances[n].running]
+            if dead:
+                raise RolloutFailed(f"{', '.join(dead)} stopped before passing its health check")
+            waiting = [n for n in names if not (n in servers and servers[n].healthy)]
+            if not waiting:
+                self.event("healthy", instances=",".join(names))
+                return
+            if time.monotonic() > deadline:
+                checks = ", ".join(
+                    f"{n}: {servers[n].check if n in servers else 'unregistered'}" for n in waiting
+                )
+                raise RolloutFailed(
+                    f"{checks} did not pass the load balancer's health check in {timeout:g} s"
+                )
+            time.sleep(self.provider.poll_interval)
+
+    def pause(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.sample()
+            time.sleep(min(self.provider.poll_interval, max(0.0, end - time.monotonic())))
+
+    def retire(self, names: list[str]) -> None:
+        """Drain them together, wait for their sessions to end (or the drain timeout), remove."""
+        if not names:
+            return
+        servers = self.provider.lb_servers()
+        by_name = {i.name: i for i in self.instances()}
+        for name in names:
+            if name in servers and servers[name].state == "ready":
+                self.provider.lb_drain(by_name[name])
+                self.event("draining", instance=name)
+        deadline = time.monotonic() + self.env.spec.rollout.drain_timeout
+        while time.monotonic() < deadline:
+            servers = self.sample()["servers"]
+            if all(servers[n].sessions == 0 for n in names if n in servers):
+                break
+            time.sleep(self.provider.poll_interval)
+        for name in names:
+            if name in servers:
+                self.provider.lb_deregister(name)
+                self.event("deregistered", instance=name)
+            if name in by_name:
+                # Out of the load balancer it serves nobody: stop it while the next step runs.
+                with self._lock:
+                    self._retiring.add(name)
+                self._stopping.append(self._pool.submit(self.terminate, by_name[name]))
+
+    def terminate(self, instance: Instance) -> None:
+        self.provider.terminate(instance)
+        with self._lock:
+            self._retiring.discard(instance.name)
+        self.event("terminated", instance=instance.name)
+
+    def settle(self) -> None:
+        """Wait for the instances being stopped; raise the first failure."""
+        stopping, self._stopping = self._stopping, []
+        for future in stopping:
+            future.result()
+
+    # ---- converging a zone ------------------------------------------------------------------
+
+    def reconcile(self, zone: int, version: str) -> None:
+        """Finish what a crash left half done in this zone, before planning the next step."""
+        servers = self.provider.lb_servers()
+        instances = self.instances()
+        names = {i.name for i in instances}
+        for name in servers:
+            if name not in names:
+                self.provider.lb_deregister(name)
+                self.event("deregistered", instance=name, reason="no such instance")
+        pending, leftovers = [], []
+        for inst in (i for i in instances if i.role == self.role and i.zone == zone):
+            server = servers.get(inst.name)
+            if server is None and inst.version == version and inst.running:
+                self.provider.lb_register(inst)
+                self.event("registered", instance=inst.name, reason="launched before an interruption")
+                pending.append(inst.name)
+            elif server is None or server.state != "ready" or not inst.running:
+                leftovers.append(inst.name)
+            elif inst.version == version and not server.healthy:
+                pending.append(inst.name)
+        self.retire(leftovers)
+        if pending:
+            self.wait_healthy(pending)
+
+    def converge_zone(self, zone: int, image: ImageRecord, canary: int = 0) -> None:
+        self.reconcile(zone, image.version)
+        while True:
+            seen = self.sample()
+            healthy = {n for n, s in seen["servers"].items() if s.healthy}
+            have_new = any(i.zone == zone and i.version == image.version for i in seen["instances"])
+            step = next_step(
+                self.env,
+                self.role,
+                zone,
+                seen["instances"],
+                image.version,
+                healthy,
+                canary=0 if have_new else canary,
+            )
+            if step is None:
+                return
+            self.say(describe(self.env, self.role, step))
+            self.retire(step.drain_first)
+            launched = [i.name for i in self._pool.map(lambda n: self.launch(n, image), step.launch)]
+            if launched:
+                self.wait_healthy(launched)
+                if self.env.spec.rollout.warmup:
+                    self.pause(self.env.spec.rollout.warmup)
+            self.retire(step.retire)
+
+    # ---- rollout, resume, rollback ----------------------------------------------------------
+
+    def start(self, target: ImageRecord) -> RolloutState:
+        """A new rollout's record, after refusing what must not start."""
+        require_deployable(target, self.env)
+        previous = self.store.load()
+        if previous and previous.active:
+            raise KilnError(
+                f"the {previous.role} rollout {previous.id} to {previous.to_version} is "
+                f"{previous.status}: continue it with `invoke rollout {self.env.name} --resume` "
+                f"or undo it with `invoke rollback {self.env.name}`"
+            )
+        instances = self.instances(self.role)
+        if not instances:
+            raise KilnError(
+                f"environment {self.env.name} has no {self.role} instances: run `invoke up {self.env.name}`"
+            )
+        zones = list(range(len(self.env.zones)))
+        steps = plan(self.env, self.role, instances, target.version, zones)
+        self.check_user_data(self.role, [n for s in steps for n in s.launch], target)
+        return RolloutState(
+            self.env.name,
+            self.role,
+            majority_version(instances),
+            target.version,
+            sorted({s.zone for s in steps}),
+        )
+
+    def run(self, state: RolloutState, target: ImageRecord, *, resumed: bool = False) -> RolloutState:
+        """Drive a rollout to its end: succeeded, paused, or rolled back (then OperationFailed)."""
+        self.state = state
+        state.status = "running"
+        self.save()
+        try:
+            for zone in state.zones:
+                if zone in state.done:
+                    if resumed:  # an instance may have been stopping when the rollout died
+                        self.reconcile(zone, target.version)
+                    continue
+                began = self.elapsed()
+                canary = self.env.spec.rollout.canary if zone == state.zones[0] else 0
+                self.converge_zone(zone, target, canary)
+                state.done.append(zone)
+                state.zone_timings[self.env.zones[zone]] = {"start": began, "end": self.elapsed()}
+                self.event("zone done", zone=self.env.zones[zone])
+                if self.pauses_after(state, resumed):
+                    state.status = "paused"
+                    return self.finish()
+            state.status = "succeeded"
+            return self.finish()
+        except OperationFailed as exc:
+            state.failure = str(exc)
+            self.event("failed", reason=state.failure)
+        self.roll_back(state.from_version)
+        raise OperationFailed(
+            f"rollout of {self.role} to {target.version} failed: {state.failure}; rolled back to "
+            f"{state.from_version} automatically (timeline: {state.timeline})"
+        )
+
+    def pauses_after(self, state: RolloutState, resumed: bool) -> bool:
+        """stop_after_first_zone: pause once, after the first of several zones."""
+        return (
+            self.env.spec.rollout.stop_after_first_zone
+            and len(state.done) == 1
+            and not resumed
+            and len(state.zones) > 1
+        )
+
+    def roll_back(self, version: str | None) -> RolloutState:
+        """Converge every zone that is not all at `version` back to it, surge first."""
+        assert self.state is not None, "roll_back continues a rollout or a rollback record"
+        if not version:
+            raise KilnError(
+                f"no previous {self.role} version recorded for {self.env.name}: nothing to roll back to"
+            )
+        image = self.provider.image(self.role, version)
+        self.state.status = "rolling-back"
+        self.save()
+        instances = self.instances(self.role)
+        touched = sorted({i.zone for i in instances if i.version != version}, reverse=True)
+        try:
+            for zone in touched:
+                name = self.env.zones[zone]
+                self.say(f"rolling back zone {name} to {version}")
+                began = self.elapsed()
+                self.converge_zone(zone, image)
+                timings = self.state.rollback_timings = self.state.rollback_timings or {}
+                timings[name] = {"start": began, "end": self.elapsed()}
+        except OperationFailed as exc:
+            self.state.status = "failed"
+            self.finish()
+            raise OperationFailed(
+                f"rollback to {version} failed too: {exc}; "
+                f"fix the cause and run `invoke rollback {self.env.name}`"
+            ) from exc
+        self.state.status = "rolled-back"
+        return self.finish()
+
+    def finish(self) -> RolloutState:
+        """Persist the end state, append the audit record and draw the timeline."""
+        state = self.state
+        assert state is not None
+        self.settle()
+        state.ended_at = utc_iso()
+        state.seconds = self.elapsed()
+        timeline = self.store.timeline_file(state)
+        title = f"{self.env.name}: {self.role} {state.from_version} -> {state.to_version} ({state.status})"
+        write_atomic(timeline, report.timeline_svg(self.samples, self.env.zones, title))
+        state.timeline = str(timeline)
+        self.save()
+        self.store.append_audit(state)
+        return state

@@ -1,0 +1,181 @@
+"""An environment's lifecycle, as the CLI calls it: up, status, plan, deploy, rollback, down.
+
+Every function that changes an environment takes its lock itself, so every caller (the CLI,
+benchmarks, tests) is serialised the same way. Whether a change needs approval is decided here
+(`protected`); how to ask is the caller's `approve`, called before anything changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kiln import cloudinit, environments
+from kiln.environments import Environment
+from kiln.errors import KilnError
+from kiln.providers import get_provider
+from kiln.providers.base import Provider
+from kiln.rollout.engine import Engine
+from kiln.rollout.planning import describe, majority_version, missing_numbers, plan, require_deployable
+from kiln.rollout.state import RolloutState
+from kiln.settings import Settings
+
+# Called with the environment and what is about to happen ("roll out to"); raises to refuse.
+Approve = Callable[[Environment, str], None]
+
+
+def open_engine(settings: Settings, env_name: str, say: Callable[[str], None]) -> Engine:
+    env = environments.load(settings, env_name)
+    return Engine(settings, env, get_provider(settings, env), say)
+
+
+def approve_change(engine: Engine, approve: Approve, what: str) -> None:
+    if engine.env.spec.protected:
+        approve(engine.env, what)
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    environment: str
+    role: str
+    from_version: str | None
+    to_version: str
+    steps: list[str]  # one line per step, as `describe` puts it
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What `deploy` did: `state` is None when every instance already ran `version`."""
+
+    environment: str
+    role: str
+    version: str
+    state: RolloutState | None
+
+
+def check_role(engine: Engine, role: str | None) -> None:
+    if role and role != engine.role:
+        raise KilnError(f"only {engine.role}, the load-balanced role, rolls out; not '{role}'")
+
+
+def plan_rollout(engine: Engine, role: str | None = None, image: str | None = None) -> RolloutPlan:
+    """Exactly what a rollout would change, changing nothing (so no lock)."""
+    check_role(engine, role)
+    state = engine.start(engine.provider.image(engine.role, image))
+    instances = engine.provider.instances(engine.role)
+    steps = plan(engine.env, engine.role, instances, state.to_version, state.zones)
+    lines = [describe(engine.env, engine.role, step) for step in steps]
+    return RolloutPlan(engine.env.name, engine.role, state.from_version, state.to_version, lines)
+
+
+def deploy(
+    engine: Engine, approve: Approve, role: str | None = None, image: str | None = None, resume: bool = False
+) -> Deployment:
+    """Roll out `image` (default: the newest deployable), or continue an interrupted rollout."""
+    check_role(engine, role)
+    approve_change(engine, approve, "roll out to")
+    with engine.store.lock("rollout"):
+        if resume:
+            state = engine.store.load()
+            if state is None or not state.active:
+                raise KilnError(f"no interrupted or paused rollout of {engine.env.name} to resume")
+            engine.state = state
+            if state.status == "rolling-back":
+                return Deployment(
+                    engine.env.name, engine.role, state.to_version, engine.roll_back(state.from_version)
+                )
+            target = engine.provider.image(engine.role, state.to_version)
+            return Deployment(
+                engine.env.name, engine.role, target.version, engine.run(state, target, resumed=True)
+            )
+        target = engine.provider.image(engine.role, image)
+        state = engine.start(target)
+        if not state.zones:
+            return Deployment(engine.env.name, engine.role, target.version, None)
+        return Deployment(engine.env.name, engine.role, target.version, engine.run(state, target))
+
+
+def rollback(engine: Engine, approve: Approve) -> RolloutState:
+    """Undo the last rollout (or finish an interrupted rollback): every zone back, surge first."""
+    approve_change(engine, approve, "roll back")
+    with engine.store.lock("rollback"):
+        last = engine.store.load()
+        if last is None:
+            raise KilnError(f"no rollout of {engine.env.name} is recorded: nothing to roll back")
+        if last.status == "rolled-back":
+            raise KilnError(f"rollout {last.id} is already rolled back to {last.from_version}")
+        engine.state = last if last.status == "rolling-back" else last.rollback()
+        return engine.roll_back(engine.state.from_version)
+
+
+def down(engine: Engine, approve: Approve) -> list[str]:
+    """Remove the environment's instances, load balancer and networks; the audit log stays."""
+    approve_change(engine, approve, "remove")
+    with engine.store.lock("down"):
+        removed = engine.provider.destroy()
+        engine.store.clear()
+    return removed
+
+
+def up(engine: Engine) -> str | None:
+    """Networks, the load balancer, then every missing instance, from the newest verified images;
+    the frontend's URL.
+
+    Zones that already have instances keep the version they run: `up` fills, a rollout replaces.
+    """
+    with engine.store.lock("up"):
+        fill(engine)
+    return engine.provider.frontend()
+
+
+def fill(engine: Engine) -> None:
+    provider, env = engine.provider, engine.env
+    images = {}
+    for role in sorted(r for r, n in env.spec.instances.items() if n):
+        running = majority_version(provider.instances(role))
+        images[role] = provider.image(role, running)
+        if running is None:
+            require_deployable(images[role], env)
+    lb_image = provider.image("lb") if provider.lb_from_image else None
+    if lb_image:
+        require_deployable(lb_image, env)
+    plans = {role: missing_numbers(env, role, provider.instances(role)) for role in images}
+    for role, numbers in plans.items():
+        engine.check_user_data(role, numbers, images[role])
+    lb_user_data = engine.user_data("lb", "lb", 0, lb_image) if lb_image else ""
+    if lb_image:
+        provider.check_user_data(lb_image, [cloudinit.UserData("lb", lb_user_data)])
+    provider.ensure_networks()
+    provider.ensure_lb(lb_image, lb_user_data)
+    engine.say(f"load balancer {provider.frontend()}")
+    # Other roles first: the balanced role's user-data names them (the database).
+    for role in sorted(plans, key=lambda r: r == engine.role):
+        for n in plans[role]:
+            engine.launch(n, images[role], register=role == engine.role)
+    if engine.role in images:
+        for zone in range(len(env.zones)):
+            engine.reconcile(zone, images[engine.role].version)
+
+
+def status(provider: Provider) -> dict:
+    servers = provider.lb_servers() if provider.frontend() else {}
+    rows = []
+    for inst in provider.instances():
+        server = servers.get(inst.name)
+        if not inst.running:
+            health = "stopped"
+        elif server is None:
+            health = "running"
+        else:
+            health = "healthy" if server.healthy else "unhealthy"
+        rows.append(
+            {
+                "name": inst.name,
+                "zone": provider.env.zones[inst.zone],
+                "role": inst.role,
+                "version": inst.version,
+                "health": health,
+                "lb_state": server.state if server else "absent",
+            }
+        )
+    return {"environment": provider.env.name, "frontend": provider.frontend(), "instances": rows}
