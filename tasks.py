@@ -4,6 +4,7 @@ Run `invoke --list` for the tasks and `invoke --help TASK` for one task's option
 """
 
 import sys
+from pathlib import Path
 
 from invoke import task
 
@@ -114,6 +115,16 @@ def lock(c, role, update=False):
         say(f"wrote {target_role.display(target_role.lock_file)}")
     elif not changes.is_empty():
         say(f"run `invoke lock {role} --update` to write these changes")
+
+
+@task(help={"out": "folder to write them to (default: schemas/ in the project)"})
+@kiln_task
+def schema(c, out=None):
+    """Write JSON Schemas for role.yml and environment files, for editors to complete and check them."""
+    from kiln.schemas import write_schemas
+
+    for path in write_schemas(Path(out) if out else settings().project_root / "schemas"):
+        print(path)
 
 
 @task(help={"unit": "only the fast unit tests (no Docker, no Packer)", "k": "pytest -k filter"})

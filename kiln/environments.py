@@ -14,33 +14,41 @@ from pathlib import Path
 from kiln.backup.base import BackupSettings
 from kiln.config import load_yaml, parse, spec
 from kiln.errors import KilnError
+from kiln.providers import PROVIDERS
 from kiln.settings import Settings
 
 ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-ZONE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+ZONE_NAME = "[a-z0-9][a-z0-9-]*"
 
 
 @dataclass(frozen=True)
 class Frontend:
-    port: int = spec(help="port the load balancer listens on (local: on 127.0.0.1; 0 picks a free one)")
+    port: int = spec(
+        help="port the load balancer listens on (local: on 127.0.0.1; 0 picks a free one)",
+        minimum=0,
+        maximum=65535,
+    )
 
 
 @dataclass(frozen=True)
 class HealthCheck:
-    path: str = spec("/health", help="HTTP path the load balancer checks; 200 means healthy")
-    interval: float = spec(0.5, help="seconds between two checks of one instance")
-    rise: int = spec(2, help="passing checks in a row before an instance takes traffic")
-    fall: int = spec(2, help="failing checks in a row before an instance stops taking traffic")
-    timeout: float = spec(30.0, help="seconds a new instance may take to become healthy")
+    path: str = spec(
+        "/health", help="HTTP path the load balancer checks; 200 means healthy", pattern="/.*",
+        pattern_help="an absolute path, starting with '/'",
+    )  # fmt: skip
+    interval: float = spec(0.5, help="seconds between two checks of one instance", above=0)
+    rise: int = spec(2, help="passing checks in a row before an instance takes traffic", minimum=1)
+    fall: int = spec(2, help="failing checks in a row before an instance stops taking traffic", minimum=1)
+    timeout: float = spec(30.0, help="seconds a new instance may take to become healthy", above=0)
 
 
 @dataclass(frozen=True)
 class RolloutPolicy:
-    max_surge: int = spec(1, help="extra instances per zone started before old ones are drained")
-    max_unavailable: int = spec(0, help="instances per zone that may be out of service at once")
-    warmup: float = spec(0.0, help="seconds a healthy new instance serves before old ones drain")
-    drain_timeout: float = spec(30.0, help="seconds to let sessions on a drained instance end")
-    canary: int = spec(1, help="instances replaced first, alone, in the first zone (0: no canary)")
+    max_surge: int = spec(1, help="extra instances per zone started before old ones are drained", minimum=0)
+    max_unavailable: int = spec(0, help="instances per zone that may be out of service at once", minimum=0)
+    warmup: float = spec(0.0, help="seconds a healthy new instance serves before old ones drain", minimum=0)
+    drain_timeout: float = spec(30.0, help="seconds to let sessions on a drained instance end", minimum=0)
+    canary: int = spec(1, help="instances replaced first, alone, in the first zone (0: no canary)", minimum=0)
     stop_after_first_zone: bool = spec(
         False, help="pause after the first zone; continue with `invoke rollout <env> --resume`"
     )
@@ -48,9 +56,14 @@ class RolloutPolicy:
 
 @dataclass(frozen=True)
 class EnvironmentSpec:
-    provider: str = spec(help="where instances run: local (Docker on this machine), aws or openstack")
-    zones: list[str] = spec(help="zone names; instance N runs in zone N modulo the zone count")
-    instances: dict[str, int] = spec(help="instances per role, e.g. {web: 3, db: 1}")
+    provider: str = spec(
+        help="where instances run: local (Docker on this machine), aws or openstack", choices=tuple(PROVIDERS)
+    )
+    zones: list[str] = spec(
+        help="zone names; instance N runs in zone N modulo the zone count", pattern=ZONE_NAME,
+        pattern_help="lower-case letters, digits and '-'",
+    )  # fmt: skip
+    instances: dict[str, int] = spec(help="instances per role, e.g. {web: 3, db: 1}", minimum=0)
     frontend: Frontend = spec(help="the load balancer's listening side")
     balanced_role: str = spec("web", help="the role the load balancer sends traffic to")
     health: HealthCheck = spec(HealthCheck(), help="the load balancer's health check")
@@ -113,43 +126,19 @@ def load(settings: Settings, name: str) -> Environment:
 
 
 def validate(name: str, s: EnvironmentSpec, display: str) -> None:
-    from kiln.providers import PROVIDERS  # the registry imports provider modules lazily
+    """What the field declarations cannot say: rules across fields."""
 
     def fail(field: str, message: str) -> None:
         raise KilnError(f"{display}: field '{field}': {message}")
 
     if not ENV_NAME.match(name):
         raise KilnError(f"{display}: the name '{name}' must be lower-case letters, digits and '-'")
-    if s.provider not in PROVIDERS:
-        fail("provider", f"unknown provider '{s.provider}'; known: {', '.join(sorted(PROVIDERS))}")
     if not s.zones:
         fail("zones", "list at least one zone")
-    for i, zone in enumerate(s.zones):
-        if not ZONE_NAME.match(zone):
-            fail(f"zones[{i}]", f"'{zone}' must be lower-case letters, digits and '-'")
     if len(set(s.zones)) != len(s.zones):
         fail("zones", "zone names must be unique")
-    for role, count in s.instances.items():
-        if count < 0:
-            fail(f"instances.{role}", f"{count} is negative; use 0 or more")
     if s.balanced_role not in s.instances:
         fail("balanced_role", f"'{s.balanced_role}' has no entry in 'instances'")
-    if not 0 <= s.frontend.port < 65536:
-        fail("frontend.port", f"{s.frontend.port} is not a TCP port (0-65535)")
-    if not s.health.path.startswith("/"):
-        fail("health.path", f"'{s.health.path}' must start with '/'")
-    for field in ("interval", "timeout"):
-        if getattr(s.health, field) <= 0:
-            fail(f"health.{field}", "must be more than 0 seconds")
-    for field in ("rise", "fall"):
-        if getattr(s.health, field) < 1:
-            fail(f"health.{field}", "must be 1 or more")
     p = s.rollout
-    for field in ("max_surge", "max_unavailable", "canary"):
-        if getattr(p, field) < 0:
-            fail(f"rollout.{field}", "must be 0 or more")
     if p.max_surge + p.max_unavailable < 1:
         fail("rollout.max_surge", "max_surge + max_unavailable must be 1 or more, or nothing can change")
-    for field in ("warmup", "drain_timeout"):
-        if getattr(p, field) < 0:
-            fail(f"rollout.{field}", "must be 0 or more seconds")

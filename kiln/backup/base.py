@@ -42,26 +42,32 @@ class S3Repository:
     endpoint: str = spec(help="S3 endpoint host[:port], e.g. s3.eu-west-1.amazonaws.com")
     region: str = spec("us-east-1", help="bucket region")
     path: str = spec("/kiln", help="folder inside the bucket")
-    uri_style: str = spec("host", help="'host' (virtual-hosted) or 'path' (S3-compatible servers)")
+    uri_style: str = spec(
+        "host", help="'host' (virtual-hosted) or 'path' (S3-compatible servers)", choices=("host", "path")
+    )
     verify_tls: bool = spec(True, help="check the endpoint's TLS certificate")
 
 
 @dataclass(frozen=True)
 class Retention:
-    full: int = spec(2, help="full PostgreSQL backups kept (older ones expire with their WAL)")
-    diff: int = spec(4, help="differential PostgreSQL backups kept")
-    keep_last: int = spec(7, help="file snapshots kept by restic forget --keep-last")
-    keep_daily: int = spec(7, help="daily file snapshots kept by restic forget --keep-daily")
+    full: int = spec(2, help="full PostgreSQL backups kept (older ones expire with their WAL)", minimum=1)
+    diff: int = spec(4, help="differential PostgreSQL backups kept", minimum=1)
+    keep_last: int = spec(7, help="file snapshots kept by restic forget --keep-last", minimum=1)
+    keep_daily: int = spec(7, help="daily file snapshots kept by restic forget --keep-daily", minimum=0)
 
 
 @dataclass(frozen=True)
 class BackupSettings:
     """The `backup:` section of an environment file."""
 
-    repository: str = spec("volume", help="'volume' (a docker volume off the instance) or 's3'")
+    repository: str = spec(
+        "volume", help="'volume' (a docker volume off the instance) or 's3'", choices=("volume", "s3")
+    )
     s3: S3Repository | None = spec(None, help="the S3 repository when repository is 's3'")
     retention: Retention = spec(Retention(), help="how many backups each tool keeps")
-    process_max: int = spec(2, help="parallel pgBackRest processes (compression, transfer)")
+    process_max: int = spec(
+        2, help="parallel pgBackRest processes (compression, transfer)", minimum=1, maximum=999
+    )
     restore_from: str | None = spec(
         None, help="a DR environment's: mount this environment's repositories, read-only"
     )

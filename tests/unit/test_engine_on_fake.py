@@ -33,7 +33,7 @@ def approve(env, what):  # the CLI's --yes
 def make_env(protected: bool = False, **policy) -> Environment:
     data = {
         "protected": protected,
-        "provider": "fake",
+        "provider": "local",  # any registered name: the tests hand the Engine a FakeProvider
         "zones": [f"z{i}" for i in range(ZONES)],
         "instances": {"web": WEB},
         "frontend": {"port": 0},

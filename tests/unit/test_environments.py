@@ -55,13 +55,24 @@ def test_defaults_and_zone_arithmetic(project):
             r"environments/t.yml: field 'rollout.max_surj': unknown field; did you mean 'max_surge'\?",
         ),
         ("health: {rise: two}", r"field 'health.rise': expected an integer, got str 'two'"),
-        ("health: {rise: 0}", r"field 'health.rise': must be 1 or more"),
-        ("health: {path: health}", r"field 'health.path': 'health' must start with '/'"),
+        ("health: {rise: 0}", r"field 'health.rise': 0 is too small: use 1 or more$"),
+        ("health: {interval: 0}", r"field 'health.interval': 0 is too small: use more than 0$"),
+        (
+            "health: {path: health}",
+            r"field 'health.path': 'health' must be an absolute path, starting with '/'",
+        ),
         (
             "rollout: {max_surge: 0, max_unavailable: 0}",
             r"field 'rollout.max_surge': max_surge \+ max_unavailable",
         ),
-        ("rollout: {drain_timeout: -1}", r"field 'rollout.drain_timeout': must be 0 or more seconds"),
+        ("rollout: {drain_timeout: -1}", r"field 'rollout.drain_timeout': -1 is too small: use 0 or more$"),
+        ("rollout: {canary: -1}", r"field 'rollout.canary': -1 is too small: use 0 or more$"),
+        (
+            "backup: {repository: s4}",
+            r"field 'backup.repository': 's4' is not one of volume, s3; did you mean 's3'\?$",
+        ),
+        ("backup: {process_max: 0}", r"field 'backup.process_max': 0 is out of range: use 1 to 999$"),
+        ("backup: {s3: {bucket: b, endpoint: e, uri_style: vhost}}", r"field 'backup.s3.uri_style': 'vhost'"),
         ("balanced_role: api", r"field 'balanced_role': 'api' has no entry in 'instances'"),
     ],
 )
@@ -76,12 +87,16 @@ def test_bad_fields_name_file_and_field(project, extra, message):
     [
         (
             GOOD.replace("local", "gce"),
-            r"field 'provider': unknown provider 'gce'; known: aws, local, openstack",
+            r"field 'provider': 'gce' is not one of local, aws, openstack$",
         ),
         (GOOD.replace("[a, b, c]", "[]"), r"field 'zones': list at least one zone"),
         (GOOD.replace("[a, b, c]", "[a, a]"), r"field 'zones': zone names must be unique"),
-        (GOOD.replace("web: 4", "web: -1"), r"field 'instances.web': -1 is negative"),
-        (GOOD.replace("8480", "70000"), r"field 'frontend.port': 70000 is not a TCP port"),
+        (
+            GOOD.replace("[a, b, c]", "[a, B]"),
+            r"field 'zones\[1\]': 'B' must be lower-case letters, digits and '-'",
+        ),
+        (GOOD.replace("web: 4", "web: -1"), r"field 'instances.web': -1 is too small: use 0 or more$"),
+        (GOOD.replace("8480", "70000"), r"field 'frontend.port': 70000 is out of range: use 0 to 65535$"),
         (GOOD.replace("frontend: {port: 8480}\n", ""), r"field 'frontend': required field is missing"),
     ],
 )
