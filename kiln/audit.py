@@ -29,6 +29,7 @@ import docker.errors
 from kiln import console
 from kiln.containerfiles import put_file, read_file
 from kiln.errors import KilnError, OperationFailed
+from kiln.files import write_atomic
 from kiln.images import DockerImageStore, docker_client, require_image
 from kiln.settings import Settings
 from kiln.verify import namespaced_sysctls
@@ -210,9 +211,8 @@ def ensure_scap_content(settings: Settings) -> Path:
         if not found.exists():
             raise OperationFailed(f"{debs[-1].name} has no {DATASTREAM}")
         cached.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(found, cached.with_suffix(".tmp"))
         (cached.parent / "source.txt").write_text(debs[-1].name + "\n")
-        cached.with_suffix(".tmp").rename(cached)
+        write_atomic(cached, found.read_bytes())
     return cached
 
 
@@ -243,8 +243,7 @@ class Auditor:
         )
         result.misses = threshold_misses(lynis, scap, thresholds)
         summary = report_dir / "summary.json"
-        summary.with_suffix(".tmp").write_text(json.dumps(result.as_json(), indent=2) + "\n")
-        summary.with_suffix(".tmp").rename(summary)
+        write_atomic(summary, json.dumps(result.as_json(), indent=2) + "\n")
         self.store.update_labels(record, result.labels())
         return result
 

@@ -25,6 +25,7 @@ from kiln.errors import KilnError, OperationFailed
 from kiln.images import DockerImageStore, ImageRecord, docker_client
 from kiln.roles import Role, RoleCatalog, version_of
 from kiln.settings import Settings
+from kiln.stamps import new_id, utc_iso
 from kiln.targets import BakeContext, Target, get_target
 from kiln.targets.docker import bake_container_name
 
@@ -70,7 +71,7 @@ def git_commit(root: Path) -> str:
 
 
 def new_bake_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    return new_id(random_digits=6)
 
 
 class Baker:
@@ -248,7 +249,7 @@ class Baker:
             "kiln.inputs-hash": role.inputs_digest(self.target.template_source(), parent_identity),
             "kiln.lock-hash": lock.digest(),
             "kiln.git-commit": git_commit(self.settings.project_root),
-            "kiln.built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "kiln.built": utc_iso(),
             "kiln.bake-id": bake_id,
             "kiln.kiln-version": __version__,
             "kiln.status": "baked",

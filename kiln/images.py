@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 from dataclasses import dataclass
 
 import docker
@@ -13,6 +12,7 @@ import docker.errors
 from kiln.containerfiles import tar_file
 from kiln.errors import KilnError
 from kiln.settings import Settings
+from kiln.stamps import utc_iso
 
 STATUSES = ("baked", "verified", "rejected", "promoted")
 
@@ -213,5 +213,4 @@ def promote(store: DockerImageStore, role: str, version: str | None) -> ImageRec
             f"{record.image} is {record.status}: only a verified image may be promoted "
             f"(`invoke verify {role} --version {record.version}`, or bake a fixed one)"
         )
-    promoted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return store.update_labels(record, {"kiln.status": "promoted", "kiln.promoted": promoted_at})
+    return store.update_labels(record, {"kiln.status": "promoted", "kiln.promoted": utc_iso()})

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import docker
 
 from kiln.errors import KilnError, OperationFailed
+from kiln.files import write_atomic
 from kiln.roles import Role
 from kiln.settings import Settings
 
@@ -96,9 +97,7 @@ def read_lock(role: Role) -> Lock | None:
 
 
 def write_lock(role: Role, lock: Lock) -> None:
-    tmp = role.lock_file.with_suffix(".lock.tmp")
-    tmp.write_text(lock.render(role.name))
-    tmp.replace(role.lock_file)
+    write_atomic(role.lock_file, lock.render(role.name))
 
 
 def lock_is_current(role: Role, lock: Lock | None) -> bool:

@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 
 from kiln.errors import KilnError
+from kiln.files import write_atomic
 from kiln.settings import Settings
 
 NAMES = {
@@ -48,12 +49,8 @@ def ensure_secrets(settings: Settings, env: str) -> Path | None:
         return None
     path.parent.mkdir(mode=0o700, exist_ok=True)
     values.update({name: secrets.token_urlsafe(32) for name in missing})
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write("# Kiln secrets for this environment: keep a copy off this machine, never commit.\n")
-        out.writelines(f"{k}={v}\n" for k, v in values.items())
-    tmp.replace(path)
+    header = "# Kiln secrets for this environment: keep a copy off this machine, never commit.\n"
+    write_atomic(path, header + "".join(f"{k}={v}\n" for k, v in values.items()), mode=0o600)
     return path
 
 
