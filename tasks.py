@@ -214,12 +214,10 @@ def down(c, env, yes=False):
 @kiln_task
 def backup(c, env, type="full"):
     """Back up an environment: PostgreSQL with pgBackRest, uploaded files with restic (both encrypted)."""
-    from kiln.backup import operations
     from kiln.backup.base import human_size
+    from kiln.backup.operations import backup_environment
 
-    operations.require_kind(type)
-    config = operations.backup_settings(settings(), env)
-    for record in operations.take_backup(settings(), env, type, config, docker_client()):
+    for record in backup_environment(settings(), env, type):
         print(f"{record.tool}\t{record.kind}\t{record.id}\t{human_size(record.size)}")
 
 
@@ -227,11 +225,10 @@ def backup(c, env, type="full"):
 @kiln_task
 def backups(c, env, json=False):
     """List an environment's backups: tool, kind, id, age and size."""
-    from kiln.backup import operations
     from kiln.backup.base import human_age, human_size
+    from kiln.backup.operations import environment_backups
 
-    config = operations.backup_settings(settings(), env)
-    rows = [r.as_json() for r in operations.list_backups(settings(), env, config, docker_client())]
+    rows = [r.as_json() for r in environment_backups(settings(), env)]
     if json:
         print(dump_json(rows))
         return
@@ -251,29 +248,21 @@ def backups(c, env, json=False):
 @kiln_task
 def dr_drill(c, env, target_time=None, keep=False):
     """Restore the backups into a fresh DR environment, verify the data, smoke-test, report RTO/RPO."""
-    from kiln.backup.operations import backup_settings
-    from kiln.drill import Drill, parse_target_time
-    from kiln.errors import OperationFailed
+    from kiln.drill import run_drill
 
-    if target_time:
-        parse_target_time(target_time)  # bad input stops here, before anything is created
-    config = backup_settings(settings(), env)
-    report = Drill(settings(), env, config, target_time, keep, docker_client()).run()
+    report = run_drill(settings(), env, target_time, keep)
     verdict = "passed" if report.ok else "failed"
     print(f"{report.id}\t{verdict}\trto={report.rto_seconds}\trpo={report.rpo_seconds}")
-    if not report.ok:
-        causes = ", ".join(f"{c.name}: {c.cause}" for c in report.failures)
-        raise OperationFailed(f"drill {report.id} failed ({causes})")
+    report.raise_if_failed()
 
 
 @task(help={"json": "print the history as JSON"})
 @kiln_task
 def drills(c, json=False):
     """Show the DR drill history and write a chart of RTO and RPO over past drills (SVG)."""
-    from kiln.drill import load_history, write_chart
+    from kiln.drill import drill_history
 
-    history = load_history(settings())
-    chart = write_chart(settings(), history)
+    history, chart = drill_history(settings())
     if json:
         print(dump_json(history))
         return

@@ -39,12 +39,14 @@ import yaml
 from kiln import console, environments
 from kiln.backup import containers, dbcheck
 from kiln.backup.base import BackupFault, BackupSettings, DockerShell
+from kiln.backup.operations import backup_settings
 from kiln.backup.pgbackrest import PgBackRest
 from kiln.backup.restic import UPLOADS, Restic
 from kiln.backup.secrets import secret
 from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
+from kiln.images import docker_client
 from kiln.polling import poll
 from kiln.providers import get_provider
 from kiln.providers.base import Provider
@@ -88,6 +90,11 @@ class DrillReport:
         data = asdict(self)
         data["failures"] = [f"{c.name}: {c.cause}: {c.detail}" for c in self.failures]
         return data
+
+    def raise_if_failed(self) -> None:
+        if not self.ok:
+            causes = ", ".join(f"{c.name}: {c.cause}" for c in self.failures)
+            raise OperationFailed(f"drill {self.id} failed ({causes})")
 
     def markdown(self) -> str:
         verdict = "PASSED" if self.ok else "FAILED"
@@ -147,6 +154,22 @@ def http(url: str, method: str = "GET", body: bytes | None = None, timeout: floa
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def run_drill(
+    settings: Settings, env: str, target_time: str | None = None, keep: bool = False
+) -> DrillReport:
+    """What `invoke dr-drill` runs; bad input stops before anything is created."""
+    if target_time:
+        parse_target_time(target_time)
+    backup = backup_settings(settings, env)
+    return Drill(settings, env, backup, target_time, keep, docker_client()).run()
+
+
+def drill_history(settings: Settings) -> tuple[list[dict], Path]:
+    """Every drill's report, oldest first, and the chart of their RTO and RPO, redrawn."""
+    history = load_history(settings)
+    return history, write_chart(settings, history)
 
 
 class Drill:

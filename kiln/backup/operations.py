@@ -10,9 +10,21 @@ from kiln.backup.base import BackupRecord, BackupSettings, BackupTool
 from kiln.backup.containers import Site
 from kiln.backup.secrets import S3_NAMES, ensure_secrets, secret
 from kiln.errors import KilnError
+from kiln.images import docker_client
 from kiln.settings import Settings
 
 KINDS = ("full", "diff", "incr")
+
+
+def backup_environment(settings: Settings, env: str, kind: str) -> list[BackupRecord]:
+    """What `invoke backup` runs: the kind is checked before the Docker engine is asked."""
+    require_kind(kind)
+    return take_backup(settings, env, kind, backup_settings(settings, env), docker_client())
+
+
+def environment_backups(settings: Settings, env: str) -> list[BackupRecord]:
+    """What `invoke backups` lists: every tool's backups, database first."""
+    return list_backups(settings, env, backup_settings(settings, env), docker_client())
 
 
 def tools(
