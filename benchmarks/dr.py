@@ -36,7 +36,7 @@ from kiln.backup.pgbackrest import PgBackRest
 from kiln.backup.secrets import ensure_secrets, secret
 from kiln.drill import Drill, http
 from kiln.images import DockerImageStore
-from kiln.polling import poll
+from kiln.polling import wait_for_service
 from kiln.settings import Settings
 
 WRITE_INTERVAL = 0.5
@@ -103,17 +103,16 @@ def restore_bare(
         else:
             tool.restore()
         assert container.exec_run(["pg_ctlcluster", "15", "main", "start"]).exit_code == 0
-        poll(
+        wait_for_service(
             lambda: (
                 container.exec_run(
                     ["psql", "-X", "-qAt", "-c", "SELECT pg_is_in_recovery()"], user="postgres"
                 ).output.strip()
                 == b"f"
             ),
-            timeout=900,
+            "promotion",
+            900,
             interval=0.05,
-            what="promotion",
-            tolerate=(Exception,),
         )
         seconds = time.monotonic() - started
         _, newest = dbcheck.parse_rows("postgres", dbcheck.psql(shell, "postgres", dbcheck.NEWEST_REPLAYED))
@@ -145,21 +144,9 @@ def main() -> None:
             web_image=newest_verified(store, "web"),
             password=password,
         )
-        poll(
-            lambda: containers.db_ready(source.db),
-            timeout=60,
-            interval=0.2,
-            what="source db",
-            tolerate=(Exception,),
-        )
+        wait_for_service(lambda: containers.db_ready(source.db), "source db", 60)
         url = f"http://{containers.address(source.web[0])}"
-        poll(
-            lambda: b'"database": "ok"' in http(url + "/health")[1],
-            timeout=60,
-            interval=0.2,
-            what="source web",
-            tolerate=(Exception,),
-        )
+        wait_for_service(lambda: b'"database": "ok"' in http(url + "/health")[1], "source web", 60)
 
         started = time.monotonic()
         loaded = load_data(client, env, args.mb)

@@ -47,7 +47,7 @@ from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
 from kiln.images import docker_client
-from kiln.polling import poll
+from kiln.polling import wait_for_service
 from kiln.providers import get_provider
 from kiln.providers.base import Provider
 from kiln.settings import Settings
@@ -348,13 +348,7 @@ class Drill:
     def restore_files(self, files: Restic) -> float:
         """Seconds the files took, from the restore's start (the web instance's boot included)."""
         started = time.monotonic()
-        poll(
-            lambda: self.booted(self.web),
-            timeout=BOOT_TIMEOUT,
-            interval=0.2,
-            what="the DR web instance's first boot",
-            tolerate=(Exception,),
-        )
+        wait_for_service(lambda: self.booted(self.web), "the DR web instance's first boot", BOOT_TIMEOUT)
         files.configure()
         self.report.backups["restic"] = files.latest().id
         files.restore()
@@ -376,23 +370,11 @@ class Drill:
                 raise BackupFault(exc.cause, f"{exc.detail}; {which_files(pg)}") from exc
             copied = time.monotonic()
             # The held cluster (KILN_DB_HOLD from the user-data) stays down until first boot is over.
-            poll(
-                lambda: self.booted(self.db),
-                timeout=BOOT_TIMEOUT,
-                interval=0.2,
-                what="the DR db instance's first boot",
-                tolerate=(Exception,),
-            )
+            wait_for_service(lambda: self.booted(self.db), "the DR db instance's first boot", BOOT_TIMEOUT)
             start = self.db.exec_run(["pg_ctlcluster", "15", "main", "start"])
             if start.exit_code != 0:
                 raise recovery_fault(self.db)
-            poll(
-                self.promoted,
-                timeout=RECOVERY_TIMEOUT,
-                interval=0.1,
-                what="PostgreSQL promotion",
-                tolerate=(Exception,),
-            )
+            wait_for_service(self.promoted, "PostgreSQL promotion", RECOVERY_TIMEOUT, interval=0.1)
             promoted = time.monotonic()
             files_seconds = restored_files.result()
         return (
@@ -419,13 +401,7 @@ class Drill:
             code, body = http(base + "/health")
             return code == 200 and json.loads(body).get("database") == "ok"
 
-        poll(
-            healthy,
-            timeout=60,
-            interval=0.2,
-            what="the DR web instance (/health with database ok)",
-            tolerate=(Exception,),
-        )
+        wait_for_service(healthy, "the DR web instance (/health with database ok)", 60)
         code, body = http(base + "/records")
         if code != 200:
             raise BackupFault("smoke-failed", f"GET /records answered {code}")

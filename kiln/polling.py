@@ -45,3 +45,8 @@ def poll(
 def max_looks(timeout: float, interval: float) -> int:
     """How many looks fit in the timeout, plus a first and a last one."""
     return math.ceil(timeout / max(interval, 0.01)) + 2
+
+
+def wait_for_service(check: Callable[[], T], what: str, timeout: float, interval: float = 0.2) -> T:
+    """`poll` a service that is still starting: until it answers, any error means "not yet"."""
+    return poll(check, timeout=timeout, interval=interval, what=what, tolerate=(Exception,))

@@ -19,7 +19,7 @@ import pytest
 from kiln.backup import containers
 from kiln.backup.secrets import ensure_secrets, secret
 from kiln.drill import http
-from kiln.polling import poll
+from kiln.polling import wait_for_service
 from kiln.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -73,21 +73,9 @@ def start_site(kiln, client, env: str, images: dict[str, str]) -> containers.Sit
         web_image=images["web"],
         password=secret(settings, env, "KILN_DB_PASSWORD"),
     )
-    poll(
-        lambda: containers.db_ready(found.db),
-        timeout=60,
-        interval=0.2,
-        what=f"{env} db",
-        tolerate=(Exception,),
-    )
+    wait_for_service(lambda: containers.db_ready(found.db), f"{env} db", 60)
     url = f"http://{containers.address(found.web[0])}/health"
-    poll(
-        lambda: http(url)[0] == 200 and b'"database": "ok"' in http(url)[1],
-        timeout=60,
-        interval=0.2,
-        what=f"{env} web",
-        tolerate=(Exception,),
-    )
+    wait_for_service(lambda: http(url)[0] == 200 and b'"database": "ok"' in http(url)[1], f"{env} web", 60)
     return found
 
 

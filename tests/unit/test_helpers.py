@@ -10,7 +10,7 @@ import pytest
 
 from kiln.errors import OperationFailed
 from kiln.files import write_atomic
-from kiln.polling import max_looks, poll
+from kiln.polling import max_looks, poll, wait_for_service
 from kiln.stamps import new_id, utc_iso
 
 
@@ -57,3 +57,15 @@ def test_ids_and_timestamps_are_utc_and_sortable():
     assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", new_id(6))
     assert new_id() != new_id()
     assert utc_iso(0) == "1970-01-01T00:00:00Z"
+
+
+def test_a_starting_service_may_fail_in_any_way_until_it_answers():
+    answers = iter([ConnectionResetError("reset"), ValueError("half a reply"), "up"])
+
+    def check():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert wait_for_service(check, "web", timeout=5, interval=0) == "up"
