@@ -185,25 +185,24 @@ def create_site(
     labels = {"kiln.env": env, **(labels or {})}
     repo_env = repo_env or env
     read_only = repo_env != env
+    files = {
+        "db": {"/etc/kiln/db.env": (db_env(password, hold=hold_db), 0o600, "root")},
+        "web": {"/etc/kiln/web.env": (web_env(f"{network}-db1", password), 0o640, "root:kiln-web")},
+    }
+    images = {"db": db_image, "web": web_image}
     try:
         client.networks.create(network, driver="bridge", labels=labels)
-        db = launch(
-            client,
-            name=f"{network}-db1",
-            image=db_image,
-            network=network,
-            labels={**labels, "kiln.role": "db", "kiln.instance": "db1"},
-            files={"/etc/kiln/db.env": (db_env(password, hold=hold_db), 0o600, "root")},
-            volumes=backup_mounts(repo_env, "db", read_only),
-        )
-        web = launch(
-            client,
-            name=f"{network}-web1",
-            image=web_image,
-            network=network,
-            labels={**labels, "kiln.role": "web", "kiln.instance": "web1"},
-            files={"/etc/kiln/web.env": (web_env(f"{network}-db1", password), 0o640, "root:kiln-web")},
-            volumes=backup_mounts(repo_env, "web", read_only),
+        db, web = (
+            launch(
+                client,
+                name=f"{network}-{role}1",
+                image=images[role],
+                network=network,
+                labels={**labels, "kiln.role": role, "kiln.instance": f"{role}1"},
+                files=files[role],
+                volumes=backup_mounts(repo_env, role, read_only),
+            )
+            for role in ("db", "web")  # db first: web's settings name it
         )
     except BaseException:
         remove_site(client, f"kiln.env={env}")
