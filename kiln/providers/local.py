@@ -119,6 +119,7 @@ class LocalProvider(Provider):
                 raise OperationFailed(f"the load balancer {name} did not start ({why}): {tail}")
             time.sleep(0.2)
 
+    @docker_errors_fail
     def frontend(self) -> str | None:
         try:
             container = self.client.containers.get(self.container_name("lb"))
@@ -146,6 +147,7 @@ class LocalProvider(Provider):
 
     # ---- images and instances ---------------------------------------------------------------
 
+    @docker_errors_fail
     def image(self, role: str, version: str | None = None) -> ImageRecord:
         if version:
             record = self.store.find(role, version)
@@ -210,6 +212,7 @@ class LocalProvider(Provider):
         )
         return seed
 
+    @docker_errors_fail
     def check_user_data(self, image: ImageRecord, documents: list[UserData]) -> None:
         cloudinit.check(self.client, image.image, documents, f"kiln-{self.env.name}-schema")
 
