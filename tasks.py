@@ -17,6 +17,8 @@ from kiln.console import say
 from kiln.images import DockerImageStore, docker_client
 from kiln.rollout import lifecycle
 
+# ---- images: bake, check, list, promote, prune ---------------------------------------------------
+
 
 @task(
     help={
@@ -117,6 +119,9 @@ def lock(c, role, update=False):
         say(f"run `invoke lock {role} --update` to write these changes")
 
 
+# ---- the project itself --------------------------------------------------------------------------
+
+
 @task(help={"out": "folder to write them to (default: schemas/ in the project)"})
 @kiln_task
 def schema(c, out=None):
@@ -140,6 +145,9 @@ def test(c, unit=False, k=""):
     selection = "-m 'not integration'" if unit else ""
     keyword = f"-k '{k}'" if k else ""
     c.run(f"{python} -m pytest {selection} {keyword}", echo=True, pty=False)
+
+
+# ---- environments: create, inspect, roll out, roll back, remove ----------------------------------
 
 
 @task(help={"env": "environment name: environments/<env>.yml"})
@@ -208,6 +216,9 @@ def down(c, env, yes=False):
     """Remove an environment's instances, load balancer and networks (the audit log stays)."""
     removed = lifecycle.down(lifecycle.open_engine(settings(), env, say), confirm(yes))
     print(f"removed {len(removed)}: {', '.join(removed) or 'nothing'}")
+
+
+# ---- backups and DR drills -----------------------------------------------------------------------
 
 
 @task(help={"env": "environment name: environments/<env>.yml", "type": "full (default), diff or incr"})
