@@ -183,19 +183,6 @@ def test_audit_log_appends_lines(tmp_path):
     assert [r["id"] for r in report.read_audit(path)] == ["1", "2"]
 
 
-def test_timeline_draws_each_version_in_its_own_colour():
-    samples = [
-        {"t": 0.0, "zone": 0, "healthy": {"old": 2}},
-        {"t": 1.0, "zone": 0, "healthy": {"old": 2, "new": 1}},
-        {"t": 2.0, "zone": 0, "healthy": {"new": 2}},
-    ]
-    svg = report.timeline_svg(samples, ["z0", "z1"], "t: web old -> new")
-    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
-    assert svg.count(f'fill="{report.COLOURS[0]}"') == 3  # old: two samples and its legend
-    assert svg.count(f'fill="{report.COLOURS[1]}"') == 3  # new: two samples and its legend
-    assert "old healthy" in svg and "new healthy" in svg
-
-
 def test_rollout_task_with_unknown_environment_exits_2(monkeypatch, tmp_path: Path):
     (tmp_path / "environments").mkdir()
     monkeypatch.setenv("KILN_PROJECT_ROOT", str(tmp_path))
