@@ -135,33 +135,24 @@ def rollout_timeline(
     versions = _versions(samples, marks)
     colour = {v: COLOURS[i % len(COLOURS)] for i, v in enumerate(versions)}
     zone_lanes = [lanes(marks, z) for z in range(len(zones))]
-    has_capacity = bool(samples)
-    ratios = []
-    for found in zone_lanes:
-        ratios += ([1.1] if has_capacity else []) + ([0.35 * max(len(found), 1) + 0.3] if found else [])
-    figure = _figure(11, 1.6 + sum(ratios) * 0.95)
-    grid = figure.add_gridspec(len(ratios) or 1, 1, height_ratios=ratios or [1])
-    axes_list, row = [], 0
-    for z, zone in enumerate(zones):
-        zone_axes = []
-        if has_capacity:
-            zone_axes.append(
-                figure.add_subplot(grid[row], sharex=axes_list[0] if axes_list else None, gid=f"capacity-{z}")
-            )
-            _draw_capacity(zone_axes[-1], [s for s in samples if s["zone"] == z], versions, colour, end)
-            row += 1
-        if zone_lanes[z]:
-            zone_axes.append(
-                figure.add_subplot(grid[row], sharex=(axes_list or zone_axes)[0], gid=f"lanes-{z}")
-            )
-            _draw_lanes(zone_axes[-1], zone_lanes[z], colour, end)
-            row += 1
-        if zone_axes:
-            zone_axes[0].set_title(f"zone {zone}", loc="left", fontsize=11, fontweight="bold")
-        for axes in zone_axes:
-            rollbacks = [m for m in marks if m.kind == "rollback" and m.zone in (None, z)]
-            _draw_rollbacks(axes, rollbacks, end, labelled=not axes_list and axes is zone_axes[0])
-        axes_list += zone_axes
+    rows = []  # (zone, what, height): a capacity strip when sampled, then the instances' lanes
+    for z, found in enumerate(zone_lanes):
+        rows += [(z, "capacity", 1.1)] if samples else []
+        rows += [(z, "lanes", 0.35 * max(len(found), 1) + 0.3)] if found or not samples else []
+    figure = _figure(11, 1.6 + sum(r[2] for r in rows) * 0.95)
+    grid = figure.add_gridspec(len(rows) or 1, 1, height_ratios=[r[2] for r in rows] or [1])
+    axes_list: list = []
+    for i, (z, what, _) in enumerate(rows):
+        axes = figure.add_subplot(grid[i], sharex=axes_list[0] if axes_list else None, gid=f"{what}-{z}")
+        if what == "capacity":
+            _draw_capacity(axes, [s for s in samples if s["zone"] == z], versions, colour, end)
+        else:
+            _draw_lanes(axes, zone_lanes[z], colour, end)
+        if i == 0 or rows[i - 1][0] != z:
+            axes.set_title(f"zone {zones[z]}", loc="left", fontsize=11, fontweight="bold")
+        rollbacks = [m for m in marks if m.kind == "rollback" and m.zone in (None, z)]
+        _draw_rollbacks(axes, rollbacks, end, labelled=i == 0)
+        axes_list.append(axes)
     if not axes_list:  # nothing recorded: still an honest, labelled, empty chart
         axes_list.append(figure.add_subplot(grid[0]))
         axes_list[0].text(0.5, 0.5, "nothing was recorded", ha="center", transform=axes_list[0].transAxes)
@@ -203,14 +194,17 @@ def _draw_capacity(axes, samples: list[dict], versions: list[str], colour: dict,
 
 
 def _draw_lanes(axes, found: list[Lane], colour: dict, end: float) -> None:
+    if not found:
+        axes.text(0.5, 0.5, "no instance changed here", ha="center", va="center", transform=axes.transAxes)
     for y, lane in enumerate(found):
         fill = colour.get(lane.version, "#999999")
         start = lane.launch if lane.launch is not None else 0.0
         stop = lane.removed if lane.removed is not None else end
-        serving_from = lane.healthy if lane.healthy is not None else (None if lane.launch else start)
+        serving_from = lane.healthy if lane.healthy is not None else (start if lane.launch is None else None)
         serving_to = lane.drain if lane.drain is not None else stop
-        if lane.launch is not None:  # booting: launched, not yet healthy
-            axes.barh(y, (serving_from or stop) - start, left=start, height=0.5, color=fill, alpha=0.3)
+        if lane.launch is not None:  # starting: launched, not healthy yet (maybe never)
+            ready = next(t for t in (lane.healthy, lane.drain, stop) if t is not None)
+            axes.barh(y, ready - start, left=start, height=0.5, color=fill, alpha=0.3)
         if serving_from is not None:
             axes.barh(y, serving_to - serving_from, left=serving_from, height=0.5, color=fill)
         if lane.drain is not None:

@@ -96,9 +96,11 @@ def _zone_rows(record: dict, zones: list[str], events: list[dict]) -> list[dict]
         for zone, span in (record.get(timings) or {}).items():
             rows.append({"zone": zone, "what": what, **span})
     done = record.get("zone_timings") or {}
-    failed_at = next((e["t"] for e in events if e["kind"] == "rollback" and e["detail"]), None)
-    stopped = record["status"] in ("rolled-back", "failed", "rolling-back") and failed_at is not None
-    for index in record.get("zones", []):
+    # In a rollout record a rollback comes only from its failure (a rollback record has none of this).
+    failed_at = next((e["t"] for e in events if e["kind"] == "rollback"), None)
+    stopped = failed_at is not None
+    untouched = "not reached" + (" (paused)" if record["status"] == "paused" else "")
+    for index in record.get("zones", []) if record.get("action") != "rollback" else []:
         if zones[index] in done:
             continue
         if stopped:  # the zone the rollout was in began when the one before it was done
@@ -109,7 +111,7 @@ def _zone_rows(record: dict, zones: list[str], events: list[dict]) -> list[dict]
             )
             stopped = False
         else:
-            rows.append({"zone": zones[index], "what": "not reached"})
+            rows.append({"zone": zones[index], "what": untouched})
     for row in rows:
         if "start" in row:
             row["seconds"] = round(row["end"] - row["start"], 2)

@@ -128,6 +128,15 @@ def test_timeline_keeps_its_old_call_and_escapes_its_title():
     assert chart.tick_labels("x")
 
 
+def test_timeline_from_the_record_alone_still_has_a_row_per_zone():
+    record, _ = recorded.rollout("rolled-back")
+    events = report.timeline_events(record, recorded.ZONES, canary=1)
+    chart = Chart.parse(report.timeline_svg([], recorded.ZONES, "no samples kept", events))
+    assert [t for t in chart.texts() if t.startswith("zone ")] == ["zone z0", "zone z1", "zone z2"]
+    assert "no instance changed here" in chart.texts()  # z2: the rollout never reached it
+    assert chart.tick_labels("x", chart.group("lanes-2"))
+
+
 def test_an_unknown_event_kind_is_refused():
     with pytest.raises(ValueError, match="expected one of launch"):
         charts.Mark(1.0, 0, "exploded")

@@ -86,6 +86,22 @@ def test_rollout_report_lists_zones_and_health_checks(rolled_back):
     assert page.row("web6")[1:] == ["8d02e6b1a9c5", "z0", "passed", "0.9", "3.3"]
 
 
+def test_a_rollback_record_and_a_paused_rollout_report_their_zones():
+    record, _ = recorded.rollout("rolled-back")
+    undo = {**record, "action": "rollback", "undoes": "20261129-101500-77aa", "failure": None}
+    page = Page(htmlreport.rollout_html(undo, recorded.ZONES))
+    assert page.text[0] == "Rollback 20261130-140211-a3f0: local"
+    assert [(r[0], r[1]) for r in page.rows if r and r[0] in recorded.ZONES][:2] == [
+        ("z0", "rolled out"),
+        ("z1", "rolled back"),
+    ]
+    assert not any(r[1].startswith("failed here") for r in page.rows if len(r) > 1)
+    record, _ = recorded.rollout("succeeded")
+    paused = {**record, "status": "paused", "done": [0], "zone_timings": {"z0": record["zone_timings"]["z0"]}}
+    page = Page(htmlreport.rollout_html(paused, recorded.ZONES))
+    assert page.row("z1")[1] == page.row("z2")[1] == "not reached (paused)"
+
+
 def test_rollout_report_escapes_what_it_quotes():
     record, samples = recorded.rollout("rolled-back")
     hostile = '<script>alert("x")</script> & <img src=http://example.invalid/x>'
