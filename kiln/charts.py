@@ -28,7 +28,7 @@ from matplotlib import dates as mdates
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
 
 KINDS = ("launch", "healthy", "drain", "removed", "canary", "rollback")
 COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#b279a2", "#9d755d"]
@@ -160,8 +160,7 @@ def rollout_timeline(
         axes.tick_params(labelbottom=False)
     bottom = axes_list[-1]
     bottom.set_xlim(0, end * 1.02)
-    bottom.set_xlabel("seconds since the rollout started")
-    bottom.xaxis.set_major_locator(MaxNLocator(nbins=12, steps=[1, 2, 2.5, 5, 10]))
+    _time_axis(bottom, end)
     figure.suptitle(title, fontsize=13, fontweight="bold", x=0.01, ha="left")
     figure.legend(
         handles=_timeline_legend(versions, colour, marks),
@@ -171,6 +170,18 @@ def rollout_timeline(
         fontsize=9,
     )
     return render(figure, fmt)
+
+
+def _time_axis(axes, end: float) -> None:
+    """Seconds for a short rollout; minutes:seconds on whole minutes for a long one (a cloud's)."""
+    if end <= 300:
+        axes.set_xlabel("seconds since the rollout started")
+        axes.xaxis.set_major_locator(MaxNLocator(nbins=12, steps=[1, 2, 2.5, 5, 10]))
+        return
+    step = next((m * 60 for m in (1, 2, 5, 10, 15, 30, 60) if end / (m * 60) <= 12), 120 * 60)
+    axes.set_xlabel("minutes:seconds since the rollout started")
+    axes.xaxis.set_major_locator(MultipleLocator(step))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{int(t) // 60}:{int(t) % 60:02d}"))
 
 
 def _versions(samples: list[dict], marks: list[Mark]) -> list[str]:

@@ -137,6 +137,20 @@ def test_timeline_from_the_record_alone_still_has_a_row_per_zone():
     assert chart.tick_labels("x", chart.group("lanes-2"))
 
 
+def test_a_long_rollout_counts_in_minutes():
+    # prod's policy: 60 s warm-up and up to 300 s of drain per instance make a rollout long
+    events = [
+        {"t": 12.0, "zone": 0, "kind": "launch", "instance": "web10", "version": "v2"},
+        {"t": 95.5, "zone": 0, "kind": "healthy", "instance": "web10", "version": "v2"},
+        {"t": 160.0, "zone": 0, "kind": "drain", "instance": "web1", "version": "v1"},
+        {"t": 1460.0, "zone": 0, "kind": "removed", "instance": "web1", "version": "v1"},
+    ]
+    chart = Chart.parse(report.timeline_svg([], ["eu-west-1a"], "prod", events))
+    assert "minutes:seconds since the rollout started" in chart.texts()
+    ticks = chart.tick_labels("x")
+    assert ticks[:3] == ["0:00", "5:00", "10:00"] and ticks[-1] == "20:00"  # ends at 24:20
+
+
 def test_an_unknown_event_kind_is_refused():
     with pytest.raises(ValueError, match="expected one of launch"):
         charts.Mark(1.0, 0, "exploded")
