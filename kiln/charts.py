@@ -132,9 +132,9 @@ def rollout_timeline(
     """Zones as rows: healthy capacity per version over time, then one lane per instance."""
     marks = [m if isinstance(m, Mark) else Mark(**m) for m in events]
     end = max([s["t"] for s in samples] + [m.t for m in marks] + [1.0])
-    versions = _versions(samples, marks)
-    colour = {v: COLOURS[i % len(COLOURS)] for i, v in enumerate(versions)}
     zone_lanes = [lanes(marks, z) for z in range(len(zones))]
+    versions = _versions(samples, zone_lanes)
+    colour = {v: COLOURS[i % len(COLOURS)] for i, v in enumerate(versions)}
     rows = []  # (zone, what, height): a capacity strip when sampled, then the instances' lanes
     for z, found in enumerate(zone_lanes):
         rows += [(z, "capacity", 1.1)] if samples else []
@@ -184,10 +184,10 @@ def _time_axis(axes, end: float) -> None:
     axes.xaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{int(t) // 60}:{int(t) % 60:02d}"))
 
 
-def _versions(samples: list[dict], marks: list[Mark]) -> list[str]:
-    """Versions in order of first appearance: the old one first, the new one next."""
+def _versions(samples: list[dict], zone_lanes: list[list[Lane]]) -> list[str]:
+    """Versions in order of first appearance: the old one first (already running at 0), the new next."""
     seen = [(s["t"], v) for s in samples for v, n in s["healthy"].items() if n]
-    seen += [(m.t, m.version) for m in marks if m.version]
+    seen += [(lane.launch or 0.0, lane.version) for found in zone_lanes for lane in found if lane.version]
     return list(dict.fromkeys(v for _, v in sorted(seen, key=lambda pair: pair[0])))
 
 

@@ -149,6 +149,8 @@ def test_a_long_rollout_counts_in_minutes():
     assert "minutes:seconds since the rollout started" in chart.texts()
     ticks = chart.tick_labels("x")
     assert ticks[:3] == ["0:00", "5:00", "10:00"] and ticks[-1] == "20:00"  # ends at 24:20
+    legend = [t for t in chart.texts() if t.endswith(" serving")]
+    assert legend == ["v1 serving", "v2 serving"]  # the one running from the start comes first
 
 
 def test_an_unknown_event_kind_is_refused():
