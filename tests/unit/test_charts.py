@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from kiln import charts, report
@@ -194,3 +196,10 @@ def test_drill_trend_takes_goals_from_the_reports_and_keeps_the_old_call():
     assert "RTO goal 45 s" in chart.texts()
     empty = Chart.parse(chart_svg([]))
     assert "no drill recorded yet" in empty.texts() and "goal" not in empty.texts()
+
+
+def test_a_chart_also_renders_as_png_for_a_ticket_or_a_chat():
+    png = charts.drill_trend(recorded.drills(), GOALS, fmt="png", size=(6, 4))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk: pixels at 110 dpi
+    assert (width, height) == (660, 440)
