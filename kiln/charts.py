@@ -41,13 +41,9 @@ MARKS = {
     "removed": ("X", 8, "removed"),
     "canary": ("*", 15, "canary"),
 }
-STYLE = {
+SVG_STYLE = {
     "svg.fonttype": "none",
     "svg.hashsalt": "kiln",  # stable element ids: the same run draws the same file
-    "font.family": "sans-serif",
-    "font.size": 10,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
 }
 
 
@@ -83,18 +79,13 @@ class Lane:
 def render(figure: Figure, fmt: str) -> str | bytes:
     """SVG as text, PNG as bytes."""
     buffer = io.BytesIO()
-    with matplotlib.rc_context(STYLE):
+    with matplotlib.rc_context(SVG_STYLE):
         figure.savefig(buffer, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg" else None)
     data = buffer.getvalue()
     if fmt != "svg":
         return data
     text = data.decode()
     return text[text.index("<svg") :]  # no XML prolog: the same text is a file and an inline element
-
-
-def _figure(width: float, height: float) -> Figure:
-    with matplotlib.rc_context(STYLE):
-        return Figure(figsize=(width, height), layout="constrained")
 
 
 # ---- the rollout timeline -----------------------------------------------------------------
@@ -139,7 +130,7 @@ def rollout_timeline(
     for z, found in enumerate(zone_lanes):
         rows += [(z, "capacity", 1.1)] if samples else []
         rows += [(z, "lanes", 0.35 * max(len(found), 1) + 0.3)] if found or not samples else []
-    figure = _figure(11, 1.6 + sum(r[2] for r in rows) * 0.95)
+    figure = Figure(figsize=(11, 1.6 + sum(r[2] for r in rows) * 0.95), layout="constrained")
     grid = figure.add_gridspec(len(rows) or 1, 1, height_ratios=[r[2] for r in rows] or [1])
     axes_list: list = []
     for i, (z, what, _) in enumerate(rows):
@@ -320,7 +311,7 @@ def drill_trend(
     `current`: the id of a drill to highlight (the one a report is about); `size` in inches.
     """
     goals = goals or next((r["goals"] for r in reversed(reports) if r.get("goals")), {})
-    figure = _figure(*size)
+    figure = Figure(figsize=size, layout="constrained")
     rto_axes, rpo_axes = figure.subplots(2, 1, sharex=True)
     when = [_started(r) for r in reports]
     for axes, key, name in ((rto_axes, "rto_seconds", "RTO"), (rpo_axes, "rpo_seconds", "RPO")):
