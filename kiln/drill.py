@@ -561,36 +561,8 @@ def write_chart(settings: Settings, history: list[dict]) -> Path:
     return chart
 
 
-def chart_svg(reports: list[dict], width: int = 640, height: int = 240) -> str:
-    """RTO (bars) and RPO (dots) of past drills; failed drills in red."""
-    pad, n = 40, max(len(reports), 1)
-    top = max(
-        [r.get("rto_seconds") or 0 for r in reports] + [r.get("rpo_seconds") or 0 for r in reports] + [1]
-    )
-    step = (width - 2 * pad) / n
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'font-family="sans-serif" font-size="11">',
-        f'<text x="{pad}" y="16">DR drills: RTO (bars) and RPO (dots), seconds; max {top:.1f} s</text>',
-        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#444"/>',
-    ]
-    scale = (height - 2 * pad - 10) / top
-    for i, r in enumerate(reports):
-        x = pad + i * step
-        rto, rpo = r.get("rto_seconds") or 0, r.get("rpo_seconds")
-        colour = "#3a7" if r.get("ok") else "#c33"
-        parts.append(
-            f'<rect x="{x + step * 0.2:.1f}" y="{height - pad - rto * scale:.1f}" '
-            f'width="{step * 0.6:.1f}" height="{rto * scale:.1f}" fill="{colour}">'
-            f"<title>{r['id']}: RTO {rto} s</title></rect>"
-        )
-        if rpo is not None:
-            parts.append(
-                f'<circle cx="{x + step / 2:.1f}" cy="{height - pad - rpo * scale:.1f}" r="4" '
-                f'fill="#36c"><title>{r["id"]}: RPO {rpo} s</title></circle>'
-            )
-        parts.append(
-            f'<text x="{x + step / 2:.1f}" y="{height - pad + 14}" text-anchor="middle">{i + 1}</text>'
-        )
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+def chart_svg(reports: list[dict], width: int = 1000, height: int = 560) -> str:
+    """RTO and RPO of past drills by date (kiln.charts), `width` x `height` pixels at 100 dpi."""
+    from kiln import charts  # matplotlib loads only when a chart is drawn
+
+    return charts.drill_trend(reports, size=(width / 100, height / 100))

@@ -7,7 +7,6 @@ import pytest
 from invoke import Exit, MockContext
 
 import tasks
-from kiln import report
 from kiln.cli import confirm
 from kiln.config import parse
 from kiln.environments import Environment, EnvironmentSpec
@@ -204,19 +203,6 @@ def test_audit_log_appends_lines(tmp_path):
         ("2", "rolled-back", "rollout"),
     ]
     assert "events" not in audit[0]
-
-
-def test_timeline_draws_each_version_in_its_own_colour():
-    samples = [
-        {"t": 0.0, "zone": 0, "healthy": {"old": 2}},
-        {"t": 1.0, "zone": 0, "healthy": {"old": 2, "new": 1}},
-        {"t": 2.0, "zone": 0, "healthy": {"new": 2}},
-    ]
-    svg = report.timeline_svg(samples, ["z0", "z1"], "t: web old -> new")
-    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
-    assert svg.count(f'fill="{report.COLOURS[0]}"') == 3  # old: two samples and its legend
-    assert svg.count(f'fill="{report.COLOURS[1]}"') == 3  # new: two samples and its legend
-    assert "old healthy" in svg and "new healthy" in svg
 
 
 def test_rollout_task_with_unknown_environment_exits_2(monkeypatch, tmp_path: Path):
