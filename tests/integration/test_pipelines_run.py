@@ -89,7 +89,7 @@ class Pipelines:
 
 def scratch_copy(dest: Path) -> Path:
     """The project's files (tracked and new, as in this worktree) in a fresh git repository on main;
-    .venv is this worktree's, linked, so ./setup.sh finds everything installed."""
+    the .venv is this worktree's, linked."""
     listing = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO,
@@ -102,7 +102,13 @@ def scratch_copy(dest: Path) -> Path:
         if source.exists() or source.is_symlink():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name, follow_symlinks=False)
-    (dest / ".venv").symlink_to(REPO / ".venv")
+    # The worktree's .venv entry by entry, with a stamp of its own: ./setup.sh in the copy then
+    # finds Kiln installed and never reinstalls it (from the copy) into the shared environment.
+    (dest / ".venv").mkdir()
+    for entry in (REPO / ".venv").iterdir():
+        if entry.name != ".kiln-installed":
+            (dest / ".venv" / entry.name).symlink_to(entry)
+    (dest / ".venv" / ".kiln-installed").touch()
 
     def git(*args: str) -> None:
         subprocess.run(
