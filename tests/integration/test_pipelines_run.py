@@ -23,10 +23,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.integration.conftest import remove_prefixed
 
 pytestmark = pytest.mark.integration
 
@@ -125,13 +126,20 @@ def scratch_copy(dest: Path) -> Path:
     return dest
 
 
-def stand_in_image(client, prefix: str, role: str, version: str) -> None:
-    """A verified image as bake and verify leave it: only the kiln.* labels, no layers."""
+def stand_in_image(
+    client,
+    prefix: str,
+    role: str,
+    version: str,
+    status: str = "verified",
+    built: str = "2026-12-01T00:00:00Z",
+) -> None:
+    """An image as bake and verify leave it (`built` orders them): only the kiln.* labels, no layers."""
     labels = {
         "kiln.role": role,
         "kiln.version": version,
-        "kiln.status": "verified",
-        "kiln.built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kiln.status": status,
+        "kiln.built": built,
         "kiln.bake-id": f"bake-{version}",
     }
     dockerfile = "FROM scratch\n" + "".join(f'LABEL {k}="{v}"\n' for k, v in labels.items())
@@ -214,3 +222,28 @@ def test_a_drill_schedule_runs_only_the_drill_and_leaves_its_report(pipelines):
     assert json.loads(pipelines.artifact("drill", "drills.json").read_text()) == [earlier]
     chart = pipelines.artifact("drill", ".kiln/drills/chart.svg").read_text()
     assert chart.startswith("<svg") and "#c33" in chart  # the failed drill, in red
+
+
+def test_publish_refuses_when_a_newest_image_is_not_verified_and_promotes_nothing(
+    kiln, docker_client, tmp_path
+):
+    prefix = f"{kiln.prefix}pub"
+    try:
+        for role in ROLES:
+            stand_in_image(docker_client, prefix, role, f"{role}-v1")
+        stand_in_image(docker_client, prefix, "web", "web-v2", "rejected", built="2026-12-01T00:00:01Z")
+        proc = kiln.invoke(
+            "publish", "--dotenv", str(tmp_path / "release.env"), check=False, env={"KILN_IMAGE_REPO": prefix}
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == (
+            f"kiln: nothing published: {prefix}/web:web-v2 is rejected (only verified images ship)"
+        )
+        statuses = {
+            i.labels["kiln.version"]: i.labels["kiln.status"]
+            for i in docker_client.images.list(filters={"label": "kiln.role"})
+            if i.tags and i.tags[0].startswith(prefix + "/")
+        }
+        assert set(statuses.values()) == {"verified", "rejected"} and not (tmp_path / "release.env").exists()
+    finally:
+        remove_prefixed(docker_client, prefix)

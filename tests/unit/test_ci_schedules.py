@@ -255,6 +255,18 @@ def test_the_task_applies_and_never_prints_the_token(gitlab_server, schedules_pr
     assert "glpat-wrong-one" not in wrong.stdout + wrong.stderr
 
 
+def test_without_a_token_the_plan_is_what_the_file_declares(schedules_project):
+    shutil.copy2(REPO / "tasks.py", schedules_project / "tasks.py")
+    proc = run_task(schedules_project, "ci-schedules", env={})
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        proc.stdout.splitlines()[2] == "declared  schedule monthly DR drill of prod: 0 4 1 * * on main; "
+        "KILN_SCHEDULE=drill; KILN_ENV=prod"
+    )
+    assert "declared  resource group env-prod: process_mode oldest_first" in proc.stdout
+    assert "set KILN_GITLAB_TOKEN, CI_SERVER_URL and CI_PROJECT_PATH to compare with GitLab" in proc.stderr
+
+
 def test_apply_without_a_token_is_one_line_and_exit_2(schedules_project):
     shutil.copy2(REPO / "tasks.py", schedules_project / "tasks.py")
     proc = run_task(schedules_project, "ci-schedules", "--apply", env={})

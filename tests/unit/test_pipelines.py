@@ -70,6 +70,11 @@ def test_a_push_to_a_branch_validates_bakes_base_then_the_children_then_verifies
         assert needs(jobs[check]) == {"bake:base", "bake:role"} and jobs[check]["stage"] == "verify"
 
 
+def test_openstack_templates_are_validated_where_the_runner_has_a_cloud():
+    jobs = jobs_for(CI_PIPELINE_SOURCE="push", CI_COMMIT_BRANCH="feature", OS_CLOUD="kiln")
+    assert {f"validate:render:openstack: [{role}]" for role in ROLES} <= set(jobs)
+
+
 def test_a_push_to_the_default_branch_publishes_deploys_staging_and_waits_for_a_person_for_prod():
     jobs = jobs_for(CI_PIPELINE_SOURCE="push", CI_COMMIT_BRANCH="main")
     assert needs(jobs["publish"]) == {"verify", "audit"}
