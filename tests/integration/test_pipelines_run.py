@@ -162,7 +162,7 @@ def versions(pipelines, docker_client) -> dict[str, str]:
     return made
 
 
-def test_a_push_to_main_deploys_staging_then_prod_only_when_asked_with_the_same_versions(
+def test_a_push_to_main_deploys_staging_and_prod_only_when_asked_with_the_version_staging_ran(
     pipelines, versions, docker_client
 ):
     code, results, output = pipelines.run(CI_PIPELINE_SOURCE="push")
@@ -180,13 +180,14 @@ def test_a_push_to_main_deploys_staging_then_prod_only_when_asked_with_the_same_
     staging = [call["task"] for call in calls if call["job"].startswith("deploy:")]
     assert staging == [["rollout", "staging", "--image", versions["web"], "--yes"]]
 
-    code, results, output = pipelines.run("--manual", "deploy:prod", CI_PIPELINE_SOURCE="push")
-    assert code == 0 and results["deploy:prod"] == "PASS", output[-4000:]
-    deploys = {call["job"]: call["task"] for call in pipelines.calls() if call["job"].startswith("deploy:")}
-    assert deploys == {
-        "deploy:staging": staging[0],
-        "deploy:prod": ["rollout", "prod", "--image", versions["web"], "--yes"],
-    }
+    # A later bake makes a newer verified web; then someone presses play on this pipeline's prod
+    # job: gitlab-ci-local runs that one job with the pipeline's artifacts, as GitLab does.
+    stand_in_image(docker_client, pipelines.prefix, "web", "web-newer", built="2026-12-01T00:00:09Z")
+    code, results, output = pipelines.run("--manual", "deploy:prod", "deploy:prod", CI_PIPELINE_SOURCE="push")
+    assert code == 0 and results == {"deploy:prod": "PASS"}, output[-4000:]
+    assert pipelines.calls() == [
+        {"job": "deploy:prod", "task": ["rollout", "prod", "--image", versions["web"], "--yes"]}
+    ]
 
 
 def test_a_failing_verify_stops_the_pipeline_before_publish(pipelines, versions):
