@@ -337,16 +337,9 @@ def publish(c, dotenv=None):
 @kiln_task
 def ci_schedules(c, apply=False):
     """Show (or --apply) pipelines/schedules.yml's GitLab pipeline schedules and resource groups."""
-    import os
-
     from kiln import ci_schedules as schedules
 
-    declared = schedules.load(settings())
-    if apply or os.environ.get(schedules.TOKEN_VARIABLE):
-        changes = schedules.plan_and_apply(declared, schedules.project(), apply)
-    else:
-        changes = schedules.declared_only(declared)
-        say(f"set {schedules.TOKEN_VARIABLE}, CI_SERVER_URL and CI_PROJECT_PATH to compare with GitLab")
+    changes = schedules.plan(settings(), apply)
     for change in changes:
         print(change.line())
     if not apply and any(change.action in ("create", "update") for change in changes):

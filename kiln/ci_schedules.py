@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kiln import environments
 from kiln.config import load_yaml, parse, spec
+from kiln.console import say
 from kiln.errors import KilnError
 from kiln.settings import Settings
 
@@ -131,6 +132,17 @@ def plan_and_apply(declared: SchedulesFile, gitlab_project, apply: bool) -> list
         for group, mode in declared.resource_groups.items():
             changes.append(_resource_group(gitlab_project, group, mode, apply))
     return changes
+
+
+def plan(settings: Settings, apply: bool, environ: dict[str, str] | None = None) -> list[Change]:
+    """The schedules file against GitLab (applied with `apply`); without a token and without
+    `apply`, only what the file declares."""
+    environ = os.environ if environ is None else environ
+    declared = load(settings)
+    if apply or environ.get(TOKEN_VARIABLE):
+        return plan_and_apply(declared, project(environ), apply)
+    say(f"set {TOKEN_VARIABLE}, CI_SERVER_URL and CI_PROJECT_PATH to compare with GitLab")
+    return declared_only(declared)
 
 
 def declared_only(declared: SchedulesFile) -> list[Change]:
