@@ -3,7 +3,8 @@
 What runs for real: gitlab-ci-local evaluating .gitlab-ci.yml and its includes (workflow, rules,
 stages, needs, parallel matrices, `when: manual`, artifacts and the dotenv report between jobs),
 every job's `./setup.sh`, `invoke render ROLE --target amazon-ebs` (packer validate),
-`invoke publish` (promotes images in Docker, writes the dotenv), `invoke drills` (report, chart).
+`invoke publish` (promotes images in Docker, writes the dotenv), `invoke drills` (report, chart),
+`invoke lock-merge-request` (python-gitlab against the loopback fake GitLab of tests/fake_gitlab.py).
 
 What a recorder stands in for (KILN_HEAVY_INVOKE -> tests/integration/pipeline_standin.py):
 `test --unit`, `bake`, `verify`, `audit`, `rollout`, `backup`, `dr-drill`, `lock`. Each has its own
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_gitlab import connection, serve_fake_gitlab
 from tests.integration.conftest import remove_prefixed
 
 pytestmark = pytest.mark.integration
@@ -61,7 +63,8 @@ class Pipelines:
         }
         # tests/unit/test_pipelines.py validates the schema; here that would cost 2 s a run.
         command = [str(GITLAB_CI_LOCAL), "--concurrency", "2", "--no-json-schema-validation"]
-        command += ["--ignore-predefined-vars", "CI_PIPELINE_SOURCE", *args]
+        predefined = ",".join(name for name in variables if name.startswith("CI_"))  # ours win
+        command += ["--ignore-predefined-vars", predefined, *args]
         for name, value in settings.items():
             command += ["--variable", f"{name}={value}"]
         # Its own session, so a timeout ends node and every job shell it started.
@@ -85,7 +88,8 @@ class Pipelines:
         return proc.returncode, results, output
 
     def artifact(self, job: str, path: str) -> Path:
-        return self.project / ".gitlab-ci-local" / "artifacts" / job / path
+        folder = job.replace(":", "Og")  # how gitlab-ci-local 4.65 names a job's artifact folder
+        return self.project / ".gitlab-ci-local" / "artifacts" / folder / path
 
 
 def scratch_copy(dest: Path) -> Path:
@@ -248,3 +252,34 @@ def test_publish_refuses_when_a_newest_image_is_not_verified_and_promotes_nothin
         assert set(statuses.values()) == {"verified", "rejected"} and not (tmp_path / "release.env").exists()
     finally:
         remove_prefixed(docker_client, prefix)
+
+
+def test_a_refresh_schedule_locks_base_first_rebakes_and_opens_a_merge_request(pipelines):
+    """The lock jobs are recorded; the new web lock is written by the test, as `lock web --update`
+    would; the merge request goes to a fake GitLab on loopback (tests/fake_gitlab.py)."""
+    lock = pipelines.project / "images" / "web" / "packages.lock"
+    committed = lock.read_text()
+    lock.write_text(committed + "libexample1=1.2-3+deb12u1\n")
+    try:
+        with serve_fake_gitlab("glpat-kilntest") as gitlab:
+            code, results, output = pipelines.run(
+                CI_PIPELINE_SOURCE="schedule",
+                KILN_SCHEDULE="refresh",
+                CI_DEFAULT_BRANCH="main",
+                **connection(gitlab, "glpat-kilntest"),
+            )
+    finally:
+        lock.write_text(committed)
+    assert code == 0 and set(results.values()) == {"PASS"} and len(results) == 8, output[-4000:]
+    tasks = [" ".join(call["task"]) for call in pipelines.calls()]
+    assert tasks[0] == "lock base --update"
+    assert sorted(tasks[1:4]) == [f"lock {role} --update" for role in ("db", "lb", "web")]
+    assert sorted(tasks[4:]) == [f"bake {role} --locked" for role in ("db", "lb", "web")]
+    commit, request = gitlab.created
+    assert [action["file_path"] for action in commit["actions"]] == ["images/web/packages.lock"]
+    assert "+libexample1=1.2-3+deb12u1" in request["description"]
+    assert (
+        "+libexample1=1.2-3+deb12u1"
+        in pipelines.artifact("refresh:merge-request", "lock-refresh.diff").read_text()
+    )
+    assert "glpat-kilntest" not in output
