@@ -151,11 +151,15 @@ def stand_in_image(
 
 
 @pytest.fixture(scope="module")
-def pipelines(tmp_path_factory, kiln, docker_client) -> Pipelines:
+def pipelines(tmp_path_factory, kiln, docker_client):
     if not GITLAB_CI_LOCAL.exists():
         pytest.fail(f"{GITLAB_CI_LOCAL} is missing: run ./setup.sh, which installs it")
     # The session's `kiln` fixture owns the prefix and removes its images at the end.
-    return Pipelines(scratch_copy(tmp_path_factory.mktemp("pipelines")), kiln.prefix)
+    scratch = tmp_path_factory.mktemp("pipelines")
+    try:
+        yield Pipelines(scratch_copy(scratch), kiln.prefix)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # artifacts and job files: nothing is kept
 
 
 @pytest.fixture(scope="module")
