@@ -96,8 +96,13 @@ def project(environ: dict[str, str] | None = None):
 
 
 def _schedule_details(want: ScheduleSpec, have) -> list[str]:
-    details = [f"{attr} {getattr(have, attr)!r} -> {getattr(want, attr)!r}"
-               for attr in SCHEDULE_FIELDS if getattr(have, attr) != getattr(want, attr)]
+    def current(attr: str):
+        value = getattr(have, attr)
+        # Newer GitLab answers a branch schedule's ref in full (refs/heads/main).
+        return value.removeprefix("refs/heads/") if attr == "ref" else value
+
+    details = [f"{attr} {current(attr)!r} -> {getattr(want, attr)!r}"
+               for attr in SCHEDULE_FIELDS if current(attr) != getattr(want, attr)]
     current = _variables(have)
     details += [f"variable {k}={v}" for k, v in want.variables.items() if current.get(k) != v]
     details += [f"remove variable {k}" for k in current if k not in want.variables]

@@ -47,6 +47,7 @@ def test_the_plan_compares_with_gitlab_and_changes_nothing(gitlab_server, schedu
     gitlab_server.add_schedule(
         "nightly backup of prod", "30 1 * * *", {"KILN_SCHEDULE": "backup", "KILN_ENV": "prod", "OLD": "x"}
     )
+    gitlab_server.schedules[1]["ref"] = "refs/heads/main"  # as newer GitLab answers: no change
     gitlab_server.resource_groups["env-prod"] = {"key": "env-prod", "process_mode": "unordered"}
     declared = ci_schedules.load(Settings(project_root=schedules_project))
     changes = ci_schedules.plan_and_apply(
