@@ -56,6 +56,7 @@ def test_the_plan_compares_with_gitlab_and_changes_nothing(gitlab_server, schedu
     lines = [change.line() for change in changes]
     assert lines[0].startswith("update    schedule nightly backup of prod: cron '30 1 * * *' -> '0 2 * * *'")
     assert "variable KILN_BACKUP_TYPE=incr" in lines[0] and "remove variable OLD" in lines[0]
+    assert "refs/heads" not in lines[0]
     assert {c.name for c in changes if c.action == "create"} == {
         "weekly full backup of prod",
         "monthly DR drill of prod",
