@@ -290,3 +290,41 @@ def load_data(c, env, mb=64):
     from kiln.backup.load import load_data as load
 
     print(dump_json(load(docker_client(), env, int(mb))))
+
+
+@task(help={"dotenv": "also write the versions to this file as KILN_RELEASE_<ROLE>=VERSION lines"})
+@kiln_task
+def publish(c, dotenv=None):
+    """Promote the newest image of every role (each must be verified) and print their versions."""
+    from pathlib import Path
+
+    from kiln import release
+
+    versions = release.publish(settings(), DockerImageStore(docker_client(), settings()),
+                               Path(dotenv) if dotenv else None)
+    for role, version in versions.items():
+        print(f"{role}\t{version}")
+
+
+@task(help={"apply": "create and update the schedules in GitLab (without it: only show the plan)"})
+@kiln_task
+def ci_schedules(c, apply=False):
+    """Show (or --apply) pipelines/schedules.yml's GitLab pipeline schedules and resource groups."""
+    from kiln import ci_schedules as schedules
+
+    changes = schedules.plan(settings(), apply)
+    for change in changes:
+        print(change.line())
+    if not apply and any(change.action in ("create", "update") for change in changes):
+        say("run `invoke ci-schedules --apply` to make these changes")
+
+
+@task(help={"diff": "file to write the lock diff to (the pipeline keeps it as an artifact)"})
+@kiln_task
+def lock_merge_request(c, diff="lock-refresh.diff"):
+    """Propose the refreshed package locks: a merge request when KILN_GITLAB_TOKEN is set."""
+    from pathlib import Path
+
+    from kiln import ci_schedules as schedules
+
+    print(schedules.propose_locks(settings(), Path(diff)))

@@ -14,6 +14,8 @@ from pathlib import Path
 from kiln.backup.base import BackupSettings
 from kiln.config import load_yaml, parse, spec
 from kiln.errors import KilnError
+from kiln.notify import NotifySettings
+from kiln.notify import check as check_notify
 from kiln.providers import PROVIDERS
 from kiln.settings import Settings
 
@@ -74,6 +76,8 @@ class EnvironmentSpec:
     )
     app: dict[str, str] = spec({}, help="application settings passed to instances in user-data")
     backup: BackupSettings | None = spec(None, help="backup repositories, retention; `backup: {}` turns on")
+    # where rollout and drill events are sent (kiln/notify.py)
+    notify: NotifySettings | None = spec(None, help="where rollout and drill events go: webhooks, email")
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,8 @@ def load(settings: Settings, name: str) -> Environment:
     display = f"environments/{name}.yml"
     env_spec = parse(EnvironmentSpec, load_yaml(path, display), display)
     validate(name, env_spec, display)
+    if env_spec.notify:
+        check_notify(env_spec.notify, display)
     return Environment(name, env_spec, display)
 
 
