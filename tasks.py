@@ -199,6 +199,7 @@ def rollout(c, env, role=None, image=None, plan=False, resume=False, yes=False):
     print(f"rollout {result.id} {result.status}: {done.role} {result.from_version} -> {result.to_version}"
           f" in {result.seconds} s")
     print(f"timeline: {result.timeline}")
+    print(f"report: {result.report}")
 
 
 @task(help={"env": "environment name", "yes": "do not ask before changing a protected environment"})
@@ -208,6 +209,21 @@ def rollback(c, env, yes=False):
     result = lifecycle.rollback(lifecycle.open_engine(settings(), env, say), confirm(yes))
     print(f"rollback {result.id} {result.status}: {result.role} back to {result.from_version}")
     print(f"timeline: {result.timeline}")
+    print(f"report: {result.report}")
+
+
+@task(help={"env": "environment name", "open": "open it in the web browser"})
+@kiln_task
+def report(c, env, open=False):
+    """Print the path of an environment's newest HTML report (rollout, rollback or DR drill)."""
+    from kiln.htmlreport import require_latest
+
+    path = require_latest(settings().state_dir, env)
+    print(path)
+    if open:
+        import webbrowser
+
+        webbrowser.open(path.as_uri())
 
 
 @task(help={"env": "environment name", "yes": "do not ask before removing a protected environment"})

@@ -16,6 +16,7 @@ from markupsafe import Markup
 
 from kiln import charts, report
 from kiln.backup.base import CAUSES
+from kiln.errors import KilnError
 
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -43,19 +44,40 @@ def latest_report(state_dir: Path, env: str) -> Path | None:
     return max(written, key=lambda path: path.stat().st_mtime, default=None)
 
 
+def require_latest(state_dir: Path, env: str) -> Path:
+    """`latest_report`, or the one line that says how to get one."""
+    found = latest_report(state_dir, env)
+    if found is None:
+        raise KilnError(
+            f"no rollout or drill report for environment '{env}' yet: one is written by "
+            f"`invoke rollout {env}`, `invoke rollback {env}` and `invoke dr-drill {env}`"
+        )
+    return found
+
+
 # ---- rollouts -----------------------------------------------------------------------------
 
 
-def rollout_html(record: dict, zones: list[str], samples: list[dict] | None = None, canary: int = 0) -> str:
-    """`record`: the rollout's state as the engine saves it; `samples`: its load-balancer samples
-    (the capacity strips; left out when not kept); `canary`: the environment's canary count."""
-    events = report.timeline_events(record, zones, canary)
-    kind = "Rollback" if record.get("action") == "rollback" else "Rollout"
-    heading = f"{kind} {record['id']}: {record['environment']}"
+def rollout_timeline(
+    record: dict, zones: list[str], samples: list[dict] | None = None, canary: int = 0
+) -> str:
+    """The rollout's timeline (SVG) from its record, as `rollout_html` shows it."""
     title = (
         f"{record['environment']}: {record['role']} {record['from']} -> {record['to']} ({record['status']})"
     )
-    picture = report.timeline_svg(samples or [], zones, title, events)
+    return report.timeline_svg(samples or [], zones, title, report.timeline_events(record, zones, canary))
+
+
+def rollout_html(
+    record: dict, zones: list[str], samples: list[dict] | None = None, canary: int = 0, picture: str = ""
+) -> str:
+    """`record`: the rollout's state as the engine saves it; `samples`: its load-balancer samples
+    (the capacity strips; left out when not kept); `canary`: the environment's canary count;
+    `picture`: its `rollout_timeline` when the caller has drawn it already."""
+    events = report.timeline_events(record, zones, canary)
+    kind = "Rollback" if record.get("action") == "rollback" else "Rollout"
+    heading = f"{kind} {record['id']}: {record['environment']}"
+    picture = picture or rollout_timeline(record, zones, samples, canary)
     launched = {zone: _launched(events, z) for z, zone in enumerate(zones)}
     all_launched = [lane for lanes in launched.values() for lane in lanes]
     return TEMPLATES.get_template("rollout.html.j2").render(

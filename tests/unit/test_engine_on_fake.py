@@ -7,6 +7,10 @@ before its Nth change; `revive` and a new Engine stand for the next `invoke roll
 
 from __future__ import annotations
 
+import itertools
+import time
+from pathlib import Path
+
 import pytest
 
 from kiln.config import parse
@@ -30,9 +34,10 @@ def approve(env, what):  # the CLI's --yes
     return None
 
 
-def make_env(protected: bool = False, **policy) -> Environment:
+def make_env(protected: bool = False, notify: dict | None = None, **policy) -> Environment:
     data = {
         "protected": protected,
+        "notify": notify,
         "provider": "local",  # any registered name: the tests hand the Engine a FakeProvider
         "zones": [f"z{i}" for i in range(ZONES)],
         "instances": {"web": WEB},
@@ -46,9 +51,9 @@ def make_env(protected: bool = False, **policy) -> Environment:
 class Rig:
     """An environment up at web 1.0 on the fake, with 2.0 baked and verified."""
 
-    def __init__(self, tmp_path, script: Script | None = None, **policy):
+    def __init__(self, tmp_path, script: Script | None = None, notify: dict | None = None, **policy):
         self.settings = Settings(project_root=REPO, state_dir=tmp_path)
-        self.env = make_env(**policy)
+        self.env = make_env(notify=notify, **policy)
         self.provider = FakeProvider(self.settings, self.env, script)
         self.provider.add_image("web", "1.0")
         self.said: list[str] = []
@@ -250,3 +255,57 @@ def test_down_removes_everything_and_forgets_the_rollout(tmp_path):
     assert len(removed) == WEB + 1 and rig.provider.instances() == []
     assert rig.engine().store.load() is None
     assert len(rig.engine().store.read_audit()) == 1  # the audit log stays
+
+
+# ---- what the reports and notifications are made of ---------------------------------------------
+
+
+def test_a_rollout_records_what_its_timeline_and_report_draw(tmp_path):
+    rig = Rig(tmp_path)
+    done = lifecycle.deploy(rig.engine(), approve).state
+    state = rig.engine().store.load()
+    [canary] = [e for e in state.events if e["action"] == "canary"]
+    first = next(e for e in state.events if e["action"] == "launched")
+    assert (canary["instances"], canary["zone"]) == (first["instance"], "z0")
+    removals = [e for e in state.events if e["action"] in ("draining", "deregistered", "terminated")]
+    assert len(removals) == 3 * WEB
+    assert all(e["version"] == "1.0" and e["zone"] in ("z0", "z1") for e in removals)
+    # Samples are kept with the record, each one a change of some zone's healthy counts.
+    assert state.samples and state.samples[-1]["t"] <= state.seconds
+    for zone in range(ZONES):
+        counts = [x["healthy"] for x in state.samples if x["zone"] == zone]
+        assert counts[0] == {"1.0": WEB // ZONES} and counts[-1] == {"2.0": WEB // ZONES}
+        assert all(a != b for a, b in itertools.pairwise(counts))
+    page = Path(done.report)
+    assert page == tmp_path / "envs" / "fk" / f"rollout-{done.id}.html" and state.report == done.report
+    html = page.read_text()
+    assert html.count("<svg") == 1 and f"{first['instance']} (2.0) canary" in html
+    assert rig.engine().store.read_audit()[-1]["report"] == done.report
+
+
+def test_a_resumed_rollout_keeps_counting_from_its_start(tmp_path):
+    rig = Rig(tmp_path)
+    rig.provider.script.crash_before = rig.after_up + ROLLOUT_CHANGES // 2
+    with pytest.raises(Crash):
+        lifecycle.deploy(rig.engine(), approve)
+    rig.provider.revive()
+    before = rig.engine().store.load().events
+    time.sleep(1.1)  # the next `invoke rollout --resume`, a while later
+    lifecycle.deploy(rig.engine(), approve, resume=True)
+    after = rig.engine().store.load().events[len(before) :]
+    assert after and after[0]["t"] >= before[-1]["t"] + 1.0
+    times = [e["t"] for e in before + after]
+    assert times == sorted(times)
+
+
+def test_a_rolled_back_rollout_sends_one_message_naming_the_environment_and_the_cause(tmp_path, webhook):
+    url, received = webhook
+    rig = Rig(tmp_path, Script(never_healthy={"2.0"}), notify={"webhooks": [url]})
+    with pytest.raises(OperationFailed):
+        lifecycle.deploy(rig.engine(), approve)
+    texts = [m["text"] for m in received]
+    assert len(texts) == 2 and "kiln fk: rollout started" in texts[0]
+    [rolled_back] = [t for t in texts if "ROLLED BACK" in t]
+    assert "kiln fk: rollout ROLLED BACK" in rolled_back
+    assert "cause: web6: L7STS/503 did not pass the load balancer's health check" in rolled_back
+    assert "version: 1.0 -> 2.0" in rolled_back
