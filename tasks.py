@@ -153,20 +153,21 @@ def test(c, unit=False, k=""):
 @task(help={"env": "environment name: environments/<env>.yml"})
 @kiln_task
 def up(c, env):
-    """Create an environment: zone networks, load balancer, instances from verified images."""
+    """Create an environment: zone networks, load balancer, instances from verified images; returns
+    when every instance of every role is ready."""
     print(lifecycle.up(lifecycle.open_engine(settings(), env, say)))
 
 
 @task(help={"env": "environment name", "json": "print JSON (frontend, instances) instead of a table"})
 @kiln_task
 def status(c, env, json=False):
-    """Show an environment's instances: zone, role, version, health and load-balancer state."""
+    """Show an environment's instances: zone, role, version, health, readiness and load-balancer state."""
     view = lifecycle.status(lifecycle.open_engine(settings(), env, say).provider)
     if json:
         print(dump_json(view))
         return
     print(f"frontend: {view['frontend'] or '(no load balancer)'}")
-    print_table(view["instances"], ["name", "zone", "role", "version", "health", "lb_state"])
+    print_table(view["instances"], ["name", "zone", "role", "version", "health", "ready", "lb_state"])
 
 
 @task(

@@ -99,6 +99,11 @@ class Provider(abc.ABC):
     def instances(self, role: str | None = None) -> list[Instance]:
         """This environment's instances (of one role), by name."""
 
+    def probe(self, instance: Instance, command: tuple[str, ...]) -> bool | None:
+        """Whether `command` exits 0 inside the instance; None when this provider cannot run
+        commands inside its instances (the clouds: Kiln has no agent or SSH there)."""
+        return None
+
     @abc.abstractmethod
     def terminate(self, instance: Instance) -> None:
         """Stop (letting services end cleanly) and remove; absent is fine."""

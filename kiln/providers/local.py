@@ -230,6 +230,14 @@ class LocalProvider(Provider):
         return sorted(found, key=lambda i: (i.role, i.number))
 
     @docker_errors_fail
+    def probe(self, instance: Instance, command: tuple[str, ...]) -> bool | None:
+        try:
+            container = self.client.containers.get(self.container_name(instance.name))
+        except docker.errors.NotFound:
+            return False
+        return container.exec_run(list(command)).exit_code == 0
+
+    @docker_errors_fail
     def terminate(self, instance: Instance) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             container = self.client.containers.get(self.container_name(instance.name))

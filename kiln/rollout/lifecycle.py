@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kiln import cloudinit, environments
+from kiln import cloudinit, environments, readiness
 from kiln.environments import Environment
 from kiln.errors import KilnError
 from kiln.providers import get_provider
@@ -119,12 +119,14 @@ def down(engine: Engine, approve: Approve) -> list[str]:
 
 def up(engine: Engine) -> str | None:
     """Networks, the load balancer, then every missing instance, from the newest verified images;
-    the frontend's URL.
+    the frontend's URL once every instance of every role is ready (readiness.py), within the
+    environment's health timeout.
 
     Zones that already have instances keep the version they run: `up` fills, a rollout replaces.
     """
     with engine.store.lock("up"):
         fill(engine)
+        readiness.wait_ready(engine.provider, engine.say, engine.env.spec.health.timeout)
     return engine.provider.frontend()
 
 
@@ -161,6 +163,7 @@ def status(provider: Provider) -> dict:
     servers = provider.lb_servers() if provider.frontend() else {}
     rows = []
     for inst in provider.instances():
+        ready = readiness.state_of(provider, inst, servers)
         server = servers.get(inst.name)
         if not inst.running:
             health = "stopped"
@@ -175,6 +178,7 @@ def status(provider: Provider) -> dict:
                 "role": inst.role,
                 "version": inst.version,
                 "health": health,
+                "ready": ready,
                 "lb_state": server.state if server else "absent",
             }
         )

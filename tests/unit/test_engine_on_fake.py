@@ -7,6 +7,7 @@ before its Nth change; `revive` and a new Engine stand for the next `invoke roll
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -309,3 +310,34 @@ def test_a_rolled_back_rollout_sends_one_message_naming_the_environment_and_the_
     assert "kiln fk: rollout ROLLED BACK" in rolled_back
     assert "cause: web6: L7STS/503 did not pass the load balancer's health check" in rolled_back
     assert "version: 1.0 -> 2.0" in rolled_back
+
+
+# ---- readiness: `up` returns when every instance of every role is ready -------------------------
+
+
+def web_and_db(tmp_path, script: Script) -> Engine:
+    env = make_env()
+    spec = dataclasses.replace(env.spec, instances={"web": WEB, "db": 1})
+    env = Environment("fk", spec, env.file)
+    provider = FakeProvider(Settings(project_root=REPO, state_dir=tmp_path), env, script)
+    provider.add_image("web", "1.0")
+    provider.add_image("db", "1.0")
+    return Engine(provider.settings, env, provider, lambda line: None)
+
+
+def test_up_waits_for_the_database_not_only_the_balanced_role(tmp_path):
+    engine = web_and_db(tmp_path, Script(starting={"db": 5}))
+    lifecycle.up(engine)
+    assert engine.provider.probes["db1"] == 6  # five looks said "starting", the sixth "ready"
+    rows = {row["name"]: row for row in lifecycle.status(engine.provider)["instances"]}
+    assert {name: row["ready"] for name, row in rows.items()} == dict.fromkeys(rows, "ready")
+    assert rows["db1"]["health"] == "running" and rows["web1"]["health"] == "healthy"
+
+
+def test_up_names_the_instance_that_never_became_ready(tmp_path):
+    engine = web_and_db(tmp_path, Script(starting={"db": 10**6}))
+    late = r"^db1 \(starting\) not ready after 0.3 s; see `invoke status fk`"
+    with pytest.raises(OperationFailed, match=late):
+        lifecycle.up(engine)
+    [db] = lifecycle.status(engine.provider)["instances"][:1]
+    assert (db["name"], db["ready"]) == ("db1", "starting")
