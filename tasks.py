@@ -12,8 +12,9 @@ from kiln import audit as audits
 from kiln import images as image_catalog
 from kiln import verify as verification
 from kiln.bake import Baker, images_table
-from kiln.cli import confirm, dump_json, kiln_task, print_table, settings
+from kiln.cli import PositionalUnlessFlagTask, confirm, dump_json, kiln_task, print_table, settings
 from kiln.console import say
+from kiln.errors import KilnError
 from kiln.images import DockerImageStore, docker_client
 from kiln.rollout import lifecycle
 
@@ -21,17 +22,30 @@ from kiln.rollout import lifecycle
 
 
 @task(
+    klass=PositionalUnlessFlagTask,
+    positional=["role"],
+    unless_flag="all",
     help={
-        "role": "role to bake (a folder under images/)",
+        "role": "role to bake (a folder under images/); leave it out with --all",
+        "all": "every role, parents first, one at a time (they share the apt cache), then a summary",
         "target": "docker (default, this machine), amazon-ebs or openstack",
         "force": "rebake the role even when an image of its version exists",
         "locked": "fail instead of resolving when the role's packages.lock is missing or stale",
         "verify": "verify the chain's unverified images (default; --no-verify leaves them baked)",
-    }
+    },
 )
 @kiln_task
-def bake(c, role, target="docker", force=False, locked=False, verify=True):
+def bake(c, role, all=False, target="docker", force=False, locked=False, verify=True):
     """Bake a role's golden image (and any missing or stale parent) with Packer, then verify it."""
+    if all:
+        from kiln import bakeall
+
+        if role or target != "docker":
+            raise KilnError("--all bakes every role on the docker target: give no role and no --target")
+        rows = bakeall.bake_roles(settings(), force=force, locked=locked, verify=verify)
+        print_table([row.as_row() for row in rows], bakeall.COLUMNS)
+        bakeall.require_none_rejected(rows)
+        return
     outcomes = Baker(settings(), target).bake(role, force=force, locked=locked)
     for outcome in outcomes:
         print(f"{outcome.role}\t{outcome.version}\t{outcome.image}")
@@ -150,12 +164,12 @@ def test(c, unit=False, k=""):
 # ---- environments: create, inspect, roll out, roll back, remove ----------------------------------
 
 
-@task(help={"env": "environment name: environments/<env>.yml"})
+@task(help={"env": "environments/<env>.yml", "bake": "bake and verify missing images first"})
 @kiln_task
-def up(c, env):
+def up(c, env, bake=False):
     """Create an environment: zone networks, load balancer, instances from verified images; returns
     when every instance of every role is ready."""
-    print(lifecycle.up(lifecycle.open_engine(settings(), env, say)))
+    print(lifecycle.up(lifecycle.open_engine(settings(), env, say), bake))
 
 
 @task(help={"env": "environment name", "json": "print JSON (frontend, instances) instead of a table"})

@@ -117,17 +117,48 @@ def down(engine: Engine, approve: Approve) -> list[str]:
     return removed
 
 
-def up(engine: Engine) -> str | None:
+def up(engine: Engine, bake: bool = False) -> str | None:
     """Networks, the load balancer, then every missing instance, from the newest verified images;
     the frontend's URL once every instance of every role is ready (readiness.py), within the
-    environment's health timeout.
+    environment's health timeout. Roles without a deployable image stop it before anything
+    changes, naming the command that bakes them, or are baked and verified first with `bake`.
 
     Zones that already have instances keep the version they run: `up` fills, a rollout replaces.
     """
+    missing = missing_images(engine)
+    if missing and bake:
+        from kiln import bakeall  # Packer and the image store: only when there is something to bake
+
+        bakeall.require_none_rejected(bakeall.bake_roles(engine.settings, missing))
+    elif missing:
+        commands = " && ".join(f"invoke bake {role}" for role in missing)
+        raise KilnError(
+            f"{engine.env.file}: no deployable image of {', '.join(missing)}: bake and verify "
+            f"{'it' if len(missing) == 1 else 'them'} with `{commands}`, or run "
+            f"`invoke up {engine.env.name} --bake`"
+        )
     with engine.store.lock("up"):
         fill(engine)
         readiness.wait_ready(engine.provider, engine.say, engine.env.spec.health.timeout)
     return engine.provider.frontend()
+
+
+def missing_images(engine: Engine) -> list[str]:
+    """Roles `up` would launch from the newest deployable image and has none of. Not asked of an
+    environment that deploys only promoted images: baking does not make one promoted."""
+    provider, env = engine.provider, engine.env
+    if env.spec.require_promoted:
+        return []
+    needed = [r for r, n in sorted(env.spec.instances.items()) if n and not provider.instances(r)]
+    if provider.lb_from_image:  # `fill` asks for the newest lb image even when the LB runs
+        needed.append("lb")
+    missing = []
+    for role in needed:
+        try:
+            provider.image(role)
+        except KilnError:
+            missing.append(role)
+    return missing
 
 
 def fill(engine: Engine) -> None:

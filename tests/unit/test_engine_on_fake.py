@@ -341,3 +341,12 @@ def test_up_names_the_instance_that_never_became_ready(tmp_path):
         lifecycle.up(engine)
     [db] = lifecycle.status(engine.provider)["instances"][:1]
     assert (db["name"], db["ready"]) == ("db1", "starting")
+
+
+def test_up_without_an_image_names_the_command_that_bakes_it_and_changes_nothing(tmp_path):
+    engine = web_and_db(tmp_path, Script())
+    del engine.provider.images[("db", "1.0")]
+    fix = r"no deployable image of db: bake and verify it with `invoke bake db`, or run `invoke up fk --bake`"
+    with pytest.raises(KilnError, match=fix):
+        lifecycle.up(engine)
+    assert engine.provider.changes == [] and engine.provider.frontend() is None
