@@ -155,6 +155,9 @@ class FakeProvider(Provider):
             raise KilnError(f"no verified {role} image")
         return max(usable, key=lambda r: r.labels["kiln.built"])
 
+    def versions(self, role: str) -> list[str]:
+        return [version for (name, version) in self.images if name == role]
+
     def check_user_data(self, image: ImageRecord, documents: list[UserData]) -> None:
         self._alive()
         for doc in documents:

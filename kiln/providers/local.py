@@ -167,6 +167,10 @@ class LocalProvider(Provider):
         return usable[0]
 
     @docker_errors_fail
+    def versions(self, role: str) -> list[str]:
+        return [record.version for record in self.store.list(role)]
+
+    @docker_errors_fail
     def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:
         name = f"{role}{number}"
         zone = self.env.zone_of(number)

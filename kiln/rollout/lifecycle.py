@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kiln import cloudinit, environments, readiness
+from kiln import cloudinit, environments, readiness, versions
 from kiln.environments import Environment
 from kiln.errors import KilnError
+from kiln.images import ImageRecord
 from kiln.providers import get_provider
 from kiln.providers.base import Provider
 from kiln.rollout.engine import Engine
@@ -61,11 +62,17 @@ def check_role(engine: Engine, role: str | None) -> None:
 def plan_rollout(engine: Engine, role: str | None = None, image: str | None = None) -> RolloutPlan:
     """Exactly what a rollout would change, changing nothing (so no lock)."""
     check_role(engine, role)
-    state = engine.start(engine.provider.image(engine.role, image))
+    state = engine.start(target_image(engine, image))
     instances = engine.provider.instances(engine.role)
     steps = plan(engine.env, engine.role, instances, state.to_version, state.zones)
     lines = [describe(engine.env, engine.role, step) for step in steps]
     return RolloutPlan(engine.env.name, engine.role, state.from_version, state.to_version, lines)
+
+
+def target_image(engine: Engine, image: str | None) -> ImageRecord:
+    """The image `--image` names (a version, a prefix of one, a reference), or the newest deployable."""
+    role = engine.role
+    return engine.provider.image(role, versions.resolve(role, image, engine.provider.versions(role)))
 
 
 def deploy(
@@ -88,7 +95,7 @@ def deploy(
             return Deployment(
                 engine.env.name, engine.role, target.version, engine.run(state, target, resumed=True)
             )
-        target = engine.provider.image(engine.role, image)
+        target = target_image(engine, image)
         state = engine.start(target)
         if not state.zones:
             return Deployment(engine.env.name, engine.role, target.version, None)

@@ -350,3 +350,10 @@ def test_up_without_an_image_names_the_command_that_bakes_it_and_changes_nothing
     with pytest.raises(KilnError, match=fix):
         lifecycle.up(engine)
     assert engine.provider.changes == [] and engine.provider.frontend() is None
+
+
+@pytest.mark.parametrize("given", ["2.0", "fake/web:2.0"])
+def test_a_rollout_takes_the_image_as_images_and_status_print_it(tmp_path, given):
+    rig = Rig(tmp_path)
+    assert lifecycle.plan_rollout(rig.engine(), image=given).to_version == "2.0"
+    assert lifecycle.deploy(rig.engine(), approve, image=given).state.to_version == "2.0"
