@@ -9,6 +9,7 @@ from pathlib import Path
 from invoke import task
 
 from kiln import audit as audits
+from kiln import hints
 from kiln import images as image_catalog
 from kiln import verify as verification
 from kiln.bake import Baker, images_table
@@ -45,12 +46,14 @@ def bake(c, role, all=False, target="docker", force=False, locked=False, verify=
         rows = bakeall.bake_roles(settings(), force=force, locked=locked, verify=verify)
         print_table([row.as_row() for row in rows], bakeall.COLUMNS)
         bakeall.require_none_rejected(rows)
+        say(hints.after_bake(settings()))
         return
     outcomes = Baker(settings(), target).bake(role, force=force, locked=locked)
     for outcome in outcomes:
         print(f"{outcome.role}\t{outcome.version}\t{outcome.image}")
     if verify and target == "docker":
         verification.report(verification.verify_chain(settings(), [(o.role, o.version) for o in outcomes]))
+        say(hints.after_bake(settings()))
 
 
 @task(help={"role": "role whose image to verify", "version": "image version (default: the newest)"})
@@ -170,6 +173,7 @@ def up(c, env, bake=False):
     """Create an environment: zone networks, load balancer, instances from verified images; returns
     when every instance of every role is ready."""
     print(lifecycle.up(lifecycle.open_engine(settings(), env, say), bake))
+    say(hints.after("up", env))
 
 
 @task(help={"env": "environment name", "json": "print JSON (frontend, instances) instead of a table"})
@@ -182,6 +186,7 @@ def status(c, env, json=False):
         return
     print(f"frontend: {view['frontend'] or '(no load balancer)'}")
     print_table(view["instances"], ["name", "zone", "role", "version", "health", "ready", "lb_state"])
+    say(hints.after("status", env))
 
 
 @task(
@@ -202,6 +207,7 @@ def rollout(c, env, role=None, image=None, plan=False, resume=False, yes=False):
         steps = lifecycle.plan_rollout(engine, role, image)
         if not steps.steps:
             print(f"nothing to do: {env} runs {steps.role} {steps.to_version} everywhere")
+            say(hints.after("rollout-unchanged", env))
             return
         print(f"{env}: {steps.role} {steps.from_version} -> {steps.to_version}, {len(steps.steps)} steps")
         print("\n".join(steps.steps))
@@ -209,12 +215,14 @@ def rollout(c, env, role=None, image=None, plan=False, resume=False, yes=False):
     done = lifecycle.deploy(engine, confirm(yes), role, image, resume)
     if done.state is None:
         print(f"nothing to do: {env} runs {done.role} {done.version} everywhere")
+        say(hints.after("rollout-unchanged", env))
         return
     result = done.state
     print(f"rollout {result.id} {result.status}: {done.role} {result.from_version} -> {result.to_version}"
           f" in {result.seconds} s")
     print(f"timeline: {result.timeline}")
     print(f"report: {result.report}")
+    say(hints.after("rollout", env))
 
 
 @task(help={"env": "environment name", "yes": "do not ask before changing a protected environment"})
@@ -225,6 +233,7 @@ def rollback(c, env, yes=False):
     print(f"rollback {result.id} {result.status}: {result.role} back to {result.from_version}")
     print(f"timeline: {result.timeline}")
     print(f"report: {result.report}")
+    say(hints.after("rollback", env))
 
 
 @task(help={"env": "environment name", "open": "open it in the web browser"})
@@ -247,6 +256,7 @@ def down(c, env, yes=False):
     """Remove an environment's instances, load balancer and networks (the audit log stays)."""
     removed = lifecycle.down(lifecycle.open_engine(settings(), env, say), confirm(yes))
     print(f"removed {len(removed)}: {', '.join(removed) or 'nothing'}")
+    say(hints.after("down", env))
 
 
 # ---- backups and DR drills -----------------------------------------------------------------------
@@ -261,6 +271,7 @@ def backup(c, env, type="full"):
 
     for record in backup_environment(settings(), env, type):
         print(f"{record.tool}\t{record.kind}\t{record.id}\t{human_size(record.size)}")
+    say(hints.after("backup", env))
 
 
 @task(help={"env": "environment name", "json": "print JSON instead of a table"})
@@ -296,6 +307,7 @@ def dr_drill(c, env, target_time=None, keep=False):
     verdict = "passed" if report.ok else "failed"
     print(f"{report.id}\t{verdict}\trto={report.rto_seconds}\trpo={report.rpo_seconds}")
     report.raise_if_failed()
+    say(hints.after("dr-drill", env))
 
 
 @task(help={"json": "print the history as JSON"})
