@@ -218,11 +218,8 @@ def rollout(c, env, role=None, image=None, plan=False, resume=False, yes=False):
         say(hints.after("rollout-unchanged", env))
         return
     result = done.state
-    print(f"rollout {result.id} {result.status}: {done.role} {result.from_version} -> {result.to_version}"
-          f" in {result.seconds} s")
-    print(f"timeline: {result.timeline}")
-    print(f"report: {result.report}")
-    say(hints.after("rollout", env))
+    print_finished(f"rollout {result.id} {result.status}: {done.role} {result.from_version} -> "
+                   f"{result.to_version} in {result.seconds} s", result, "rollout")
 
 
 @task(help={"env": "environment name", "yes": "do not ask before changing a protected environment"})
@@ -230,10 +227,16 @@ def rollout(c, env, role=None, image=None, plan=False, resume=False, yes=False):
 def rollback(c, env, yes=False):
     """Undo the last rollout: every zone back to the previous image, surge first."""
     result = lifecycle.rollback(lifecycle.open_engine(settings(), env, say), confirm(yes))
-    print(f"rollback {result.id} {result.status}: {result.role} back to {result.from_version}")
+    print_finished(f"rollback {result.id} {result.status}: {result.role} back to {result.from_version}",
+                   result, "rollback")
+
+
+def print_finished(headline: str, result, task_name: str) -> None:
+    """A finished rollout or rollback: the headline, its timeline and report, what to do next."""
+    print(headline)
     print(f"timeline: {result.timeline}")
     print(f"report: {result.report}")
-    say(hints.after("rollback", env))
+    say(hints.after(task_name, result.environment))
 
 
 @task(help={"env": "environment name", "open": "open it in the web browser"})
