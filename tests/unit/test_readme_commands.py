@@ -67,3 +67,12 @@ def test_every_readme_command_parses_as_written(command, capsys):
 def test_a_wrong_readme_line_would_fail_here():
     with pytest.raises(ParseError, match="No idea what 'web' is"):
         parse(["images", "web"])
+
+
+def test_bake_takes_its_role_by_position_unless_all_is_given():
+    [bake] = parse(["bake", "--all"])
+    assert (bake.args["role"].value, bake.args["all"].value) == ("", True)
+    [bake] = parse(["bake", "web", "--force"])
+    assert (bake.args["role"].value, bake.args["all"].value) == ("web", False)
+    with pytest.raises(ParseError, match="'bake' did not receive required positional arguments: 'role'"):
+        parse(["bake"])
