@@ -10,13 +10,17 @@ says, next to the JSON, so `latest_report` finds it. Templates: kiln/templates/,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 from markupsafe import Markup
 
-from kiln import charts, report
+from kiln import report
 from kiln.backup.base import CAUSES
 from kiln.errors import KilnError
+
+if TYPE_CHECKING:  # matplotlib loads only when a picture is drawn, not to find a report's path
+    from kiln import charts
 
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -92,6 +96,8 @@ def rollout_html(
 
 
 def _launched(events: list[dict], zone: int) -> list[charts.Lane]:
+    from kiln import charts
+
     marks = [charts.Mark(**e) for e in events]
     return [lane for lane in charts.lanes(marks, zone) if lane.launch is not None]
 
@@ -158,6 +164,8 @@ def drill_html(drill: dict, history: list[dict] | None = None, goals: dict[str, 
     """`drill`: a drill report as written (`DrillReport.as_json()`); `history`: the drills to
     chart (`drill.load_history`, this one included), default this one alone; `goals`: the RTO and
     RPO goals in seconds (`rto_seconds`, `rpo_seconds`), else the report's own `goals`."""
+    from kiln import charts
+
     goals = goals or drill.get("goals") or {}
     checks = drill.get("checks", [])
     failures = [
