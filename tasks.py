@@ -9,11 +9,13 @@ from pathlib import Path
 from invoke import task
 
 from kiln import audit as audits
+from kiln import hints
 from kiln import images as image_catalog
 from kiln import verify as verification
 from kiln.bake import Baker, images_table
-from kiln.cli import confirm, dump_json, kiln_task, print_table, settings
+from kiln.cli import PositionalUnlessFlagTask, confirm, dump_json, kiln_task, print_table, settings
 from kiln.console import say
+from kiln.errors import KilnError
 from kiln.images import DockerImageStore, docker_client
 from kiln.rollout import lifecycle
 
@@ -21,22 +23,37 @@ from kiln.rollout import lifecycle
 
 
 @task(
+    klass=PositionalUnlessFlagTask,
+    positional=["role"],
+    unless_flag="all",
     help={
-        "role": "role to bake (a folder under images/)",
+        "role": "role to bake (a folder under images/); leave it out with --all",
+        "all": "every role, parents first, one at a time (they share the apt cache), then a summary",
         "target": "docker (default, this machine), amazon-ebs or openstack",
         "force": "rebake the role even when an image of its version exists",
         "locked": "fail instead of resolving when the role's packages.lock is missing or stale",
         "verify": "verify the chain's unverified images (default; --no-verify leaves them baked)",
-    }
+    },
 )
 @kiln_task
-def bake(c, role, target="docker", force=False, locked=False, verify=True):
+def bake(c, role, all=False, target="docker", force=False, locked=False, verify=True):
     """Bake a role's golden image (and any missing or stale parent) with Packer, then verify it."""
+    if all:
+        from kiln import bakeall
+
+        if role or target != "docker":
+            raise KilnError("--all bakes every role on the docker target: give no role and no --target")
+        rows = bakeall.bake_roles(settings(), force=force, locked=locked, verify=verify)
+        print_table([row.as_row() for row in rows], bakeall.COLUMNS)
+        bakeall.require_none_rejected(rows)
+        say(hints.after_bake(settings()))
+        return
     outcomes = Baker(settings(), target).bake(role, force=force, locked=locked)
     for outcome in outcomes:
         print(f"{outcome.role}\t{outcome.version}\t{outcome.image}")
     if verify and target == "docker":
         verification.report(verification.verify_chain(settings(), [(o.role, o.version) for o in outcomes]))
+        say(hints.after_bake(settings()))
 
 
 @task(help={"role": "role whose image to verify", "version": "image version (default: the newest)"})
@@ -150,23 +167,26 @@ def test(c, unit=False, k=""):
 # ---- environments: create, inspect, roll out, roll back, remove ----------------------------------
 
 
-@task(help={"env": "environment name: environments/<env>.yml"})
+@task(help={"env": "environments/<env>.yml", "bake": "bake and verify missing images first"})
 @kiln_task
-def up(c, env):
-    """Create an environment: zone networks, load balancer, instances from verified images."""
-    print(lifecycle.up(lifecycle.open_engine(settings(), env, say)))
+def up(c, env, bake=False):
+    """Create an environment: zone networks, load balancer, instances from verified images; returns
+    when every instance of every role is ready."""
+    print(lifecycle.up(lifecycle.open_engine(settings(), env, say), bake))
+    say(hints.after("up", env))
 
 
 @task(help={"env": "environment name", "json": "print JSON (frontend, instances) instead of a table"})
 @kiln_task
 def status(c, env, json=False):
-    """Show an environment's instances: zone, role, version, health and load-balancer state."""
+    """Show an environment's instances: zone, role, version, health, readiness and load-balancer state."""
     view = lifecycle.status(lifecycle.open_engine(settings(), env, say).provider)
     if json:
         print(dump_json(view))
         return
     print(f"frontend: {view['frontend'] or '(no load balancer)'}")
-    print_table(view["instances"], ["name", "zone", "role", "version", "health", "lb_state"])
+    print_table(view["instances"], ["name", "zone", "role", "version", "health", "ready", "lb_state"])
+    say(hints.after("status", env))
 
 
 @task(
@@ -187,6 +207,7 @@ def rollout(c, env, role=None, image=None, plan=False, resume=False, yes=False):
         steps = lifecycle.plan_rollout(engine, role, image)
         if not steps.steps:
             print(f"nothing to do: {env} runs {steps.role} {steps.to_version} everywhere")
+            say(hints.after("rollout-unchanged", env))
             return
         print(f"{env}: {steps.role} {steps.from_version} -> {steps.to_version}, {len(steps.steps)} steps")
         print("\n".join(steps.steps))
@@ -194,11 +215,11 @@ def rollout(c, env, role=None, image=None, plan=False, resume=False, yes=False):
     done = lifecycle.deploy(engine, confirm(yes), role, image, resume)
     if done.state is None:
         print(f"nothing to do: {env} runs {done.role} {done.version} everywhere")
+        say(hints.after("rollout-unchanged", env))
         return
     result = done.state
-    print(f"rollout {result.id} {result.status}: {done.role} {result.from_version} -> {result.to_version}"
-          f" in {result.seconds} s")
-    print(f"timeline: {result.timeline}")
+    print_finished(f"rollout {result.id} {result.status}: {done.role} {result.from_version} -> "
+                   f"{result.to_version} in {result.seconds} s", result, "rollout")
 
 
 @task(help={"env": "environment name", "yes": "do not ask before changing a protected environment"})
@@ -206,8 +227,30 @@ def rollout(c, env, role=None, image=None, plan=False, resume=False, yes=False):
 def rollback(c, env, yes=False):
     """Undo the last rollout: every zone back to the previous image, surge first."""
     result = lifecycle.rollback(lifecycle.open_engine(settings(), env, say), confirm(yes))
-    print(f"rollback {result.id} {result.status}: {result.role} back to {result.from_version}")
+    print_finished(f"rollback {result.id} {result.status}: {result.role} back to {result.from_version}",
+                   result, "rollback")
+
+
+def print_finished(headline: str, result, task_name: str) -> None:
+    """A finished rollout or rollback: the headline, its timeline and report, what to do next."""
+    print(headline)
     print(f"timeline: {result.timeline}")
+    print(f"report: {result.report}")
+    say(hints.after(task_name, result.environment))
+
+
+@task(help={"env": "environment name", "open": "open it in the web browser"})
+@kiln_task
+def report(c, env, open=False):
+    """Print the path of an environment's newest HTML report (rollout, rollback or DR drill)."""
+    from kiln.htmlreport import require_latest
+
+    path = require_latest(settings().state_dir, env)
+    print(path)
+    if open:
+        import webbrowser
+
+        webbrowser.open(path.as_uri())
 
 
 @task(help={"env": "environment name", "yes": "do not ask before removing a protected environment"})
@@ -216,6 +259,7 @@ def down(c, env, yes=False):
     """Remove an environment's instances, load balancer and networks (the audit log stays)."""
     removed = lifecycle.down(lifecycle.open_engine(settings(), env, say), confirm(yes))
     print(f"removed {len(removed)}: {', '.join(removed) or 'nothing'}")
+    say(hints.after("down", env))
 
 
 # ---- backups and DR drills -----------------------------------------------------------------------
@@ -230,6 +274,7 @@ def backup(c, env, type="full"):
 
     for record in backup_environment(settings(), env, type):
         print(f"{record.tool}\t{record.kind}\t{record.id}\t{human_size(record.size)}")
+    say(hints.after("backup", env))
 
 
 @task(help={"env": "environment name", "json": "print JSON instead of a table"})
@@ -265,6 +310,7 @@ def dr_drill(c, env, target_time=None, keep=False):
     verdict = "passed" if report.ok else "failed"
     print(f"{report.id}\t{verdict}\trto={report.rto_seconds}\trpo={report.rpo_seconds}")
     report.raise_if_failed()
+    say(hints.after("dr-drill", env))
 
 
 @task(help={"json": "print the history as JSON"})

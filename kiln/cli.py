@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from invoke import Exit
+from invoke import Argument, Exit, Task
 
 from kiln.environments import Environment
 from kiln.errors import KilnError
@@ -33,6 +33,39 @@ def kiln_task(body):
             raise Exit(message="kiln: interrupted", code=130) from None
 
     return wrapper
+
+
+class ArgumentUnlessFlag(Argument):
+    """A positional argument that may be left out when a flag is given (`invoke bake --all`):
+    Invoke itself has no optional positional arguments, it requires each one it is told of."""
+
+    flag: Argument | None = None
+
+    @property
+    def value(self):
+        if self._value is None and self.flag is not None and self.flag.value:
+            return ""  # given up for the flag: no longer missing
+        return super().value
+
+    @value.setter
+    def value(self, arg) -> None:
+        self.set_value(arg, cast=True)
+
+
+class PositionalUnlessFlagTask(Task):
+    """@task(klass=PositionalUnlessFlagTask, positional=[NAME], unless_flag=FLAG)."""
+
+    def __init__(self, *args, unless_flag: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.unless_flag = unless_flag
+
+    def get_arguments(self, ignore_unknown_help=None) -> list[Argument]:
+        arguments = super().get_arguments(ignore_unknown_help)
+        flag = next(a for a in arguments if a.name == self.unless_flag)
+        for argument in arguments:
+            if argument.positional:
+                argument.__class__, argument.flag = ArgumentUnlessFlag, flag
+        return arguments
 
 
 def settings() -> Settings:

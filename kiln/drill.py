@@ -47,6 +47,7 @@ from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
 from kiln.images import docker_client
+from kiln.notify import notify
 from kiln.polling import wait_for_service
 from kiln.providers import get_provider
 from kiln.providers.base import Provider
@@ -81,6 +82,8 @@ class DrillReport:
     counts: dict[str, int] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     kept: bool = False
+    goals: dict[str, float] = field(default_factory=dict)  # rto_seconds, rpo_seconds: backup.*_goal_seconds
+    html: str | None = None  # the self-contained HTML report
 
     @property
     def failures(self) -> list[Check]:
@@ -204,8 +207,13 @@ class Drill:
         self.db = self.web = None
         self.provider: Provider | None = None
         self.provider_name = "local"
+        self.notify_settings = None
         if (environments.env_dir(settings) / f"{env}.yml").exists():
-            self.provider_name = environments.load(settings, env).spec.provider
+            env_spec = environments.load(settings, env).spec
+            self.provider_name, self.notify_settings = env_spec.provider, env_spec.notify
+        goals = {"rto_seconds": self.backup_settings.rto_goal_seconds,
+                 "rpo_seconds": self.backup_settings.rpo_goal_seconds}  # fmt: skip
+        self.report.goals = {key: goal for key, goal in goals.items() if goal is not None}
         self.newest_restored = self.backup_started = 0.0
         self.smoke_record: int | None = None
 
@@ -213,6 +221,7 @@ class Drill:
 
     def run(self) -> DrillReport:
         console.say(f"drill {self.id}: {self.env} -> {self.dr_env}")
+        stopped = ""
         try:
             self.step("source reference", self.take_reference)
             self.clock = time.monotonic()
@@ -228,12 +237,25 @@ class Drill:
             self.step("files", self.compare_files, fatal=False)
         except DrillFailed:
             pass
+        except KilnError as exc:  # no drill at all (e.g. no source database): said, then raised
+            stopped = str(exc)
+            raise
         finally:
             self.report.ok = bool(self.report.checks) and not self.report.failures
             if not self.keep and self.provider is not None:
                 self.provider.destroy()
             self.write_report()
+            self.tell(stopped)
         return self.report
+
+    def tell(self, stopped: str) -> None:
+        """drill-passed or drill-failed, with the causes, RTO and RPO, to the environment's people."""
+        causes = [f"{c.name}: {c.cause}" for c in self.report.failures] + ([stopped] if stopped else [])
+        notify(
+            self.env, self.notify_settings, "drill-passed" if self.report.ok else "drill-failed",
+            "; ".join(causes), drill=self.id, rto_seconds=self.report.rto_seconds,
+            rpo_seconds=self.report.rpo_seconds,
+        )  # fmt: skip
 
     def step(self, name: str, body: Callable[[], str], fatal: bool = True) -> None:
         started = time.monotonic()
@@ -492,10 +514,17 @@ class Drill:
     # ---- history ----------------------------------------------------------------------------
 
     def write_report(self) -> None:
+        """JSON (the history), Markdown, and the HTML page with the trend of this environment's drills."""
+        from kiln import htmlreport  # matplotlib loads only when a picture is drawn
+
         folder = self.history / self.env
+        page = htmlreport.drill_report_path(self.settings.state_dir, self.env, self.id)
+        self.report.html = str(page)
         write_atomic(folder / f"{self.id}.json", json.dumps(self.report.as_json(), indent=2))
         write_atomic(folder / f"{self.id}.md", self.report.markdown())
-        console.say(f"report: {folder / (self.id + '.md')}")
+        history = [r for r in load_history(self.settings) if r["env"] == self.env]
+        write_atomic(page, htmlreport.drill_html(self.report.as_json(), history))
+        console.say(f"report: {page}")
 
 
 def _cause_of(step: str) -> str:

@@ -10,12 +10,17 @@ says, next to the JSON, so `latest_report` finds it. Templates: kiln/templates/,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 from markupsafe import Markup
 
-from kiln import charts, report
+from kiln import report
 from kiln.backup.base import CAUSES
+from kiln.errors import KilnError
+
+if TYPE_CHECKING:  # matplotlib loads only when a picture is drawn, not to find a report's path
+    from kiln import charts
 
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -43,19 +48,40 @@ def latest_report(state_dir: Path, env: str) -> Path | None:
     return max(written, key=lambda path: path.stat().st_mtime, default=None)
 
 
+def require_latest(state_dir: Path, env: str) -> Path:
+    """`latest_report`, or the one line that says how to get one."""
+    found = latest_report(state_dir, env)
+    if found is None:
+        raise KilnError(
+            f"no rollout or drill report for environment '{env}' yet: one is written by "
+            f"`invoke rollout {env}`, `invoke rollback {env}` and `invoke dr-drill {env}`"
+        )
+    return found
+
+
 # ---- rollouts -----------------------------------------------------------------------------
 
 
-def rollout_html(record: dict, zones: list[str], samples: list[dict] | None = None, canary: int = 0) -> str:
-    """`record`: the rollout's state as the engine saves it; `samples`: its load-balancer samples
-    (the capacity strips; left out when not kept); `canary`: the environment's canary count."""
-    events = report.timeline_events(record, zones, canary)
-    kind = "Rollback" if record.get("action") == "rollback" else "Rollout"
-    heading = f"{kind} {record['id']}: {record['environment']}"
+def rollout_timeline(
+    record: dict, zones: list[str], samples: list[dict] | None = None, canary: int = 0
+) -> str:
+    """The rollout's timeline (SVG) from its record, as `rollout_html` shows it."""
     title = (
         f"{record['environment']}: {record['role']} {record['from']} -> {record['to']} ({record['status']})"
     )
-    picture = report.timeline_svg(samples or [], zones, title, events)
+    return report.timeline_svg(samples or [], zones, title, report.timeline_events(record, zones, canary))
+
+
+def rollout_html(
+    record: dict, zones: list[str], samples: list[dict] | None = None, canary: int = 0, picture: str = ""
+) -> str:
+    """`record`: the rollout's state as the engine saves it; `samples`: its load-balancer samples
+    (the capacity strips; left out when not kept); `canary`: the environment's canary count;
+    `picture`: its `rollout_timeline` when the caller has drawn it already."""
+    events = report.timeline_events(record, zones, canary)
+    kind = "Rollback" if record.get("action") == "rollback" else "Rollout"
+    heading = f"{kind} {record['id']}: {record['environment']}"
+    picture = picture or rollout_timeline(record, zones, samples, canary)
     launched = {zone: _launched(events, z) for z, zone in enumerate(zones)}
     all_launched = [lane for lanes in launched.values() for lane in lanes]
     return TEMPLATES.get_template("rollout.html.j2").render(
@@ -70,6 +96,8 @@ def rollout_html(record: dict, zones: list[str], samples: list[dict] | None = No
 
 
 def _launched(events: list[dict], zone: int) -> list[charts.Lane]:
+    from kiln import charts
+
     marks = [charts.Mark(**e) for e in events]
     return [lane for lane in charts.lanes(marks, zone) if lane.launch is not None]
 
@@ -136,6 +164,8 @@ def drill_html(drill: dict, history: list[dict] | None = None, goals: dict[str, 
     """`drill`: a drill report as written (`DrillReport.as_json()`); `history`: the drills to
     chart (`drill.load_history`, this one included), default this one alone; `goals`: the RTO and
     RPO goals in seconds (`rto_seconds`, `rpo_seconds`), else the report's own `goals`."""
+    from kiln import charts
+
     goals = goals or drill.get("goals") or {}
     checks = drill.get("checks", [])
     failures = [

@@ -13,6 +13,7 @@ from kiln.containerfiles import tar_file
 from kiln.errors import KilnError
 from kiln.settings import Settings
 from kiln.stamps import utc_iso
+from kiln.versions import resolve
 
 STATUSES = ("baked", "verified", "rejected", "promoted")
 
@@ -192,11 +193,9 @@ def prune(store: DockerImageStore, keep: int, remove: bool) -> list[PruneDecisio
 
 def require_image(store: DockerImageStore, role: str, version: str | None) -> ImageRecord:
     """The newest image of a role (or the given version), or a message saying how to bake it."""
-    if version:
-        record = store.find(role, version)
-    else:
-        records = store.list(role)
-        record = records[0] if records else None
+    records = store.list(role)
+    version = resolve(role, version, (r.version for r in records))
+    record = store.find(role, version) if version else records[0] if records else None
     if record is None:
         which = f"{role} version {version}" if version else f"{role}"
         raise KilnError(f"no baked image of {which}: bake it with `invoke bake {role}`")

@@ -7,7 +7,7 @@ the canary and any rollback, derived here from what the rollout engine records.
 
 from __future__ import annotations
 
-import datetime
+from kiln.stamps import epoch_of
 
 
 def timeline_svg(samples: list[dict], zones: list[str], title: str, events: list[dict] | None = None) -> str:
@@ -36,8 +36,9 @@ def timeline_events(record: dict, zones: list[str], canary: int = 0) -> list[dic
     running (instance numbers are dealt round-robin over the zones), its version (the one being
     replaced), the canary (the first `canary` launches in the first zone, unless a `canary`
     action names them) and the rollback (at the `failed` action, or the whole run when the
-    record is itself a rollback). Times are seconds since the rollout started; a resumed
-    rollout's clock restarts, so its events are placed by their wall-clock `at`.
+    record is itself a rollback). Times are seconds since the rollout started; in records from
+    before the engine kept one clock across a resume, a resumed rollout's clock restarts, so its
+    events are placed by their wall-clock `at`.
     """
     index = {name: i for i, name in enumerate(zones)}
     rollback_run = record.get("action") == "rollback"
@@ -75,14 +76,10 @@ def _times(events: list[dict]) -> list[float]:
     times, offset, previous = [], 0.0, None
     for entry in events:
         if previous is not None and entry["t"] < previous["t"]:
-            offset = _epoch(entry["at"]) - _epoch(events[0]["at"]) + events[0]["t"] - entry["t"]
+            offset = epoch_of(entry["at"]) - epoch_of(events[0]["at"]) + events[0]["t"] - entry["t"]
         times.append(round(entry["t"] + offset, 2))
         previous = entry
     return times
-
-
-def _epoch(stamp: str) -> float:
-    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _number(instance: str) -> int:

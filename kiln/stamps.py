@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 import uuid
 
@@ -9,6 +10,11 @@ import uuid
 def utc_iso(epoch: float | None = None) -> str:
     """2026-01-31T12:00:00Z for `epoch` (default: now)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def epoch_of(stamp: str) -> float:
+    """The epoch seconds of a `utc_iso` stamp (or any ISO 8601 time with a zone)."""
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def new_id(random_digits: int = 4) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from kiln.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_PARTS = ("images", "provisioners", "cloud-init", "tasks.py")
+TOKEN = "s3cr3thooktoken"  # a webhook token the tests assert is never printed
 
 
 def copy_project(dest: Path) -> Path:
@@ -31,3 +35,27 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(project: Path) -> Settings:
     return Settings(project_root=project, state_dir=project / ".kiln", image_repo="kilnunit")
+
+
+@pytest.fixture
+def webhook():
+    """A chat webhook receiver: every POST body, parsed, in arrival order."""
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append({"path": self.path, **json.loads(body)})
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"mmost://127.0.0.1:{server.server_port}/{TOKEN}", received
+    server.shutdown()
+    server.server_close()
+    thread.join(5)

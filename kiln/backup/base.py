@@ -71,6 +71,12 @@ class BackupSettings:
     restore_from: str | None = spec(
         None, help="a DR environment's: mount this environment's repositories, read-only"
     )
+    rto_goal_seconds: float | None = spec(
+        None, help="recovery time a DR drill should stay within (its report and trend show it)", above=0
+    )
+    rpo_goal_seconds: float | None = spec(
+        None, help="data loss window a DR drill should stay within (its report and trend show it)", above=0
+    )
 
 
 class BackupFault(OperationFailed):

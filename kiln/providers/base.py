@@ -83,6 +83,11 @@ class Provider(abc.ABC):
     def image(self, role: str, version: str | None = None) -> ImageRecord:
         """The image to launch (newest when no version); KilnError if missing."""
 
+    def versions(self, role: str) -> list[str]:
+        """The role's image versions this provider can list cheaply, for `kiln.versions.resolve`
+        (short prefixes); none by default: exact versions and image references still work."""
+        return []
+
     @abc.abstractmethod
     def check_user_data(self, image: ImageRecord, documents: list[UserData]) -> None:
         """`cloud-init schema` every document as the image would; KilnError naming the bad one."""
@@ -98,6 +103,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def instances(self, role: str | None = None) -> list[Instance]:
         """This environment's instances (of one role), by name."""
+
+    def probe(self, instance: Instance, command: tuple[str, ...]) -> bool | None:
+        """Whether `command` exits 0 inside the instance; None when this provider cannot run
+        commands inside its instances (the clouds: Kiln has no agent or SSH there)."""
+        return None
 
     @abc.abstractmethod
     def terminate(self, instance: Instance) -> None:

@@ -51,6 +51,7 @@ class Script:
     launch_fails: set[str] = field(default_factory=set)  # versions the cloud refuses to start
     capacity: int | None = None  # most instances of the environment at once (a quota)
     crash_before: int | None = None  # the change (0-based) before which the process dies
+    starting: dict[str, int] = field(default_factory=dict)  # role -> probes failing before it is ready
 
 
 class FakeProvider(Provider):
@@ -63,6 +64,7 @@ class FakeProvider(Provider):
         self.running: dict[str, Instance] = {}
         self.user_data: dict[str, str] = {}
         self.servers: dict[str, Server] = {}
+        self.probes: dict[str, int] = {}  # readiness probes per instance
         self.has_lb = False
         self.changes: list[Change] = []
         self.crashed = False
@@ -153,6 +155,9 @@ class FakeProvider(Provider):
             raise KilnError(f"no verified {role} image")
         return max(usable, key=lambda r: r.labels["kiln.built"])
 
+    def versions(self, role: str) -> list[str]:
+        return [version for (name, version) in self.images if name == role]
+
     def check_user_data(self, image: ImageRecord, documents: list[UserData]) -> None:
         self._alive()
         for doc in documents:
@@ -182,6 +187,14 @@ class FakeProvider(Provider):
             self._alive()
             found = [i for i in self.running.values() if role is None or i.role == role]
         return sorted(found, key=lambda i: (i.role, i.number))
+
+    def probe(self, instance: Instance, command: tuple[str, ...]) -> bool | None:
+        with self._lock:
+            self._alive()
+            self.probes[instance.name] = self.probes.get(instance.name, 0) + 1
+            return instance.name in self.running and self.probes[instance.name] > self.script.starting.get(
+                instance.role, 0
+            )
 
     def terminate(self, instance: Instance) -> None:
         with self._lock:

@@ -167,6 +167,10 @@ class LocalProvider(Provider):
         return usable[0]
 
     @docker_errors_fail
+    def versions(self, role: str) -> list[str]:
+        return [record.version for record in self.store.list(role)]
+
+    @docker_errors_fail
     def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:
         name = f"{role}{number}"
         zone = self.env.zone_of(number)
@@ -228,6 +232,14 @@ class LocalProvider(Provider):
         containers = self.client.containers.list(all=True, filters=filters, ignore_removed=True)
         found = [self._instance(c) for c in containers]
         return sorted(found, key=lambda i: (i.role, i.number))
+
+    @docker_errors_fail
+    def probe(self, instance: Instance, command: tuple[str, ...]) -> bool | None:
+        try:
+            container = self.client.containers.get(self.container_name(instance.name))
+        except docker.errors.NotFound:
+            return False
+        return container.exec_run(list(command)).exit_code == 0
 
     @docker_errors_fail
     def terminate(self, instance: Instance) -> None:

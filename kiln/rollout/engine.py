@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from kiln import cloudinit, report
+from kiln import cloudinit, notify
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
@@ -27,7 +28,7 @@ from kiln.providers.base import Instance, Provider
 from kiln.rollout.planning import describe, majority_version, next_step, plan, require_deployable
 from kiln.rollout.state import RolloutState, Store
 from kiln.settings import Settings
-from kiln.stamps import utc_iso
+from kiln.stamps import epoch_of, utc_iso
 
 
 class RolloutFailed(OperationFailed):
@@ -100,6 +101,13 @@ class Engine:
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 2)
 
+    def adopt(self, state: RolloutState) -> None:
+        """Carry on `state`: its clock counts from its start (also after a resume in a new
+        process) and its samples grow on, so a report rebuilt later has the whole picture."""
+        self.state = state
+        self.started = time.monotonic() - max(0.0, time.time() - epoch_of(state.started_at))
+        self.samples = state.samples
+
     def event(self, action: str, **details) -> None:
         entry = {"at": utc_iso(), "t": self.elapsed(), "action": action, **details}
         with self._lock:
@@ -133,7 +141,9 @@ class Engine:
                 and servers[i.name].healthy
                 and servers[i.name].state == "ready"
             )
-            self.samples.append({"t": t, "zone": zone, "healthy": dict(healthy)})
+            last = next((x for x in reversed(self.samples) if x["zone"] == zone), None)
+            if last is None or last["healthy"] != dict(healthy):  # kept only when counts change
+                self.samples.append({"t": t, "zone": zone, "healthy": dict(healthy)})
         return {"servers": servers, "instances": instances}
 
     # ---- primitive actions ------------------------------------------------------------------
@@ -187,7 +197,7 @@ class Engine:
         for name in names:
             if name in servers and servers[name].state == "ready":
                 self.provider.lb_drain(by_name[name])
-                self.event("draining", instance=name)
+                self.event("draining", instance=name, **self.placement(by_name[name]))
         deadline = time.monotonic() + self.env.spec.rollout.drain_timeout
         while time.monotonic() < deadline:
             servers = self.sample()["servers"]
@@ -197,7 +207,7 @@ class Engine:
         for name in names:
             if name in servers:
                 self.provider.lb_deregister(name)
-                self.event("deregistered", instance=name)
+                self.event("deregistered", instance=name, **self.placement(by_name.get(name)))
             if name in by_name:
                 # Out of the load balancer it serves nobody: stop it while the next step runs.
                 with self._lock:
@@ -208,7 +218,13 @@ class Engine:
         self.provider.terminate(instance)
         with self._lock:
             self._retiring.discard(instance.name)
-        self.event("terminated", instance=instance.name)
+        self.event("terminated", instance=instance.name, **self.placement(instance))
+
+    def placement(self, instance: Instance | None) -> dict[str, str]:
+        """Zone and version of an instance, for the events the timeline draws."""
+        if instance is None:
+            return {}
+        return {"zone": self.env.zones[instance.zone], "version": instance.version}
 
     def settle(self) -> None:
         """Wait for the instances being stopped; raise the first failure."""
@@ -262,6 +278,8 @@ class Engine:
             self.say(describe(self.env, self.role, step))
             self.retire(step.drain_first)
             launched = [i.name for i in self._pool.map(lambda n: self.launch(n, image), step.launch)]
+            if launched and canary and not have_new:
+                self.event("canary", instances=",".join(launched), zone=self.env.zones[zone])
             if launched:
                 self.wait_healthy(launched)
                 if self.env.spec.rollout.warmup:
@@ -298,9 +316,11 @@ class Engine:
 
     def run(self, state: RolloutState, target: ImageRecord, *, resumed: bool = False) -> RolloutState:
         """Drive a rollout to its end: succeeded, paused, or rolled back (then OperationFailed)."""
-        self.state = state
+        self.adopt(state)
         state.status = "running"
         self.save()
+        if not resumed:
+            self.tell("rollout-started")
         try:
             for zone in state.zones:
                 if zone in state.done:
@@ -339,6 +359,7 @@ class Engine:
     def roll_back(self, version: str | None) -> RolloutState:
         """Converge every zone that is not all at `version` back to it, surge first."""
         assert self.state is not None, "roll_back continues a rollout or a rollback record"
+        self.adopt(self.state)
         if not version:
             raise KilnError(
                 f"no previous {self.role} version recorded for {self.env.name}: nothing to roll back to"
@@ -367,16 +388,39 @@ class Engine:
         return self.finish()
 
     def finish(self) -> RolloutState:
-        """Persist the end state, append the audit record and draw the timeline."""
+        """Persist the end state, append the audit record, draw the timeline, write the HTML
+        report and tell the environment's people how it ended."""
         state = self.state
         assert state is not None
         self.settle()
         state.ended_at = utc_iso()
         state.seconds = self.elapsed()
-        timeline = self.store.timeline_file(state)
-        title = f"{self.env.name}: {self.role} {state.from_version} -> {state.to_version} ({state.status})"
-        write_atomic(timeline, report.timeline_svg(self.samples, self.env.zones, title))
-        state.timeline = str(timeline)
+        state.timeline, state.report = (str(path) for path in self.write_pictures(state))
         self.save()
         self.store.append_audit(state)
+        if state.status == "succeeded":
+            self.tell("rollout-finished")
+        elif state.status in ("rolled-back", "failed"):
+            cause = state.failure or (f"rollback of rollout {state.undoes}" if state.undoes else "")
+            self.tell("rollout-rolled-back", cause)
         return state
+
+    def write_pictures(self, state: RolloutState) -> tuple[Path, Path]:
+        """The timeline (SVG) and the self-contained HTML report, next to rollout.json."""
+        from kiln import htmlreport  # matplotlib loads only when a picture is drawn
+
+        record, zones, canary = state.as_json(), self.env.zones, self.env.spec.rollout.canary
+        timeline = self.store.timeline_file(state)
+        picture = htmlreport.rollout_timeline(record, zones, state.samples, canary)
+        write_atomic(timeline, picture)
+        page = htmlreport.rollout_report_path(self.settings.state_dir, self.env.name, state.id)
+        write_atomic(page, htmlreport.rollout_html(record, zones, state.samples, canary, picture))
+        return timeline, page
+
+    def tell(self, kind: str, cause: str = "") -> None:
+        state = self.state
+        assert state is not None
+        notify.notify(
+            self.env.name, self.env.spec.notify, kind, cause,
+            role=self.role, version=f"{state.from_version} -> {state.to_version}", rollout=state.id,
+        )  # fmt: skip

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kiln import cloudinit, environments
+from kiln import cloudinit, environments, readiness, versions
 from kiln.environments import Environment
 from kiln.errors import KilnError
+from kiln.images import ImageRecord
 from kiln.providers import get_provider
 from kiln.providers.base import Provider
 from kiln.rollout.engine import Engine
@@ -61,11 +62,17 @@ def check_role(engine: Engine, role: str | None) -> None:
 def plan_rollout(engine: Engine, role: str | None = None, image: str | None = None) -> RolloutPlan:
     """Exactly what a rollout would change, changing nothing (so no lock)."""
     check_role(engine, role)
-    state = engine.start(engine.provider.image(engine.role, image))
+    state = engine.start(target_image(engine, image))
     instances = engine.provider.instances(engine.role)
     steps = plan(engine.env, engine.role, instances, state.to_version, state.zones)
     lines = [describe(engine.env, engine.role, step) for step in steps]
     return RolloutPlan(engine.env.name, engine.role, state.from_version, state.to_version, lines)
+
+
+def target_image(engine: Engine, image: str | None) -> ImageRecord:
+    """The image `--image` names (a version, a prefix of one, a reference), or the newest deployable."""
+    role = engine.role
+    return engine.provider.image(role, versions.resolve(role, image, engine.provider.versions(role)))
 
 
 def deploy(
@@ -88,7 +95,7 @@ def deploy(
             return Deployment(
                 engine.env.name, engine.role, target.version, engine.run(state, target, resumed=True)
             )
-        target = engine.provider.image(engine.role, image)
+        target = target_image(engine, image)
         state = engine.start(target)
         if not state.zones:
             return Deployment(engine.env.name, engine.role, target.version, None)
@@ -117,15 +124,48 @@ def down(engine: Engine, approve: Approve) -> list[str]:
     return removed
 
 
-def up(engine: Engine) -> str | None:
+def up(engine: Engine, bake: bool = False) -> str | None:
     """Networks, the load balancer, then every missing instance, from the newest verified images;
-    the frontend's URL.
+    the frontend's URL once every instance of every role is ready (readiness.py), within the
+    environment's health timeout. Roles without a deployable image stop it before anything
+    changes, naming the command that bakes them, or are baked and verified first with `bake`.
 
     Zones that already have instances keep the version they run: `up` fills, a rollout replaces.
     """
+    missing = missing_images(engine)
+    if missing and bake:
+        from kiln import bakeall  # Packer and the image store: only when there is something to bake
+
+        bakeall.require_none_rejected(bakeall.bake_roles(engine.settings, missing))
+    elif missing:
+        commands = " && ".join(f"invoke bake {role}" for role in missing)
+        raise KilnError(
+            f"{engine.env.file}: no deployable image of {', '.join(missing)}: bake and verify "
+            f"{'it' if len(missing) == 1 else 'them'} with `{commands}`, or run "
+            f"`invoke up {engine.env.name} --bake`"
+        )
     with engine.store.lock("up"):
         fill(engine)
+        readiness.wait_ready(engine.provider, engine.say, engine.env.spec.health.timeout)
     return engine.provider.frontend()
+
+
+def missing_images(engine: Engine) -> list[str]:
+    """Roles `up` would launch from the newest deployable image and has none of. Not asked of an
+    environment that deploys only promoted images: baking does not make one promoted."""
+    provider, env = engine.provider, engine.env
+    if env.spec.require_promoted:
+        return []
+    needed = [r for r, n in sorted(env.spec.instances.items()) if n and not provider.instances(r)]
+    if provider.lb_from_image:  # `fill` asks for the newest lb image even when the LB runs
+        needed.append("lb")
+    missing = []
+    for role in needed:
+        try:
+            provider.image(role)
+        except KilnError:
+            missing.append(role)
+    return missing
 
 
 def fill(engine: Engine) -> None:
@@ -161,6 +201,7 @@ def status(provider: Provider) -> dict:
     servers = provider.lb_servers() if provider.frontend() else {}
     rows = []
     for inst in provider.instances():
+        ready = readiness.state_of(provider, inst, servers)
         server = servers.get(inst.name)
         if not inst.running:
             health = "stopped"
@@ -175,6 +216,7 @@ def status(provider: Provider) -> dict:
                 "role": inst.role,
                 "version": inst.version,
                 "health": health,
+                "ready": ready,
                 "lb_state": server.state if server else "absent",
             }
         )

@@ -27,7 +27,7 @@ ACTIVE = ("running", "paused", "rolling-back")
 # Fields a finished rollout leaves in the audit log (the events stay in rollout.json).
 AUDITED = (
     "id", "environment", "role", "from", "to", "user", "started_at", "ended_at", "seconds", "status",
-    "failure", "zone_timings", "rollback_timings", "timeline", "action",
+    "failure", "zone_timings", "rollback_timings", "timeline", "report", "action",
 )  # fmt: skip
 
 
@@ -54,6 +54,8 @@ class RolloutState:
     ended_at: str | None = None
     seconds: float | None = None
     timeline: str | None = None
+    report: str | None = None  # the HTML report
+    samples: list[dict] = field(default_factory=list)  # healthy counts per zone, when they change
 
     @property
     def active(self) -> bool:

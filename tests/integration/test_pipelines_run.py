@@ -124,7 +124,8 @@ def scratch_copy(dest: Path) -> Path:
         )
 
     git("init", "-q", "-b", "main")
-    (dest / ".git" / "info" / "exclude").write_text(".venv\n.standin.log\nrelease.env\ndrills.json\n")
+    ignored = (".venv", ".standin.log", "release.env", "drills.json", "drill-report.html")
+    (dest / ".git" / "info" / "exclude").write_text("".join(f"{name}\n" for name in ignored))
     git("add", "-A")
     git("commit", "-qm", "scratch copy for the pipeline tests")
     return dest
@@ -225,12 +226,15 @@ def test_a_drill_schedule_runs_only_the_drill_and_leaves_its_report(pipelines):
     history = pipelines.project / ".kiln" / "drills" / "prod"
     history.mkdir(parents=True, exist_ok=True)
     (history / f"{earlier['id']}.json").write_text(json.dumps(earlier))  # as the drill cache keeps it
+    (history / f"{earlier['id']}.html").write_text("<html>the newest drill's report</html>")
     code, results, output = pipelines.run(CI_PIPELINE_SOURCE="schedule", KILN_SCHEDULE="drill")
     assert code == 0 and results == {"drill": "PASS"}, output[-4000:]
     assert pipelines.calls() == [{"job": "drill", "task": ["dr-drill", "prod"]}]
     assert json.loads(pipelines.artifact("drill", "drills.json").read_text()) == [earlier]
     chart = pipelines.artifact("drill", ".kiln/drills/chart.svg").read_text()
-    assert chart.startswith("<svg") and "#c33" in chart  # the failed drill, in red
+    assert chart.startswith("<svg") and f'id="failed-rto_seconds-{earlier["id"]}"' in chart  # marked failed
+    exposed = pipelines.artifact("drill", "drill-report.html")  # `invoke report prod`, under a fixed name
+    assert exposed.read_text() == "<html>the newest drill's report</html>"
 
 
 def test_publish_refuses_when_a_newest_image_is_not_verified_and_promotes_nothing(

@@ -131,8 +131,10 @@ def test_rollout_across_three_zones_under_load_fails_no_request(kiln, env, versi
     assert load.failed == 0, load.summary()
     assert load.requests > 100 and target in load.versions, load.summary()
     assert f"-> {target}" in proc.stdout and "succeeded" in proc.stdout
-    timeline = Path(proc.stdout.split("timeline: ")[1].strip())
+    timeline = Path(proc.stdout.split("timeline: ")[1].splitlines()[0])
     assert timeline.read_text().startswith("<svg")
+    report = Path(proc.stdout.split("report: ")[1].splitlines()[0])
+    assert report.name.startswith("rollout-") and "<svg" in report.read_text()
     assert_consistent(kiln, target)
     audit = (kiln.project / ".kiln" / "envs" / env / "audit.jsonl").read_text().splitlines()
     last = json.loads(audit[-1])

@@ -7,6 +7,11 @@ before its Nth change; `revive` and a new Engine stand for the next `invoke roll
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+
 import pytest
 
 from kiln.config import parse
@@ -30,9 +35,10 @@ def approve(env, what):  # the CLI's --yes
     return None
 
 
-def make_env(protected: bool = False, **policy) -> Environment:
+def make_env(protected: bool = False, notify: dict | None = None, **policy) -> Environment:
     data = {
         "protected": protected,
+        "notify": notify,
         "provider": "local",  # any registered name: the tests hand the Engine a FakeProvider
         "zones": [f"z{i}" for i in range(ZONES)],
         "instances": {"web": WEB},
@@ -46,9 +52,9 @@ def make_env(protected: bool = False, **policy) -> Environment:
 class Rig:
     """An environment up at web 1.0 on the fake, with 2.0 baked and verified."""
 
-    def __init__(self, tmp_path, script: Script | None = None, **policy):
+    def __init__(self, tmp_path, script: Script | None = None, notify: dict | None = None, **policy):
         self.settings = Settings(project_root=REPO, state_dir=tmp_path)
-        self.env = make_env(**policy)
+        self.env = make_env(notify=notify, **policy)
         self.provider = FakeProvider(self.settings, self.env, script)
         self.provider.add_image("web", "1.0")
         self.said: list[str] = []
@@ -250,3 +256,104 @@ def test_down_removes_everything_and_forgets_the_rollout(tmp_path):
     assert len(removed) == WEB + 1 and rig.provider.instances() == []
     assert rig.engine().store.load() is None
     assert len(rig.engine().store.read_audit()) == 1  # the audit log stays
+
+
+# ---- what the reports and notifications are made of ---------------------------------------------
+
+
+def test_a_rollout_records_what_its_timeline_and_report_draw(tmp_path):
+    rig = Rig(tmp_path)
+    done = lifecycle.deploy(rig.engine(), approve).state
+    state = rig.engine().store.load()
+    [canary] = [e for e in state.events if e["action"] == "canary"]
+    first = next(e for e in state.events if e["action"] == "launched")
+    assert (canary["instances"], canary["zone"]) == (first["instance"], "z0")
+    removals = [e for e in state.events if e["action"] in ("draining", "deregistered", "terminated")]
+    assert len(removals) == 3 * WEB
+    assert all(e["version"] == "1.0" and e["zone"] in ("z0", "z1") for e in removals)
+    # Samples are kept with the record, each one a change of some zone's healthy counts.
+    assert state.samples and state.samples[-1]["t"] <= state.seconds
+    for zone in range(ZONES):
+        counts = [x["healthy"] for x in state.samples if x["zone"] == zone]
+        assert counts[0] == {"1.0": WEB // ZONES} and counts[-1] == {"2.0": WEB // ZONES}
+        assert all(a != b for a, b in itertools.pairwise(counts))
+    page = Path(done.report)
+    assert page == tmp_path / "envs" / "fk" / f"rollout-{done.id}.html" and state.report == done.report
+    html = page.read_text()
+    assert html.count("<svg") == 1 and f"{first['instance']} (2.0) canary" in html
+    assert rig.engine().store.read_audit()[-1]["report"] == done.report
+
+
+def test_a_resumed_rollout_keeps_counting_from_its_start(tmp_path):
+    rig = Rig(tmp_path)
+    rig.provider.script.crash_before = rig.after_up + ROLLOUT_CHANGES // 2
+    with pytest.raises(Crash):
+        lifecycle.deploy(rig.engine(), approve)
+    rig.provider.revive()
+    before = rig.engine().store.load().events
+    time.sleep(1.1)  # the next `invoke rollout --resume`, a while later
+    lifecycle.deploy(rig.engine(), approve, resume=True)
+    after = rig.engine().store.load().events[len(before) :]
+    assert after and after[0]["t"] >= before[-1]["t"] + 1.0
+    times = [e["t"] for e in before + after]
+    assert times == sorted(times)
+
+
+def test_a_rolled_back_rollout_sends_one_message_naming_the_environment_and_the_cause(tmp_path, webhook):
+    url, received = webhook
+    rig = Rig(tmp_path, Script(never_healthy={"2.0"}), notify={"webhooks": [url]})
+    with pytest.raises(OperationFailed):
+        lifecycle.deploy(rig.engine(), approve)
+    texts = [m["text"] for m in received]
+    assert len(texts) == 2 and "kiln fk: rollout started" in texts[0]
+    [rolled_back] = [t for t in texts if "ROLLED BACK" in t]
+    assert "kiln fk: rollout ROLLED BACK" in rolled_back
+    assert "cause: web6: L7STS/503 did not pass the load balancer's health check" in rolled_back
+    assert "version: 1.0 -> 2.0" in rolled_back
+
+
+# ---- readiness: `up` returns when every instance of every role is ready -------------------------
+
+
+def web_and_db(tmp_path, script: Script) -> Engine:
+    env = make_env()
+    spec = dataclasses.replace(env.spec, instances={"web": WEB, "db": 1})
+    env = Environment("fk", spec, env.file)
+    provider = FakeProvider(Settings(project_root=REPO, state_dir=tmp_path), env, script)
+    provider.add_image("web", "1.0")
+    provider.add_image("db", "1.0")
+    return Engine(provider.settings, env, provider, lambda line: None)
+
+
+def test_up_waits_for_the_database_not_only_the_balanced_role(tmp_path):
+    engine = web_and_db(tmp_path, Script(starting={"db": 5}))
+    lifecycle.up(engine)
+    assert engine.provider.probes["db1"] == 6  # five looks said "starting", the sixth "ready"
+    rows = {row["name"]: row for row in lifecycle.status(engine.provider)["instances"]}
+    assert {name: row["ready"] for name, row in rows.items()} == dict.fromkeys(rows, "ready")
+    assert rows["db1"]["health"] == "running" and rows["web1"]["health"] == "healthy"
+
+
+def test_up_names_the_instance_that_never_became_ready(tmp_path):
+    engine = web_and_db(tmp_path, Script(starting={"db": 10**6}))
+    late = r"^db1 \(starting\) not ready after 0.3 s; see `invoke status fk`"
+    with pytest.raises(OperationFailed, match=late):
+        lifecycle.up(engine)
+    [db] = lifecycle.status(engine.provider)["instances"][:1]
+    assert (db["name"], db["ready"]) == ("db1", "starting")
+
+
+def test_up_without_an_image_names_the_command_that_bakes_it_and_changes_nothing(tmp_path):
+    engine = web_and_db(tmp_path, Script())
+    del engine.provider.images[("db", "1.0")]
+    fix = r"no deployable image of db: bake and verify it with `invoke bake db`, or run `invoke up fk --bake`"
+    with pytest.raises(KilnError, match=fix):
+        lifecycle.up(engine)
+    assert engine.provider.changes == [] and engine.provider.frontend() is None
+
+
+@pytest.mark.parametrize("given", ["2.0", "fake/web:2.0"])
+def test_a_rollout_takes_the_image_as_images_and_status_print_it(tmp_path, given):
+    rig = Rig(tmp_path)
+    assert lifecycle.plan_rollout(rig.engine(), image=given).to_version == "2.0"
+    assert lifecycle.deploy(rig.engine(), approve, image=given).state.to_version == "2.0"

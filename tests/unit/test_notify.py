@@ -3,43 +3,16 @@ style webhook (HTTP POST with a JSON body) and an SMTP server. Nothing leaves th
 
 from __future__ import annotations
 
-import json
 import socket
 import socketserver
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from kiln import environments
 from kiln.errors import KilnError
 from kiln.notify import NotifySettings, notify
-
-TOKEN = "s3cr3thooktoken"  # a test value, asserted never to be printed
-
-
-@pytest.fixture
-def webhook():
-    """A chat webhook receiver: every POST body, parsed, in arrival order."""
-    received: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append({"path": self.path, **json.loads(body)})
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"mmost://127.0.0.1:{server.server_port}/{TOKEN}", received
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+from tests.conftest import TOKEN
 
 
 @pytest.fixture

@@ -43,10 +43,13 @@ def test_the_schema_refuses_what_parse_refuses():
         {**good, "zones": ["Zone A"]},
         {**good, "frontend": {"port": 70000}},
         {**good, "backup": {"repository": "s4"}},
+        {**good, "backup": {"rto_goal_seconds": 0}},
+        {**good, "backup": {"rpo_goal_seconds": "a minute"}},
         {**good, "health": {"interval": 0}},
         {**good, "rollout": {"max_surj": 1}},
     ):
         assert not check.is_valid(bad), bad
+    assert check.is_valid({**good, "backup": {"rto_goal_seconds": 120, "rpo_goal_seconds": 60.5}})
 
 
 @dataclass(frozen=True)

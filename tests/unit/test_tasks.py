@@ -1,5 +1,6 @@
 """Tasks parse arguments and call the library: checked with invoke's MockContext."""
 
+import os
 import re
 import sys
 
@@ -38,3 +39,20 @@ def test_bake_with_unknown_target_exits_2(monkeypatch, project):
     with pytest.raises(Exit) as exc:
         tasks.bake(MockContext(), "web", target="gce")
     assert exc.value.code == 2
+
+
+def test_report_prints_the_newest_report_or_says_how_to_get_one(monkeypatch, project, capsys):
+    monkeypatch.setenv("KILN_PROJECT_ROOT", str(project))
+    monkeypatch.setenv("KILN_STATE_DIR", str(project / ".kiln"))
+    with pytest.raises(Exit) as exc:
+        tasks.report(MockContext(), "local")
+    assert exc.value.code == 2
+    assert "no rollout or drill report for environment 'local' yet" in str(exc.value.message)
+    older = project / ".kiln" / "envs" / "local" / "rollout-20261201-000000-aaaa.html"
+    newer = project / ".kiln" / "drills" / "local" / "20261202-000000-bbbb.html"
+    for age, page in enumerate((newer, older)):
+        page.parent.mkdir(parents=True)
+        page.write_text("<html></html>")
+        os.utime(page, (1_000_000 - age, 1_000_000 - age))
+    tasks.report(MockContext(), "local")
+    assert capsys.readouterr().out.strip() == str(newer)
