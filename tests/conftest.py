@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,12 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(project: Path) -> Settings:
     return Settings(project_root=project, state_dir=project / ".kiln", image_repo="kilnunit")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def age_key() -> str:
+    """A real age identity for the run, in KILN_AGE_KEY as CI provides it (subprocesses inherit it)."""
+    generated = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
+    key = next(line for line in generated.splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    os.environ["KILN_AGE_KEY"] = key
+    return key

@@ -1,8 +1,6 @@
 """Parsing and decisions of the backup tools, on output captured from pgBackRest 2.45 and restic 0.14."""
 
 import json
-import os
-import stat
 
 import pytest
 
@@ -239,14 +237,13 @@ def test_a_failing_tool_never_quotes_its_key():
     assert key not in str(exc.value) and "********" in str(exc.value)
 
 
-def test_secrets_file_is_created_private_and_env_overrides(settings, monkeypatch):
+def test_secrets_file_is_created_encrypted_and_env_overrides(settings, monkeypatch):
     monkeypatch.delenv("KILN_BACKUP_KEY", raising=False)
     monkeypatch.delenv("KILN_DB_PASSWORD", raising=False)
     path = ensure_secrets(settings, "local")
-    assert path == secrets_file(settings, "local")
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path == secrets_file(settings, "local") and path.name == "local.env.age"
     key = secret(settings, "local", "KILN_BACKUP_KEY")
-    assert len(key) >= 32 and key in path.read_text()
+    assert len(key) >= 32 and key not in path.read_text()
     assert ensure_secrets(settings, "local") is None  # complete: left alone
     monkeypatch.setenv("KILN_BACKUP_KEY", "from-the-environment-123")
     assert secret(settings, "local", "KILN_BACKUP_KEY") == "from-the-environment-123"
@@ -260,7 +257,7 @@ def test_a_malformed_secret_is_refused_without_showing_it(settings, monkeypatch)
     monkeypatch.delenv("KILN_BACKUP_KEY")
     monkeypatch.delenv("KILN_DB_PASSWORD", raising=False)
     with pytest.raises(
-        KilnError, match=r"KILN_DB_PASSWORD .* is not set: export it or add it to secrets/none.env"
+        KilnError, match=r"KILN_DB_PASSWORD .* not set: export it or add it with `invoke secrets edit none`"
     ):
         secret(settings, "none", "KILN_DB_PASSWORD")
 
