@@ -28,6 +28,12 @@ from cryptography.x509.oid import NameOID
 from kiln.polling import wait_for_service
 
 CHUNK = 1 << 16
+# moto_server, with keep-alive: pgBackRest reuses its connections, and werkzeug's default
+# HTTP/1.0 closes each one without a TLS close_notify, which OpenSSL 3 reports as an error.
+MOTO = (
+    "import sys; from werkzeug.serving import WSGIRequestHandler; "
+    "WSGIRequestHandler.protocol_version = 'HTTP/1.1'; from moto.server import main; main(sys.argv[1:])"
+)
 
 
 def write_certificates(folder: Path, address: str) -> tuple[Path, Path, Path]:
@@ -135,11 +141,10 @@ class S3Server:
         self.moto_port = free_port("127.0.0.1")
         self.relay = Relay(address, free_port(address), self.moto_port)
         self.log = (folder / "moto.log").open("wb")
+        listen = ["-H", "127.0.0.1", "-p", str(self.moto_port), "-c", str(cert), "-k", str(key)]
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(self.moto_port),
-             "-c", str(cert), "-k", str(key)],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [sys.executable, "-c", MOTO, *listen], stdout=self.log, stderr=subprocess.STDOUT
+        )
         try:
             wait_for_service(lambda: self.client().list_buckets(), "moto's S3 server", 30)
             self.client().create_bucket(Bucket=bucket)

@@ -31,7 +31,10 @@ _CAUSES = (
             "missing stanza data",
         ),
     ),
-    ("repository-unreachable", ("HostConnectError", "unable to connect to", "connection refused")),
+    (
+        "repository-unreachable",
+        ("HostConnectError", "unable to connect to", "connection refused", "TLS error"),
+    ),
     ("missing-wal", ("unable to find WAL segment", "could not find WAL", "ArchiveMismatch")),
     (
         "corrupt-backup",
