@@ -1,9 +1,9 @@
 """An S3 server for tests and benchmarks: moto's, over TLS from a CA made for the run.
 
-moto_server listens on loopback with a certificate signed by a throwaway CA (the tools are
-handed the CA, so TLS stays verified); a relay bound to the gateway address of a Docker network
-Kiln created forwards to it, so instances on that network (and on any other bridge of this
-engine) reach it and nothing outside this machine does. `stop()` closes the relay and drops its
+moto_server listens on loopback; a TLS relay bound to the gateway address of a Docker network
+Kiln created (its certificate signed by a throwaway CA the tools are handed, so TLS stays
+verified) forwards to it, so instances on that network (and on any other bridge of this engine)
+reach it and nothing outside this machine does. `stop()` closes the relay and drops its
 connections, which is what a client sees when the server stops; moto keeps its objects (in
 memory), so `start()` brings the same bucket back, as a restarted S3 server would.
 """
@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import select
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -28,12 +30,6 @@ from cryptography.x509.oid import NameOID
 from kiln.polling import wait_for_service
 
 CHUNK = 1 << 16
-# moto_server, with keep-alive: pgBackRest reuses its connections, and werkzeug's default
-# HTTP/1.0 closes each one without a TLS close_notify, which OpenSSL 3 reports as an error.
-MOTO = (
-    "import sys; from werkzeug.serving import WSGIRequestHandler; "
-    "WSGIRequestHandler.protocol_version = 'HTTP/1.1'; from moto.server import main; main(sys.argv[1:])"
-)
 
 
 def write_certificates(folder: Path, address: str) -> tuple[Path, Path, Path]:
@@ -80,10 +76,15 @@ def free_port(host: str) -> int:
 
 
 class Relay:
-    """TCP from (host, port) to a loopback port, one pair of pump threads per connection."""
+    """TLS on (host, port), plain HTTP to a loopback port: one thread per connection.
 
-    def __init__(self, host: str, port: int, target: int):
+    The relay ends TLS itself so that a response moto ends by closing the connection ends with a
+    TLS close_notify; without it OpenSSL 3 (pgBackRest's) reports "unexpected eof"."""
+
+    def __init__(self, host: str, port: int, target: int, cert: Path, key: Path):
         self.host, self.port, self.target = host, port, target
+        self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.tls.load_cert_chain(cert, key)
         self.listener: socket.socket | None = None
         self.open: set[socket.socket] = set()
         self.lock = threading.Lock()
@@ -99,28 +100,46 @@ class Relay:
     def accept(self, listener: socket.socket) -> None:
         while True:
             try:
-                client, _ = listener.accept()
+                raw, _ = listener.accept()
             except OSError:  # closed by stop()
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
-            upstream.settimeout(None)
-            with self.lock:
-                self.open |= {client, upstream}
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self.pump, args=(source, sink), daemon=True).start()
+            threading.Thread(target=self.serve, args=(raw,), daemon=True).start()
 
-    def pump(self, source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(CHUNK):
-                sink.sendall(data)
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+    def serve(self, raw: socket.socket) -> None:
+        try:
+            client = self.tls.wrap_socket(raw, server_side=True)
+            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+        except OSError:
+            raw.close()
+            return
+        upstream.settimeout(None)
         with self.lock:
-            for sock in (source, sink):
-                if sock in self.open:
-                    self.open.discard(sock)
-                    sock.close()
+            self.open |= {client, upstream}
+        try:
+            self.pump(client, upstream)
+        except OSError:  # reset by the client, or by stop()
+            pass
+        finally:
+            with self.lock:
+                self.open -= {client, upstream}
+            client.close()
+            upstream.close()
+
+    def pump(self, client: ssl.SSLSocket, upstream: socket.socket) -> None:
+        while True:
+            ready = [client] if client.pending() else select.select([client, upstream], [], [], 30)[0]
+            if client in ready:
+                data = client.recv(CHUNK)
+                if not data:
+                    return
+                upstream.sendall(data)
+            if upstream in ready:
+                data = upstream.recv(CHUNK)
+                if not data:
+                    with contextlib.suppress(OSError):
+                        client.unwrap()  # the close_notify
+                    return
+                client.sendall(data)
 
     def stop(self) -> None:
         if self.listener is not None:
@@ -139,11 +158,18 @@ class S3Server:
         self.address, self.bucket = address, bucket
         self.ca, cert, key = write_certificates(folder, address)
         self.moto_port = free_port("127.0.0.1")
-        self.relay = Relay(address, free_port(address), self.moto_port)
+        self.relay = Relay(address, free_port(address), self.moto_port, cert, key)
         self.log = (folder / "moto.log").open("wb")
-        listen = ["-H", "127.0.0.1", "-p", str(self.moto_port), "-c", str(cert), "-k", str(key)]
         self.process = subprocess.Popen(
-            [sys.executable, "-c", MOTO, *listen], stdout=self.log, stderr=subprocess.STDOUT
+            [
+                str(Path(sys.executable).with_name("moto_server")),
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(self.moto_port),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_for_service(lambda: self.client().list_buckets(), "moto's S3 server", 30)
@@ -160,8 +186,7 @@ class S3Server:
     def client(self):
         return boto3.client(
             "s3",
-            endpoint_url=f"https://127.0.0.1:{self.moto_port}",
-            verify=str(self.ca),
+            endpoint_url=f"http://127.0.0.1:{self.moto_port}",  # moto itself, behind the relay
             aws_access_key_id="kilntest",
             aws_secret_access_key="kilntest",
             region_name="us-east-1",
