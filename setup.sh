@@ -11,10 +11,11 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
 
 # Debian packages Kiln runs for real (the embedded default): engine, builder, bootstrapper,
-# linters. Later features add theirs here.
+# linters, age (secrets/<env>.env.age). Later features add theirs here.
 debian_packages=(
   docker.io packer mmdebstrap shellcheck
   python3-venv ca-certificates git rsync
+  age
 )
 # gitlab-ci-local runs pipelines/ locally; it needs Node.js >= 18 and npm (Debian's, unless the
 # machine already has its own).

@@ -374,3 +374,34 @@ def lock_merge_request(c, diff="lock-refresh.diff"):
     from kiln import ci_schedules as schedules
 
     print(schedules.propose_locks(settings(), Path(diff)))
+
+
+# ---- secrets: encrypted in the repository with age -----------------------------------------------
+
+
+@task(
+    help={
+        "action": "edit (in $EDITOR), show-keys (the public keys that open them) or rotate (a new age key)",
+        "env": "environment name: secrets/<env>.env.age",
+        "key_out": "rotate: file outside the checkout to write the new age key to (mode 0600)",
+    }
+)
+@kiln_task
+def secrets(c, action, env, key_out=None):
+    """Edit or re-key an environment's secrets, encrypted in secrets/<env>.env.age (never shown)."""
+    import os
+    from pathlib import Path
+
+    from kiln import secrets as sealed
+    from kiln.errors import KilnError
+
+    if action == "edit":
+        say(f"saved {sealed.edit(settings(), env, os.environ.get('EDITOR') or 'vi')}")
+    elif action == "show-keys":
+        for public, mine in sealed.show_keys(settings(), env):
+            print(f"{public}\t{'current key' if mine else ''}".rstrip())
+    elif action == "rotate" and key_out:
+        say(f"new age key {sealed.rotate(settings(), env, Path(key_out))} written to {key_out}: "
+            f"put it in {sealed.KEY_VARIABLE} and commit secrets/{env}.*")
+    else:
+        raise KilnError(f"secrets {action}: use edit, show-keys or rotate --key-out FILE")

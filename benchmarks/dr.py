@@ -1,6 +1,6 @@
 """DR benchmark: backup time, drill RTO against the floor, and RPO under continuous archiving.
 
-    .venv/bin/python benchmarks/dr.py [--mb 1024]
+    .venv/bin/python benchmarks/dr.py [--mb 1024] [--s3]
 
 All in one run, on the newest verified db and web images of KILN_IMAGE_REPO:
 1. a source environment `kiln-benchdr<pid>` gets --mb MiB of poorly compressible data
@@ -14,6 +14,8 @@ All in one run, on the newest verified db and web images of KILN_IMAGE_REPO:
    the latest backup is restored with every archived segment, and the newest restored commit is
    compared with the newest commit the writer saw acknowledged.
 Goals: RTO <= 1.3x floor; RPO <= 60 s. Everything it creates is removed at the end.
+With --s3 both repositories live in a bucket of moto's S3 server over TLS (tests/s3server.py,
+on the source network's gateway), and the floor and the drill both restore from it.
 """
 
 from __future__ import annotations
@@ -23,21 +25,27 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import docker
 
+from kiln import secrets as sealed
 from kiln.backup import containers, dbcheck
-from kiln.backup.base import BackupSettings, DockerShell, human_size
+from kiln.backup.base import BackupSettings, DockerShell, S3Repository, human_size
 from kiln.backup.load import load_data
-from kiln.backup.operations import take_backup
+from kiln.backup.operations import s3_access, take_backup
 from kiln.backup.pgbackrest import PgBackRest
 from kiln.backup.secrets import ensure_secrets, secret
 from kiln.drill import Drill, http
 from kiln.images import DockerImageStore
 from kiln.polling import wait_for_service
 from kiln.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.s3server import S3Server
 
 WRITE_INTERVAL = 0.5
 WRITE_SECONDS = 45  # more than archive_timeout (30 s), so continuous archiving is what is measured
@@ -92,10 +100,10 @@ def restore_bare(
             network=name,
             labels={"kiln.env": name},
             files={"/etc/kiln/db.env": (containers.db_env(password, hold=True), 0o600, "root")},
-            volumes=containers.backup_mounts(env, "db", read_only=True),
+            volumes={} if settings.s3 else containers.backup_mounts(env, "db", read_only=True),
         )
         shell = DockerShell(container, [key])
-        tool = PgBackRest(shell, settings, key)
+        tool = PgBackRest(shell, settings, key, s3_access(Settings.from_env(), env, settings))
         tool.configure()
         started = time.monotonic()
         if target:
@@ -126,14 +134,15 @@ def restore_bare(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=1024, help="MiB of data to load (default 1024)")
+    parser.add_argument("--s3", action="store_true", help="back up to and restore from an S3 server")
     args = parser.parse_args()
     settings = Settings.from_env()
     client = docker.from_env(timeout=300)
     store = DockerImageStore(client, settings)
     env = f"benchdr{os.getpid()}"
     backup = BackupSettings()
-    figures: dict[str, object] = {"mb": args.mb}
-    writer = None
+    figures: dict[str, object] = {"mb": args.mb, "repository": "s3" if args.s3 else "volume"}
+    writer = server = None
     try:
         ensure_secrets(settings, env)
         key, password = secret(settings, env, "KILN_BACKUP_KEY"), secret(settings, env, "KILN_DB_PASSWORD")
@@ -147,6 +156,16 @@ def main() -> None:
         wait_for_service(lambda: containers.db_ready(source.db), "source db", 60)
         url = f"http://{containers.address(source.web[0])}"
         wait_for_service(lambda: b'"database": "ok"' in http(url + "/health")[1], "source web", 60)
+        if args.s3:
+            gateway = client.networks.get(f"kiln-{env}").attrs["IPAM"]["Config"][0]["Gateway"]
+            server = S3Server(gateway, Path(tempfile.mkdtemp(prefix=f"kiln-{env}-s3-")), f"kiln-{env}")
+            repo = S3Repository(server.bucket, server.endpoint, uri_style="path", ca_file=str(server.ca))
+            backup = BackupSettings(repository="s3", s3=repo)
+            credentials = {
+                "KILN_S3_KEY": f"kiln-{env}-key-id",
+                "KILN_S3_KEY_SECRET": f"kiln-{env}-key-secret",
+            }
+            sealed.write(settings, env, {**sealed.read(settings, env), **credentials})
 
         started = time.monotonic()
         loaded = load_data(client, env, args.mb)
@@ -165,7 +184,7 @@ def main() -> None:
         # machine only ever slows one down).
         shell = DockerShell(source.db, [key])
         dbcheck.psql(shell, "postgres", f"SELECT pg_create_restore_point('kiln-{env}-floor')")
-        PgBackRest(shell, backup, key).source_check()
+        PgBackRest(shell, backup, key, s3_access(settings, env, backup)).source_check()
         floor_before, _ = restore_bare(
             client, env, source.db.image.id, backup, key, password, f"kiln-{env}-floor1", f"kiln-{env}-floor"
         )
@@ -198,6 +217,8 @@ def main() -> None:
     finally:
         if writer is not None:
             writer.stop.set()
+        if server is not None:
+            server.close()
         containers.remove_site(client, f"kiln.env={env}")
         for volume in containers.repo_volumes(env).values():
             with contextlib.suppress(docker.errors.NotFound):

@@ -36,10 +36,10 @@ import docker
 import docker.errors
 import yaml
 
-from kiln import console, environments
+from kiln import console, environments, statestore
 from kiln.backup import containers, dbcheck
 from kiln.backup.base import BackupFault, BackupSettings, DockerShell
-from kiln.backup.operations import backup_settings
+from kiln.backup.operations import backup_settings, s3_access
 from kiln.backup.pgbackrest import PgBackRest
 from kiln.backup.restic import UPLOADS, Restic
 from kiln.backup.secrets import secret
@@ -200,6 +200,7 @@ class Drill:
         self.history = settings.state_dir / "drills"
         self.key = secret(settings, env, "KILN_BACKUP_KEY")
         self.password = secret(settings, env, "KILN_DB_PASSWORD")
+        self.s3 = s3_access(settings, env, self.backup_settings)
         self.secrets = [self.key, self.password]
         self.reference: dbcheck.Snapshot | None = None
         self.source_files: dict[str, str] = {}
@@ -279,7 +280,7 @@ class Drill:
     def take_reference(self) -> str:
         source = self.source()
         shell = source.db_shell(self.secrets)
-        tool = PgBackRest(shell, self.backup_settings, self.key)
+        tool = PgBackRest(shell, self.backup_settings, self.key, self.s3)
         if self.target is None:
             self.reference = dbcheck.snapshot(shell, self.restore_point)
         else:
@@ -294,7 +295,7 @@ class Drill:
     def create_environment(self) -> str:
         """A separate environment through the source's provider: one zone, db held for the
         restore, web from the newest verified image, both reading the source's repositories."""
-        for volume in containers.repo_volumes(self.env).values():
+        for volume in containers.repo_volumes(self.env).values() if self.s3 is None else ():
             try:
                 self.client.volumes.get(volume)
             except docker.errors.NotFound as exc:
@@ -353,8 +354,8 @@ class Drill:
         return container.exec_run(["test", "-f", "/var/lib/cloud/instance/boot-finished"]).exit_code == 0
 
     def tools(self) -> tuple[PgBackRest, Restic]:
-        pg = PgBackRest(DockerShell(self.db, self.secrets), self.backup_settings, self.key)
-        files = Restic(DockerShell(self.web, self.secrets), self.backup_settings, self.key)
+        pg = PgBackRest(DockerShell(self.db, self.secrets), self.backup_settings, self.key, self.s3)
+        files = Restic(DockerShell(self.web, self.secrets), self.backup_settings, self.key, self.s3)
         files.read_only = True
         return pg, files
 
@@ -524,6 +525,9 @@ class Drill:
         write_atomic(folder / f"{self.id}.md", self.report.markdown())
         history = [r for r in load_history(self.settings) if r["env"] == self.env]
         write_atomic(page, htmlreport.drill_html(self.report.as_json(), history))
+        store = statestore.for_environment(self.settings, self.env)  # the history outlives this run
+        if store.where != str(self.settings.state_dir):
+            store.put(f"drills/{self.env}/{self.id}.json", json.dumps(self.report.as_json(), indent=2))
         console.say(f"report: {page}")
 
 
@@ -576,11 +580,15 @@ def file_sums(shell: DockerShell) -> dict[str, str]:
 
 
 def load_history(settings: Settings) -> list[dict]:
-    reports = []
-    for path in sorted((settings.state_dir / "drills").glob("*/*.json")):
-        with contextlib.suppress(ValueError, OSError):
-            reports.append(json.loads(path.read_text()))
-    return sorted(reports, key=lambda r: r["started"])
+    """Every drill report in every state store (kiln.statestore), whichever checkout wrote it."""
+    reports = {}
+    for store in statestore.every_store(settings):
+        for key in store.keys("drills/"):
+            if key.endswith(".json"):
+                with contextlib.suppress(ValueError, TypeError):
+                    report = json.loads(store.get(key) or b"")
+                    reports[report["id"]] = report
+    return sorted(reports.values(), key=lambda r: r["started"])
 
 
 def write_chart(settings: Settings, history: list[dict]) -> Path:

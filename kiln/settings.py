@@ -69,6 +69,9 @@ class Settings:
         600, "Seconds a cloud instance or load balancer may take to start, drain or go away"
     )
     cloud_poll: float = _setting(2.0, "Seconds between two looks at a cloud resource being changed")
+    state_store: str = _setting(
+        "", "Folder of environment state every checkout shares (locks, rollouts, drills); default: state_dir"
+    )
 
     @property
     def name_prefix(self) -> str:
@@ -80,6 +83,11 @@ class Settings:
 
     def resolved_security_mirror(self) -> str:
         return self.security_mirror or self.resolved_mirror() + "-security"
+
+    @property
+    def store_dir(self) -> Path:
+        """The state folder of environments without a bucket (kiln.statestore)."""
+        return Path(self.state_store) if self.state_store else self.state_dir
 
     @property
     def images_dir(self) -> Path:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,3 +61,12 @@ def webhook():
     server.shutdown()
     server.server_close()
     thread.join(5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def age_key() -> str:
+    """A real age identity for the run, in KILN_AGE_KEY as CI provides it (subprocesses inherit it)."""
+    generated = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
+    key = next(line for line in generated.splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    os.environ["KILN_AGE_KEY"] = key
+    return key

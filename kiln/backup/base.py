@@ -32,20 +32,44 @@ CAUSES = {
     "recovery-failed": "PostgreSQL did not finish recovery",
     "smoke-failed": "the application smoke test failed",
     "amcheck-failed": "pg_amcheck found corruption",
+    "repository-unreachable": "the backup repository's server did not answer",
     "tool-failed": "a backup tool failed",
 }
+CA_PATH = "/etc/kiln/s3-ca.pem"  # in the instance: the CA the tools trust for the S3 endpoint
 
 
 @dataclass(frozen=True)
 class S3Repository:
     bucket: str = spec(help="bucket holding the pgBackRest repository")
-    endpoint: str = spec(help="S3 endpoint host[:port], e.g. s3.eu-west-1.amazonaws.com")
+    endpoint: str = spec(
+        help="S3 endpoint host[:port], e.g. s3.eu-west-1.amazonaws.com",
+        pattern=r"[A-Za-z0-9.-]+(:[0-9]{1,5})?",
+        pattern_help="host or host:port, without https://",
+    )
     region: str = spec("us-east-1", help="bucket region")
     path: str = spec("/kiln", help="folder inside the bucket")
     uri_style: str = spec(
         "host", help="'host' (virtual-hosted) or 'path' (S3-compatible servers)", choices=("host", "path")
     )
     verify_tls: bool = spec(True, help="check the endpoint's TLS certificate")
+    ca_file: str | None = spec(
+        None, help="PEM file of the CA the tools trust for the endpoint (a private CA); default: the system's"
+    )
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, sep, port = self.endpoint.partition(":")
+        return host, int(port) if sep else 443
+
+
+@dataclass(frozen=True)
+class S3Access:
+    """What a tool needs to reach an S3 repository: where, the credentials, the CA to trust."""
+
+    repository: S3Repository
+    key_id: str
+    key_secret: str
+    ca: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -202,12 +226,19 @@ class BackupTool(abc.ABC):
     # (cause, words): the first cause one of whose words the tool's output holds.
     causes: ClassVar[tuple[tuple[str, tuple[str, ...]], ...]] = ()
 
-    def __init__(self, shell: Shell, settings: BackupSettings, key: str):
+    def __init__(self, shell: Shell, settings: BackupSettings, key: str, s3: S3Access | None = None):
         self.shell = shell
         self.settings = settings
         self.key = key
-        if key not in shell.secrets:
-            shell.secrets.append(key)
+        self.s3 = s3
+        for secret in (key, *((s3.key_id, s3.key_secret) if s3 else ())):
+            if secret not in shell.secrets:
+                shell.secrets.append(secret)
+
+    def put_ca(self) -> None:
+        """The S3 endpoint's CA, when the environment names one, where the tools look for it."""
+        if self.s3 is not None and self.s3.ca is not None:
+            self.shell.put(CA_PATH, self.s3.ca, 0o644)
 
     @abc.abstractmethod
     def configure(self) -> None:

@@ -40,9 +40,9 @@ def backup_mounts(env: str, role: str, read_only: bool = False) -> dict[str, dic
 
 def instance_mounts(env, role: str) -> dict[str, dict]:
     """What a provider mounts into an instance of `env` (an Environment): its own repositories,
-    or, for a DR environment, the source's read-only; nothing when backups are off."""
+    or, for a DR environment, the source's read-only; nothing when backups are off or on S3."""
     backup = env.spec.backup
-    if backup is None:
+    if backup is None or backup.repository == "s3":  # S3: the tools reach the bucket instead
         return {}
     return backup_mounts(backup.restore_from or env.name, role, read_only=bool(backup.restore_from))
 

@@ -6,7 +6,7 @@ import docker
 
 from kiln import console, environments
 from kiln.backup import tool_class
-from kiln.backup.base import BackupRecord, BackupSettings, BackupTool
+from kiln.backup.base import BackupRecord, BackupSettings, BackupTool, S3Access
 from kiln.backup.containers import Site
 from kiln.backup.secrets import S3_NAMES, ensure_secrets, secret
 from kiln.errors import KilnError
@@ -33,16 +33,30 @@ def tools(
     """The environment's tools, each in the instance it runs in: db first, then web (if any)."""
     site = Site.find(client, env)
     key = secret(settings, env, "KILN_BACKUP_KEY")
-    s3 = None
-    if backup.repository == "s3":
-        if backup.s3 is None:
-            raise KilnError(f"environments/{env}.yml: field 'backup.s3': required when repository is 's3'")
-        s3 = (secret(settings, env, S3_NAMES[0]), secret(settings, env, S3_NAMES[1]))
+    s3 = s3_access(settings, env, backup)
     found: list[BackupTool] = [tool_class("pgbackrest")(site.db_shell([key]), backup, key, s3)]
     web = site.web_shell([key])
     if web is not None:
-        found.append(tool_class("restic")(web, backup, key))
+        found.append(tool_class("restic")(web, backup, key, s3))
     return found
+
+
+def s3_access(settings: Settings, env: str, backup: BackupSettings) -> S3Access | None:
+    """The S3 repository's address, credentials (from the environment's secrets) and CA."""
+    if backup.repository != "s3":
+        return None
+    s3 = backup.s3
+    assert s3 is not None  # backup_settings refuses repository 's3' without it
+    ca = None
+    if s3.ca_file:
+        path = settings.project_root / s3.ca_file  # an absolute ca_file stays itself
+        try:
+            ca = path.read_bytes()
+        except OSError as exc:
+            raise KilnError(
+                f"environments/{env}.yml: field 'backup.s3.ca_file': cannot read {path}: {exc.strerror}"
+            ) from None
+    return S3Access(s3, secret(settings, env, S3_NAMES[0]), secret(settings, env, S3_NAMES[1]), ca)
 
 
 def require_kind(kind: str) -> None:
@@ -81,9 +95,14 @@ def backup_settings(settings: Settings, env: str) -> BackupSettings:
     if not (environments.env_dir(settings) / f"{env}.yml").exists():
         return BackupSettings()
     loaded = environments.load(settings, env)
-    if loaded.spec.backup is None:
+    backup = loaded.spec.backup
+    if backup is None:
         raise KilnError(
             f"{loaded.file}: field 'backup': missing, so its instances have no repository "
             "volumes; add `backup: {}` (defaults) and recreate them with `invoke up`"
         )
-    return loaded.spec.backup
+    if backup.repository == "s3" and backup.s3 is None:
+        raise KilnError(
+            f"{loaded.file}: field 'backup.s3': required when repository is 's3' (endpoint, bucket)"
+        )
+    return backup

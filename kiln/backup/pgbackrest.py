@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 
-from kiln.backup.base import BackupFault, BackupRecord, BackupSettings, BackupTool, Result
+from kiln.backup.base import CA_PATH, BackupFault, BackupRecord, BackupSettings, BackupTool, Result, S3Access
 
 STANZA = "main"
 CONF_D = "/etc/pgbackrest/conf.d/kiln.conf"
@@ -30,6 +30,10 @@ _CAUSES = (
             "no valid backups",
             "missing stanza data",
         ),
+    ),
+    (
+        "repository-unreachable",
+        ("HostConnectError", "unable to connect to", "connection refused", "TLS error"),
     ),
     ("missing-wal", ("unable to find WAL segment", "could not find WAL", "ArchiveMismatch")),
     (
@@ -57,22 +61,24 @@ _CAUSES = (
 )
 
 
-def render_conf(settings: BackupSettings, key: str, s3_credentials: tuple[str, str] | None = None) -> str:
+def render_conf(settings: BackupSettings, key: str, s3: S3Access | None = None) -> str:
     """conf.d/kiln.conf: the repository, its retention and its cipher (the key is a secret)."""
     lines = ["[global]"]
-    if settings.repository == "s3":
-        s3 = settings.s3
-        assert s3 is not None and s3_credentials is not None
+    if s3 is not None:
+        repo = s3.repository
+        host, port = repo.host_port
         lines += [
             "repo1-type=s3",
-            f"repo1-path={s3.path}",
-            f"repo1-s3-bucket={s3.bucket}",
-            f"repo1-s3-endpoint={s3.endpoint}",
-            f"repo1-s3-region={s3.region}",
-            f"repo1-s3-uri-style={s3.uri_style}",
-            f"repo1-s3-verify-tls={'y' if s3.verify_tls else 'n'}",
-            f"repo1-s3-key={s3_credentials[0]}",
-            f"repo1-s3-key-secret={s3_credentials[1]}",
+            f"repo1-path={repo.path}",
+            f"repo1-s3-bucket={repo.bucket}",
+            f"repo1-s3-endpoint={host}",
+            f"repo1-storage-port={port}",
+            f"repo1-s3-region={repo.region}",
+            f"repo1-s3-uri-style={repo.uri_style}",
+            f"repo1-s3-verify-tls={'y' if repo.verify_tls else 'n'}",
+            f"repo1-s3-key={s3.key_id}",
+            f"repo1-s3-key-secret={s3.key_secret}",
+            *([f"repo1-s3-ca-file={CA_PATH}"] if s3.ca else []),
         ]
     else:
         lines += ["repo1-type=posix", f"repo1-path={REPO_PATH}"]
@@ -160,19 +166,12 @@ class PgBackRest(BackupTool):
     name = "pgbackrest"
     causes = _CAUSES
 
-    def __init__(
-        self, shell, settings: BackupSettings, key: str, s3_credentials: tuple[str, str] | None = None
-    ):
-        super().__init__(shell, settings, key)
-        self.s3_credentials = s3_credentials
-        for secret in s3_credentials or ():
-            shell.secrets.append(secret)
-
     def pgbackrest(self, *args: str, cause: str = "tool-failed") -> Result:
         return self.run(["pgbackrest", f"--stanza={STANZA}", *args], cause=cause, user="postgres")
 
     def configure(self) -> None:
-        conf = render_conf(self.settings, self.key, self.s3_credentials)
+        self.put_ca()
+        conf = render_conf(self.settings, self.key, self.s3)
         self.shell.put(CONF_D, conf.encode(), 0o600, self.shell.ids("postgres"))
 
     def prepare_repository(self) -> None:

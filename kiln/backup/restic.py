@@ -7,15 +7,17 @@ import datetime
 import json
 import re
 
-from kiln.backup.base import BackupFault, BackupRecord, BackupTool, Result
+from kiln.backup.base import CA_PATH, BackupFault, BackupRecord, BackupTool, Result, S3Access
 
 REPO_PATH = "/var/lib/kiln-restic"  # the docker volume standing for off-site storage
 PASSWORD_FILE = "/etc/kiln/restic.pass"
+S3_CREDENTIALS_FILE = "/etc/kiln/restic-s3.credentials"  # read by restic's S3 client, never in argv
 UPLOADS = "/srv/kiln-web/uploads"
 OWNER = "kiln-web:kiln-web"  # the app's user, which serves the uploads
 TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 _CAUSES = (
+    ("repository-unreachable", ("connection refused", "connection reset", "no route to host")),
     ("wrong-key", ("wrong password", "no key found")),
     (
         "repository-missing",
@@ -72,6 +74,19 @@ def parse_snapshots(text: str) -> list[BackupRecord]:
     return sorted(records, key=lambda r: r.started)
 
 
+def s3_repository(s3: S3Access) -> str:
+    repo = s3.repository
+    scheme = "https" if repo.verify_tls or s3.ca else "http"
+    return f"s3:{scheme}://{repo.endpoint}/{repo.bucket}/{repo.path.strip('/')}-restic"
+
+
+def s3_options(s3: S3Access | None) -> list[str]:
+    if s3 is None:
+        return []
+    lookup = "path" if s3.repository.uri_style == "path" else "dns"
+    return [*(["--cacert", CA_PATH] if s3.ca else []), "-o", f"s3.bucket-lookup={lookup}"]
+
+
 def parse_summary(text: str) -> dict:
     """The summary line of `restic backup --json`."""
     for line in reversed(text.splitlines()):
@@ -88,22 +103,30 @@ class Restic(BackupTool):
     @property
     def env(self) -> dict[str, str]:
         return {
-            "RESTIC_REPOSITORY": REPO_PATH,
+            "RESTIC_REPOSITORY": s3_repository(self.s3) if self.s3 else REPO_PATH,
             "RESTIC_PASSWORD_FILE": PASSWORD_FILE,
             "RESTIC_CACHE_DIR": "/var/cache/kiln-restic",
+            "AWS_SHARED_CREDENTIALS_FILE": S3_CREDENTIALS_FILE,
         }
 
     def restic(self, *args: str, cause: str = "tool-failed", nice: bool = False) -> Result:
         lock = ["--no-lock"] if self.read_only else []
         niceness = ["nice", "-n", "10"] if nice else []
-        return self.run([*niceness, "restic", "--quiet", *lock, *args], cause=cause, env=self.env)
+        command = [*niceness, "restic", "--quiet", *s3_options(self.s3), *lock, *args]
+        return self.run(command, cause=cause, env=self.env)
 
     def configure(self) -> None:
         self.shell.put(PASSWORD_FILE, self.key.encode(), 0o600)
+        if self.s3 is not None:
+            self.put_ca()
+            credentials = (
+                f"[default]\naws_access_key_id={self.s3.key_id}\naws_secret_access_key={self.s3.key_secret}\n"
+            )
+            self.shell.put(S3_CREDENTIALS_FILE, credentials.encode(), 0o600)
 
     def prepare_repository(self) -> None:
         """Initialise the repository unless it exists."""
-        probe = self.shell.run(["restic", "cat", "config"], env=self.env)
+        probe = self.shell.run(["restic", *s3_options(self.s3), "cat", "config"], env=self.env)
         if probe.ok:
             return
         if self.classify(probe.err) != "repository-missing":

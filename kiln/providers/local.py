@@ -3,7 +3,8 @@
 Everything carries the environment's name: containers `kiln-<env>-<instance>` and
 `kiln-<env>-lb`, networks `kiln-<env>-z<N>`, label `kiln.env=<env>`. The load balancer's
 folder (config, stats socket) and each instance's NoCloud seed live under
-<state_dir>/envs/<env>/ and are bind-mounted.
+<state store folder>/envs/<env>/ (KILN_STATE_STORE, shared by checkouts; default .kiln/) and
+are bind-mounted.
 """
 
 from __future__ import annotations
@@ -50,9 +51,28 @@ class LocalProvider(Provider):
         super().__init__(settings, env)
         self.client = docker_client()
         self.store = DockerImageStore(self.client, settings)
-        self.folder = settings.state_dir / "envs" / env.name
+        self.folder = settings.store_dir / "envs" / env.name
         self.lb_folder = self.folder / "lb"
         self.api = haproxy.RuntimeAPI(self.lb_folder / "admin.sock")
+        self.refuse_another_state_folder()
+
+    @docker_errors_fail
+    def refuse_another_state_folder(self) -> None:
+        """The running load balancer's folder is another checkout's: its lock and state are there."""
+        try:
+            lb = self.client.containers.get(self.container_name("lb"))
+        except docker.errors.NotFound:
+            return
+        mounted = next(
+            (m["Source"] for m in lb.attrs.get("Mounts", []) if m["Destination"] == "/run/haproxy"), None
+        )
+        if mounted and Path(mounted) != self.lb_folder.resolve():
+            store = Path(mounted).parent.parent.parent
+            raise KilnError(
+                f"environment {self.env.name} was brought up with the state in {store}, not "
+                f"{self.settings.store_dir}: set KILN_STATE_STORE={store} so every checkout shares "
+                "its lock and state"
+            )
 
     # ---- names ------------------------------------------------------------------------------
 

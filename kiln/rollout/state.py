@@ -1,24 +1,20 @@
-"""A rollout's record (typed), and where it is kept: <state_dir>/envs/<env>/.
+"""A rollout's record (typed), and where it is kept: envs/<env>/ of the environment's state store.
 
 rollout.json holds the newest rollout or rollback, rewritten atomically at every event, so a
-crash leaves a record to resume from; audit.jsonl gets one line per finished one; the lock file
-is held (flock) by whoever changes the environment.
+crash leaves a record to resume from; audit.jsonl gets one line per finished one; the lock is
+held by whoever changes the environment (kiln.statestore: flock, or a conditional write on S3).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import getpass
 import json
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.errors import KilnError
-from kiln.files import write_atomic
+from kiln import statestore
 from kiln.settings import Settings
 from kiln.stamps import new_id, utc_iso
 
@@ -85,60 +81,38 @@ class RolloutState:
 
 
 class Store:
-    """<state_dir>/envs/<env>/: rollout.json (atomic), audit.jsonl, timelines, the lock."""
+    """An environment's rollout.json (atomic), audit log and lock in its state store
+    (kiln.statestore: a folder, or the environment's bucket); timelines stay in the folder."""
 
     def __init__(self, settings: Settings, env_name: str):
         self.env_name = env_name
-        self.folder = settings.state_dir / "envs" / env_name
+        self.settings = settings
+        self.backing = statestore.for_environment(settings, env_name)
+        self.prefix = f"envs/{env_name}/"
+        self.folder = settings.store_dir / "envs" / env_name
         self.state_file = self.folder / "rollout.json"
-        self.audit_file = self.folder / "audit.jsonl"
 
     def load(self) -> RolloutState | None:
-        if not self.state_file.exists():
-            return None
-        return RolloutState.from_json(json.loads(self.state_file.read_text()))
+        data = self.backing.get(self.prefix + "rollout.json")
+        return None if data is None else RolloutState.from_json(json.loads(data))
 
     def save(self, state: RolloutState) -> None:
-        write_atomic(self.state_file, json.dumps(state.as_json(), indent=2, sort_keys=True))
+        self.backing.put(self.prefix + "rollout.json", json.dumps(state.as_json(), indent=2, sort_keys=True))
 
     def clear(self) -> None:
         """Forget the last rollout (the environment is gone); the audit log stays."""
-        self.state_file.unlink(missing_ok=True)
+        self.backing.delete(self.prefix + "rollout.json")
 
     def timeline_file(self, state: RolloutState) -> Path:
         return self.folder / f"timeline-{state.id}-{len(state.events)}.svg"
 
     def append_audit(self, state: RolloutState) -> None:
-        """One line per finished rollout, written with O_APPEND so concurrent writers never interleave."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(state.audit_record(), sort_keys=True) + "\n").encode()
-        fd = os.open(self.audit_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        """One line per finished rollout; concurrent writers never interleave."""
+        self.backing.append(self.prefix + "audit.jsonl", json.dumps(state.audit_record(), sort_keys=True))
 
     def read_audit(self) -> list[dict]:
-        if not self.audit_file.exists():
-            return []
-        return [json.loads(line) for line in self.audit_file.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in self.backing.lines(self.prefix + "audit.jsonl")]
 
-    @contextlib.contextmanager
-    def lock(self, what: str) -> Iterator[None]:
-        """flock: released by the kernel when the holder dies, even by SIGKILL."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / "lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = path.read_text().strip() or "another process"
-                raise KilnError(
-                    f"environment {self.env_name} is locked by {holder}: wait for it to finish"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{what} (pid {os.getpid()}, user {getpass.getuser()})".encode())
-            yield
-        finally:
-            os.close(fd)
+    def lock(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """Held by whoever changes the environment; a refusal names the holder and its start."""
+        return self.backing.lock(self.prefix + "lock", self.env_name, statestore.holder(what, self.settings))

@@ -1,14 +1,22 @@
 """Parsing and decisions of the backup tools, on output captured from pgBackRest 2.45 and restic 0.14."""
 
 import json
-import os
-import stat
 
 import pytest
 
 from kiln.backup import pgbackrest, restic
-from kiln.backup.base import BackupFault, BackupSettings, Result, Retention, S3Repository, Shell, human_size
+from kiln.backup.base import (
+    BackupFault,
+    BackupSettings,
+    Result,
+    Retention,
+    S3Access,
+    S3Repository,
+    Shell,
+    human_size,
+)
 from kiln.backup.dbcheck import TableSum, compare, parse_rows
+from kiln.backup.operations import backup_settings
 from kiln.backup.secrets import ensure_secrets, secret, secrets_file
 from kiln.config import parse
 from kiln.errors import KilnError
@@ -116,18 +124,18 @@ def test_repository_conf_carries_cipher_retention_and_s3_settings():
     assert "repo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=" + "k" * 20 in conf
     assert "repo1-retention-full=3" in conf and "repo1-retention-diff=5" in conf
     assert "repo1-path=/var/lib/pgbackrest" in conf
-    s3 = BackupSettings(
-        repository="s3",
-        s3=S3Repository(bucket="b", endpoint="127.0.0.1:9000", uri_style="path", verify_tls=False),
-    )
-    conf = pgbackrest.render_conf(s3, "k" * 20, ("AKID", "SECRET"))
+    repo = S3Repository(bucket="b", endpoint="10.0.0.1:9000", uri_style="path")
+    s3 = BackupSettings(repository="s3", s3=repo)
+    conf = pgbackrest.render_conf(s3, "k" * 20, S3Access(repo, "AKID", "SECRET", b"PEM"))
     for line in (
         "repo1-type=s3",
         "repo1-s3-bucket=b",
-        "repo1-s3-endpoint=127.0.0.1:9000",
+        "repo1-s3-endpoint=10.0.0.1",
+        "repo1-storage-port=9000",
         "repo1-s3-uri-style=path",
-        "repo1-s3-verify-tls=n",
+        "repo1-s3-verify-tls=y",
         "repo1-s3-key=AKID",
+        "repo1-s3-ca-file=/etc/kiln/s3-ca.pem",
     ):
         assert line in conf.splitlines()
 
@@ -239,14 +247,13 @@ def test_a_failing_tool_never_quotes_its_key():
     assert key not in str(exc.value) and "********" in str(exc.value)
 
 
-def test_secrets_file_is_created_private_and_env_overrides(settings, monkeypatch):
+def test_secrets_file_is_created_encrypted_and_env_overrides(settings, monkeypatch):
     monkeypatch.delenv("KILN_BACKUP_KEY", raising=False)
     monkeypatch.delenv("KILN_DB_PASSWORD", raising=False)
     path = ensure_secrets(settings, "local")
-    assert path == secrets_file(settings, "local")
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path == secrets_file(settings, "local") and path.name == "local.env.age"
     key = secret(settings, "local", "KILN_BACKUP_KEY")
-    assert len(key) >= 32 and key in path.read_text()
+    assert len(key) >= 32 and key not in path.read_text()
     assert ensure_secrets(settings, "local") is None  # complete: left alone
     monkeypatch.setenv("KILN_BACKUP_KEY", "from-the-environment-123")
     assert secret(settings, "local", "KILN_BACKUP_KEY") == "from-the-environment-123"
@@ -260,10 +267,36 @@ def test_a_malformed_secret_is_refused_without_showing_it(settings, monkeypatch)
     monkeypatch.delenv("KILN_BACKUP_KEY")
     monkeypatch.delenv("KILN_DB_PASSWORD", raising=False)
     with pytest.raises(
-        KilnError, match=r"KILN_DB_PASSWORD .* is not set: export it or add it to secrets/none.env"
+        KilnError, match=r"KILN_DB_PASSWORD .* not set: export it or add it with `invoke secrets edit none`"
     ):
         secret(settings, "none", "KILN_DB_PASSWORD")
 
 
 def test_human_sizes():
     assert [human_size(n) for n in (12, 2048, 5 * 1024**3)] == ["12 B", "2.0 KiB", "5.0 GiB"]
+
+
+def test_restic_reaches_s3_through_files_and_options_never_argv_secrets():
+    repo = S3Repository(bucket="kiln-b", endpoint="10.0.0.1:9000", path="/kiln", uri_style="path")
+    access = S3Access(repo, "AKID-kilntest", "SECRET-kilntest", b"PEM")
+    tool = restic.Restic(_Echo(), BackupSettings(repository="s3", s3=repo), "k" * 20, access)
+    assert tool.env["RESTIC_REPOSITORY"] == "s3:https://10.0.0.1:9000/kiln-b/kiln-restic"
+    assert restic.s3_options(access) == ["--cacert", "/etc/kiln/s3-ca.pem", "-o", "s3.bucket-lookup=path"]
+    assert {"AKID-kilntest", "SECRET-kilntest"} <= set(tool.shell.secrets)  # scrubbed from output
+    assert not any("kilntest" in value for value in tool.env.values())
+
+
+def test_an_s3_endpoint_with_a_scheme_is_refused_where_declared(settings):
+    env_file = settings.project_root / "environments" / "offsite.yml"
+    env_file.parent.mkdir()
+    env_file.write_text(
+        "provider: local\nzones: [z0]\ninstances: {db: 1, web: 1}\nfrontend: {port: 0}\n"
+        "backup: {repository: s3, s3: {bucket: b, endpoint: 'https://s3.example.com'}}\n"
+    )
+    with pytest.raises(KilnError, match=r"offsite.yml: field 'backup.s3.endpoint': .* without https://"):
+        backup_settings(settings, "offsite")
+    env_file.write_text(
+        env_file.read_text().replace(", s3: {bucket: b, endpoint: 'https://s3.example.com'}", "")
+    )
+    with pytest.raises(KilnError, match=r"offsite.yml: field 'backup.s3': required when repository is 's3'"):
+        backup_settings(settings, "offsite")

@@ -150,7 +150,7 @@ def test_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
     store = Store(Settings(project_root=tmp_path, state_dir=tmp_path), env.name)
     with (
         store.lock("rollout"),
-        pytest.raises(KilnError, match=r"environment t is locked by rollout \(pid \d+"),
+        pytest.raises(KilnError, match=r"locked by rollout \(\S+ pid \d+ in .*\) since \d{4}-"),
         store.lock("rollout"),
     ):
         pass
