@@ -55,6 +55,24 @@ def test_provisioners_run_packages_first_and_finish_last(settings):
     assert env["KILN_HEALTH_PATH"] == "/health"
 
 
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_every_target_installs_the_declared_services_and_its_cloud_init(settings, target):
+    for role, services in {
+        "base": ["ssh-hostkeys", "firewall", "syslog"],
+        "web": ["web-app", "nginx"],
+    }.items():
+        shell = [
+            s
+            for s in get_target(target).render(context(settings, role))["provisioners"]
+            if s["type"] == "shell"
+        ]
+        scripts = [Path(p).name for step in shell for p in step["scripts"]]
+        assert scripts[-2:] == ["services.sh", "finish.sh"]
+        assert ("base-cloud-init.sh" in scripts) is (role == "base")
+        env = dict(e.split("=", 1) for step in shell for e in step["environment_vars"])
+        assert [s["name"] for s in json.loads(base64.b64decode(env["KILN_SERVICES"]))] == services
+
+
 def test_cloud_templates_find_parent_by_kiln_tags(settings):
     ami = get_target("amazon-ebs").render(context(settings, "web", parent_ref="abc"))["builders"][0]
     assert ami["source_ami_filter"]["filters"] == {"tag:kiln.role": "base", "tag:kiln.version": "abc"}
