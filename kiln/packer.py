@@ -94,22 +94,17 @@ def write_template(template: dict, path: Path, settings: Settings | None = None)
 
 def install_plugins(template_path: Path, settings: Settings) -> None:
     """`packer init`: installs the plugins the template requires (a no-op once they are there)."""
-    proc = subprocess.run(
-        [require_packer(settings), "init", template_path.name],
-        cwd=template_path.parent,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        detail = (proc.stdout + proc.stderr).strip().replace("\n", " ")
-        raise OperationFailed(f"packer init {template_path} could not install the plugins: {detail}")
+    _run_on(template_path, settings, "init", " could not install the plugins")
 
 
 def validate(template_path: Path, settings: Settings) -> None:
-    packer = require_packer(settings)
+    _run_on(template_path, settings, "validate")
+
+
+def _run_on(template_path: Path, settings: Settings, command: str, failed: str = "") -> None:
+    """`packer <command> <template>` in the template's folder; its output becomes the error."""
     proc = subprocess.run(
-        [packer, "validate", template_path.name],
+        [require_packer(settings), command, template_path.name],
         cwd=template_path.parent,
         capture_output=True,
         text=True,
@@ -117,7 +112,7 @@ def validate(template_path: Path, settings: Settings) -> None:
     )
     if proc.returncode != 0:
         detail = (proc.stdout + proc.stderr).strip().replace("\n", " ")
-        raise OperationFailed(f"packer validate {template_path}: {detail}")
+        raise OperationFailed(f"packer {command} {template_path}{failed}: {detail}")
 
 
 def decode(data: str) -> str:
