@@ -19,6 +19,8 @@ from kiln.roles import RoleCatalog
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_LIB = REPO / "images/base/files/usr/local/lib/kiln"
+# No bytecode next to the image's files: it would be copied into the image and change its version.
+sys.dont_write_bytecode = True
 sys.path.insert(0, str(IMAGE_LIB))
 import kiln_services  # noqa: E402  (the module baked into every image)
 
