@@ -1,12 +1,15 @@
 """Services declared once in role.yml: refused when one runtime could not run them, rendered as
-systemd units (into a scratch root, by the script the image runs) and run by kiln-init's
-supervisor (real processes, no Docker)."""
+systemd units (into a scratch root, by the script the image runs; checked by `systemd-analyze
+verify`) and run by kiln-init's supervisor (real processes, no Docker)."""
 
 import base64
 import importlib.machinery
 import importlib.util
 import json
+import shlex
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -93,7 +96,7 @@ def install_chain(settings, role: str, root: Path) -> dict[str, list[str]]:
     """What services.sh does in each bake of the chain, into a scratch root."""
     for unit in PACKAGED:
         (root / "lib/systemd/system").mkdir(parents=True, exist_ok=True)
-        (root / "lib/systemd/system" / unit).write_text("[Service]\n")
+        (root / "lib/systemd/system" / unit).write_text("[Service]\nExecStart=/bin/true\n")
     installed = {}
     for member in RoleCatalog(settings).chain(role):
         declared = json.loads(base64.b64decode(services.payload(member.spec.services)))
@@ -144,6 +147,30 @@ def test_db_units_carry_condition_and_template_instance(settings, tmp_path):
     bootstrap = unit_settings(units / "kiln-db-bootstrap.service")
     assert (bootstrap["Type"], bootstrap["RemainAfterExit"]) == ("oneshot", "yes")
     assert "Restart" not in bootstrap
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze comes with systemd")
+@pytest.mark.parametrize("role", ["web", "db", "lb"])
+def test_systemd_analyze_verifies_every_unit_and_drop_in(settings, tmp_path, role):
+    """systemd's own checker, on a scratch root holding this host's systemd units, the rendered
+    units and stand-in executables (their programs are the image's, not this host's)."""
+    shutil.copytree("/usr/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
+    (tmp_path / "lib").symlink_to("usr/lib")
+    installed = [unit for units in install_chain(settings, role, tmp_path).values() for unit in units]
+    commands = [
+        s[key] for s in kiln_services.load_all(tmp_path) for key in ("command", "condition") if s[key]
+    ]
+    for program in {shlex.split(c)[0] for c in commands} | {"/usr/local/sbin/kiln-services", "/bin/true"}:
+        (tmp_path / program.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / program.lstrip("/")).write_text("#!/bin/sh\n")
+        (tmp_path / program.lstrip("/")).chmod(0o755)
+    for unit in installed:
+        # A rendered unit is checked as a file; a packaged one (a stand-in here) with Kiln's drop-in.
+        name = f"/etc/systemd/system/{unit}" if unit.startswith("kiln-") else unit
+        proc = subprocess.run(
+            ["systemd-analyze", "verify", f"--root={tmp_path}", name], capture_output=True, text=True
+        )
+        assert (proc.returncode, proc.stderr) == (0, ""), f"{unit}: {proc.stderr}"
 
 
 def test_systemd_reads_commands_as_kiln_init_does(tmp_path):
