@@ -27,12 +27,12 @@ import docker
 import docker.errors
 
 from kiln import console
+from kiln.container_options import run_options
 from kiln.containerfiles import put_file, read_file
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
 from kiln.images import DockerImageStore, docker_client, require_image
 from kiln.settings import Settings
-from kiln.verify import namespaced_sysctls
 
 PROFILE = "xccdf_org.ssgproject.content_profile_anssi_bp28_intermediary"
 DATASTREAM = "ssg-debian12-ds.xml"
@@ -287,12 +287,11 @@ class Auditor:
                     config.get("Cmd") or [],
                     entrypoint=boot,
                     detach=True,
-                    init=True,  # Lynis flags the zombies a PID 1 that never reaps leaves
                     name=name,
                     network_mode="none",
-                    cap_add=["NET_ADMIN"],
-                    sysctls=namespaced_sysctls(self.client, image),
                     labels={"kiln.audit": label or image},
+                    # as instances run (an init: Lynis flags the zombies a PID 1 leaves unreaped)
+                    **run_options(self.client, image),
                 )
                 step("OpenSCAP: ANSSI BP-028 intermediary")
                 self._exec(container, oscap_command(), "oscap", ok=(0, 2))  # 2: some rule failed

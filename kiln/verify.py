@@ -10,12 +10,10 @@ removed whatever happens. The outcome is the image's `kiln.status` label: `verif
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -26,6 +24,7 @@ import docker
 import docker.errors
 
 from kiln import console
+from kiln.container_options import run_options
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import DockerImageStore, ImageRecord, docker_client, require_image
 from kiln.roles import Role, RoleCatalog
@@ -33,14 +32,7 @@ from kiln.settings import Settings
 
 # Longest a suite run may take before the verification counts as failed.
 SUITE_TIMEOUT = 600
-# Sysctls of a container's own network namespace. On a VM systemd-sysctl applies the image's
-# whole sysctl.d at boot; a container cannot write /proc/sys, so Docker applies these at
-# creation (the kernel-wide rest stays the host's: tests check the persisted file for those).
-# Forwarding is left out: Docker applies sysctls in no set order, and turning forwarding off
-# after accept_redirects resets accept_redirects to 1 (the namespace has one interface anyway).
-NAMESPACED_SYSCTL = re.compile(
-    r"^net\.(ipv4\.(conf\.[^.]+\.(?!forwarding$)|tcp_|icmp_|ip_local_port_range$)|ipv6\.conf\.[^.]+\.(?!forwarding$))"
-)
+
 
 
 @dataclass(frozen=True)
@@ -109,36 +101,6 @@ def security_pending_reason(role: Role, record: ImageRecord) -> str | None:
         f"{allowed} ({role.display(role.role_file)}); refresh the lock with "
         f"`invoke lock {role.name} --update` and rebake"
     )
-
-
-def parse_sysctl_conf(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.lstrip().startswith(("#", ";")):
-            values[key.strip().replace("/", ".")] = " ".join(value.split())
-    return values
-
-
-def namespaced_sysctls(client: docker.DockerClient, image: str) -> dict[str, str]:
-    """The network-namespace sysctls the image persists in /etc/sysctl.d/*.conf, last one wins."""
-    container = client.containers.create(
-        image, ["true"], entrypoint=[], network_mode="none", name=f"kiln-verify-sysctl-{uuid.uuid4().hex[:8]}"
-    )
-    try:
-        stream, _ = container.get_archive("/etc/sysctl.d")
-    except docker.errors.NotFound:
-        return {}
-    finally:
-        container.remove(force=True)
-    values: dict[str, str] = {}
-    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-        for member in sorted(tar.getmembers(), key=lambda m: Path(m.name).name):
-            # 99-sysctl.conf links to ../sysctl.conf, which Debian leaves all comments.
-            extracted = tar.extractfile(member) if member.isfile() and member.name.endswith(".conf") else None
-            if extracted is not None:
-                values.update(parse_sysctl_conf(extracted.read().decode(errors="replace")))
-    return {k: v for k, v in values.items() if NAMESPACED_SYSCTL.match(k)}
 
 
 def parse_junit(path: Path) -> tuple[int, list[Failure]]:
@@ -228,12 +190,10 @@ class Verifier:
         self.client.containers.run(
             record.id,
             detach=True,
-            init=True,
             name=name,
             network_mode="none",
-            cap_add=["NET_ADMIN"],
-            sysctls=namespaced_sysctls(self.client, record.id),
             labels={"kiln.verify": record.image},
+            **run_options(self.client, record.id),
         )
 
     def _run_suites(

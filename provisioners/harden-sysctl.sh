@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Kernel and network hardening (dev-sec linux-baseline, ANSSI BP-028, CIS Debian 12) persisted
 # in sysctl.d: applied by the kernel of a VM at boot. A container shares its host's kernel: its
-# network namespace gets the net.* keys from Docker (kiln/verify.py), the rest stays the host's.
+# network namespace gets the net.* keys from Docker (kiln/container_options.py), the rest stays
+# the host's.
 set -euo pipefail
 cat > /etc/sysctl.d/90-kiln-hardening.conf <<'CONF'
 # Kiln hardening baseline (provisioners/harden-sysctl.sh)

@@ -19,7 +19,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from kiln import cloudinit, haproxy
+from kiln import cloudinit, container_options, haproxy
 from kiln.backup.containers import instance_mounts
 from kiln.cloudinit import UserData
 from kiln.environments import Environment
@@ -116,7 +116,6 @@ class LocalProvider(Provider):
         container = self.client.containers.create(
             image.image,
             name=name,
-            init=True,
             hostname="lb",
             labels={**self.labels, "kiln.role": "lb", "kiln.version": image.version},
             network=self.network_name(0),
@@ -125,6 +124,7 @@ class LocalProvider(Provider):
                 str(self.lb_folder): {"bind": "/run/haproxy", "mode": "rw"},
                 str(seed): {"bind": "/var/lib/cloud/seed/nocloud", "mode": "ro"},
             },
+            **container_options.run_options(self.client, image.id),
         )
         for zone in range(1, len(self.env.zones)):
             self.client.networks.get(self.network_name(zone)).connect(container)
@@ -206,7 +206,6 @@ class LocalProvider(Provider):
         container = self.client.containers.create(
             image.image,
             name=self.container_name(name),
-            init=True,
             hostname=name,
             labels=labels,
             network=self.network_name(zone),
@@ -215,6 +214,8 @@ class LocalProvider(Provider):
                 str(seed): {"bind": "/var/lib/cloud/seed/nocloud", "mode": "ro"},
                 **instance_mounts(self.env, role),
             },
+            # As verify ran the image: its sysctls, its firewall loaded (CAP_NET_ADMIN), an init.
+            **container_options.run_options(self.client, image.id),
         )
         if role != self.env.spec.balanced_role:
             for other in range(len(self.env.zones)):

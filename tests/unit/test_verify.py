@@ -6,17 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from kiln.container_options import NAMESPACED_SYSCTL, parse_sysctl_conf
 from kiln.errors import OperationFailed
 from kiln.images import ImageRecord
 from kiln.roles import RoleCatalog
 from kiln.verify import (
-    NAMESPACED_SYSCTL,
     Failure,
     VerifyResult,
     container_name,
     control_name,
     parse_junit,
-    parse_sysctl_conf,
     report,
     security_pending_reason,
     suite_files,

@@ -246,7 +246,7 @@ def test_sysctl_persisted(read, key):
 
 def test_network_sysctls_live(host):
     """net.* belongs to the container's own network namespace: the values must be live there
-    (forwarding excepted: the engine sets it, see kiln/verify.py NAMESPACED_SYSCTL)."""
+    (forwarding excepted: the engine sets it, see kiln/container_options.py NAMESPACED_SYSCTL)."""
     keys = sorted(k for k in SYSCTL if k.startswith("net.") and "forward" not in k)
     live = settings_file(host.check_output("sysctl " + " ".join(keys)), r"\s*=\s*")
     wrong = {k: live.get(k) for k in keys if live.get(k) != SYSCTL[k]}
