@@ -320,6 +320,16 @@ class Auditor:
         return output
 
 
+def auditor_for(settings: Settings, target: str = "docker") -> Auditor:
+    if target == "qemu":
+        from kiln.vmaudit import VmAuditor  # it builds on this module
+
+        return VmAuditor(settings)
+    if target != "docker":
+        raise KilnError(f"--target {target}: Kiln audits docker and qemu images on this machine")
+    return Auditor(settings)
+
+
 def install_script() -> str:
     packages = " ".join(AUDIT_PACKAGES)
     return (

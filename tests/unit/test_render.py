@@ -66,8 +66,39 @@ def test_cloud_base_starts_from_official_debian(settings):
     assert ami["source_ami_filter"]["owners"] == ["136693071363"]
 
 
+def test_qemu_template_boots_the_parent_disk_with_a_one_time_build_user(settings, tmp_path):
+    ctx = context(settings, "web", parent_ref="/disks/base-1.qcow2", build_dir=tmp_path)
+    target = get_target("qemu")
+    target.prepare(ctx)
+    builder = target.render(ctx)["builders"][0]
+    assert builder["iso_url"] == "/disks/base-1.qcow2" and builder["disk_image"] is True
+    assert builder["vm_name"] == "web-0123456789ab.qcow2" and builder["format"] == "qcow2"
+    assert builder["accelerator"] == "tcg" and builder["cd_label"] == "cidata"
+    user_data = (tmp_path / "seed" / "user-data").read_text()
+    public_key = (tmp_path / "id_ed25519.pub").read_text().strip()
+    assert "name: kilnbuild" in user_data and public_key in user_data
+    assert builder["ssh_private_key_file"] == str(tmp_path / "id_ed25519")
+    # SSH is forwarded on loopback only, and the build user and cloud-init state do not ship.
+    assert ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"] in builder["qemuargs"]
+    for forgotten in ("userdel --force --remove kilnbuild", "cloud-init clean", "/etc/ssh/ssh_host_*"):
+        assert forgotten in builder["shutdown_command"]
+
+
+@pytest.mark.parametrize("target", ["qemu", "amazon-ebs", "openstack"])
+def test_ssh_targets_stage_files_and_move_them_with_sudo(settings, target):
+    steps = get_target(target).render(context(settings, "web"))["provisioners"]
+    upload = next(s for s in steps if s["type"] == "file")
+    assert upload["destination"] == "/tmp/kiln-staging/0/"
+    move = steps[steps.index(upload) + 1]
+    assert "; sudo env {{ .Vars }} {{ .Path }}" in move["execute_command"]
+    assert move["inline"][0] == "cp -R --preserve=mode,timestamps /tmp/kiln-staging/0/. /"
+    shell = next(s for s in steps if "scripts" in s)
+    assert "KILN_TARGET=" + target in shell["environment_vars"]
+
+
 def test_unknown_target_lists_known_ones():
-    with pytest.raises(KilnError, match="unknown target 'gce'; known targets: docker, amazon-ebs, openstack"):
+    known = "docker, qemu, amazon-ebs, openstack"
+    with pytest.raises(KilnError, match=f"unknown target 'gce'; known targets: {known}"):
         get_target("gce")
 
 
@@ -124,5 +155,6 @@ def test_rendered_templates_pass_packer_validate(settings, tmp_path, monkeypatch
     }.items():
         monkeypatch.setenv(name, value)
     ctx = context(settings, role, parent_ref="sha256:parent", build_dir=tmp_path)
+    get_target(target).prepare(ctx)
     path = packer.write_template(get_target(target).render(ctx), tmp_path / "t.json")
     packer.validate(path, settings)
