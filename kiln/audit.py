@@ -30,6 +30,7 @@ from kiln import console
 from kiln.containerfiles import put_file, read_file
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import DockerImageStore, docker_client, require_image
+from kiln.registry import for_target
 from kiln.settings import Settings
 from kiln.verify import namespaced_sysctls
 
@@ -320,14 +321,11 @@ class Auditor:
         return output
 
 
-def auditor_for(settings: Settings, target: str = "docker") -> Auditor:
-    if target == "qemu":
-        from kiln.vmaudit import VmAuditor  # it builds on this module
+AUDITORS = {"docker": "kiln.audit:Auditor", "qemu": "kiln.vmaudit:VmAuditor"}
 
-        return VmAuditor(settings)
-    if target != "docker":
-        raise KilnError(f"--target {target}: Kiln audits docker and qemu images on this machine")
-    return Auditor(settings)
+
+def auditor_for(settings: Settings, target: str = "docker") -> Auditor:
+    return for_target(AUDITORS, target, "audits")(settings)
 
 
 def install_script() -> str:

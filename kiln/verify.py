@@ -28,6 +28,7 @@ import docker.errors
 from kiln import console
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import DockerImageStore, ImageRecord, docker_client, require_image
+from kiln.registry import for_target
 from kiln.roles import Role, RoleCatalog
 from kiln.settings import Settings
 
@@ -312,14 +313,11 @@ class Verifier:
             self.client.containers.get(name).remove(force=True)
 
 
-def verifier_for(settings: Settings, target: str = "docker") -> Verifier:
-    if target == "qemu":
-        from kiln.vmverify import VmVerifier  # it builds on this module
+VERIFIERS = {"docker": "kiln.verify:Verifier", "qemu": "kiln.vmverify:VmVerifier"}
 
-        return VmVerifier(settings)
-    if target != "docker":
-        raise KilnError(f"--target {target}: Kiln verifies docker and qemu images on this machine")
-    return Verifier(settings)
+
+def verifier_for(settings: Settings, target: str = "docker") -> Verifier:
+    return for_target(VERIFIERS, target, "verifies")(settings)
 
 
 def verify_chain(

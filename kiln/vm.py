@@ -74,16 +74,23 @@ def free_port() -> int:
 def make_key(folder: Path, comment: str) -> tuple[Path, str]:
     """A one-time ed25519 key pair: (private key file, public key line)."""
     key = folder / KEY_FILE
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], check=True
-    )
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], check=True)
     return key, key.with_suffix(".pub").read_text().strip()
 
 
+def sudoers_dropin(user: str) -> str:
+    return f"/etc/sudoers.d/91-{user}"
+
+
 def seed_user_data(user: str, public_key: str) -> str:
-    """cloud-config for a one-time admin: the key, passwordless sudo, nothing else."""
+    """cloud-config for a one-time admin: the key, passwordless sudo, nothing else. The image's
+    sudo requires a terminal (harden-accounts); this user alone runs commands without one."""
     return (
         "#cloud-config\n"
+        "write_files:\n"
+        f"  - path: {sudoers_dropin(user)}\n"
+        "    permissions: '0440'\n"
+        f"    content: 'Defaults:{user} !requiretty'\n"
         "users:\n"
         f"  - name: {user}\n"
         "    shell: /bin/bash\n"
@@ -98,7 +105,8 @@ def write_seed(folder: Path, user: str, public_key: str, instance_id: str) -> li
     folder.mkdir(parents=True, exist_ok=True)
     user_data, meta_data = folder / "user-data", folder / "meta-data"
     user_data.write_text(seed_user_data(user, public_key))
-    meta_data.write_text(f"instance-id: {instance_id}\nlocal-hostname: {instance_id}\n")
+    # A name the image resolves (sudo looks its host up on every call).
+    meta_data.write_text(f"instance-id: {instance_id}\nlocal-hostname: localhost\n")
     return [user_data, meta_data]
 
 

@@ -20,7 +20,7 @@ from kiln.roles import Role, RoleCatalog
 from kiln.settings import Settings
 from kiln.verify import Verifier, suite_files
 
-VM_SUITE = Path(__file__).parent / "suites" / "test_vm_runtime.py"
+SUITES = Path(__file__).parent / "suites"
 # The overlay's virtual size: larger than any baked disk, so growpart has something to do.
 VERIFY_DISK_GIB = 4
 BOOT_SECONDS = 600  # TCG on 2 shared cores: a cold boot takes about a minute, more under load
@@ -40,7 +40,7 @@ def ready_vm(settings: Settings, record: ImageRecord, role: Role, purpose: str, 
         settings,
         Path(record.image),
         name,
-        guest_ports=tuple(role.spec.ports),
+        guest_ports=tuple(sorted({*role.spec.ports, *([role.spec.health.port] if role.spec.health else [])})),
         disk_size=f"{VERIFY_DISK_GIB}G",
     ) as machine:
         machine.wait_for_ssh(BOOT_SECONDS)
@@ -58,13 +58,15 @@ class VmVerifier(Verifier):
         self.store = DiskImageStore(settings)
 
     def suites(self, chain: list[Role]) -> list[Path]:
-        return [*suite_files(chain), VM_SUITE]
+        health = [SUITES / "test_vm_health.py"] if chain[-1].spec.health else []
+        return [*suite_files(chain), SUITES / "test_vm_runtime.py", *health]
 
     @contextlib.contextmanager
     def host(self, record: ImageRecord, role: Role, step):
         with ready_vm(self.settings, record, role, "verify", step) as (machine, cloud_init):
             hosts = ["--hosts=ssh://vm", f"--ssh-config={machine.ssh_config}", "--sudo"]
-            yield hosts, {
-                "KILN_VERIFY_DISK_BYTES": str(VERIFY_DISK_GIB << 30),
-                "KILN_VERIFY_CLOUD_INIT": cloud_init,
-            }
+            env = {"KILN_VERIFY_DISK_BYTES": str(VERIFY_DISK_GIB << 30), "KILN_VERIFY_CLOUD_INIT": cloud_init}
+            if role.spec.health:
+                port = machine.ports[role.spec.health.port]
+                env["KILN_VERIFY_HEALTH_URL"] = f"http://127.0.0.1:{port}{role.spec.health.path}"
+            yield hosts, env

@@ -8,14 +8,15 @@ that user and cloud-init's state, so every instance of the disk personalises its
 from __future__ import annotations
 
 from kiln.targets.base import SUDO_EXECUTE, BakeContext, Target
-from kiln.vm import KEY_FILE, make_key, write_seed
+from kiln.vm import KEY_FILE, make_key, sudoers_dropin, write_seed
 
 BUILD_USER = "kilnbuild"
 PACKAGE_LIST = "/tmp/kiln-packages.txt"
 PACKAGE_FORMAT = "${Package}\\t${Version}\\n"
 # Last command of a bake, as root: nothing of the build or of this boot ships in the image.
 FORGET_THE_BUILD = (
-    f"rm -f /etc/sudoers.d/90-cloud-init-users {PACKAGE_LIST} /etc/ssh/ssh_host_*; "
+    f"rm -f /etc/sudoers.d/90-cloud-init-users {sudoers_dropin(BUILD_USER)} {PACKAGE_LIST}; "
+    "rm -f /etc/ssh/ssh_host_*; "
     f"userdel --force --remove {BUILD_USER}; cloud-init clean --logs; "
     ": > /etc/machine-id; shutdown -P now"
 )

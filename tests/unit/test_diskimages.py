@@ -4,11 +4,13 @@ import json
 from dataclasses import replace
 
 import pytest
+import yaml
 
 from kiln import images
 from kiln.diskimages import DiskImageStore
 from kiln.errors import KilnError
 from kiln.verify import control_name
+from kiln.vm import accelerator, write_seed
 from kiln.vmdisk import bootstrap_disk_path
 
 
@@ -87,3 +89,25 @@ def test_cloud_targets_have_no_local_catalog(settings):
 def test_control_names_drop_the_ssh_host():
     assert control_name("test_sshd_option[ssh://vm-permitrootlogin]") == "test_sshd_option[permitrootlogin]"
     assert control_name("test_machine_id_made_per_machine[ssh://vm]") == "test_machine_id_made_per_machine"
+
+
+def test_accelerator_setting_skips_the_probe_or_is_refused(settings):
+    assert accelerator(replace(settings, vm_accel="tcg")) == "tcg"
+    with pytest.raises(KilnError, match="KILN_VM_ACCEL='fast': expected auto, kvm or tcg"):
+        accelerator(replace(settings, vm_accel="fast"))
+
+
+def test_seed_gives_one_user_its_key_and_sudo(tmp_path):
+    user_data, meta_data = write_seed(tmp_path, "kilnverify", "ssh-ed25519 AAAA kiln@test", "kilnvm-1")
+    config = yaml.safe_load(user_data.read_text())
+    assert user_data.read_text().startswith("#cloud-config\n")
+    assert config["users"] == [
+        {
+            "name": "kilnverify",
+            "shell": "/bin/bash",
+            "lock_passwd": True,
+            "sudo": "ALL=(ALL) NOPASSWD:ALL",
+            "ssh_authorized_keys": ["ssh-ed25519 AAAA kiln@test"],
+        }
+    ]
+    assert yaml.safe_load(meta_data.read_text())["instance-id"] == "kilnvm-1"
