@@ -195,7 +195,8 @@ class Baker:
         ref = self.store.ref(role.name, version)
         ctx = self._context(role, version, parent_ref, parent_identity, lock, build_dir, bake_id)
         self.target.prepare(ctx)
-        template_path = packer.write_template(self.target.render(ctx), build_dir / "template.json")
+        template = self.target.render(ctx)
+        template_path = packer.write_template(template, build_dir / "template.json", self.settings)
         log_path = build_dir / "build.log"
         teardown = Teardown()
         if self.target.name == "docker":
@@ -318,7 +319,9 @@ class Baker:
         bake_id = new_bake_id()
         build_dir = self.settings.state_dir / "templates" / self.target.name / role.name
         ctx = self._context(role, version, parent_ref, parent_identity, lock, build_dir, bake_id)
-        path = packer.write_template(self.target.render(ctx), build_dir / f"{version}.json")
+        build_dir.mkdir(parents=True, exist_ok=True)
+        self.target.prepare(ctx)
+        path = packer.write_template(self.target.render(ctx), build_dir / f"{version}.json", self.settings)
         packer.validate(path, self.settings)
         return path, version
 

@@ -6,6 +6,7 @@ can neither show progress nor enforce a timeout; this module wraps the CLI direc
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from kiln.errors import Interrupted, KilnError, OperationFailed
 from kiln.settings import Settings
+from kiln.targets import hcl2
 
 # Provisioners report back to Kiln by printing `kiln-fact: key=value`,
 # `kiln-missing-package: name=version` and `kiln-unlocked-package: name`; Packer prefixes
@@ -30,6 +32,9 @@ SCRIPT_STEP = re.compile(r"Provisioning with shell script: (?P<script>.+)$")
 BUILDER_PREFIX = re.compile(r"^\s*(?:==> )?[\w.-]+: ")
 # How much of a failed provisioner's own output a bake error quotes (the log has all of it).
 QUOTED_LINES = 3
+# From this Packer on, templates name their plugins (HCL2 `required_plugins`, `packer init`).
+PLUGINS_FROM = (1, 7)
+VERSION_LINE = re.compile(r"Packer v(\d+)\.(\d+)\.(\d+)")
 
 
 @dataclass
@@ -62,16 +67,44 @@ def require_packer(settings: Settings) -> str:
     return path
 
 
-def write_template(template: dict, path: Path) -> Path:
+@functools.cache
+def packer_version(executable: str) -> tuple[int, int, int]:
+    proc = subprocess.run([executable, "version"], capture_output=True, text=True, check=False)
+    found = VERSION_LINE.search(proc.stdout)
+    if found is None:
+        said = (proc.stdout + proc.stderr).strip().replace("\n", " ")[:200] or f"exit {proc.returncode}"
+        raise KilnError(f"`{executable} version` does not say a Packer version ({said}): check KILN_PACKER")
+    major, minor, patch = (int(part) for part in found.groups())
+    return major, minor, patch
+
+
+def write_template(template: dict, path: Path, settings: Settings | None = None) -> Path:
+    """Write the template Packer will run and return its path: the legacy JSON as rendered, or,
+    given the settings of a Packer 1.7 or later, its HCL2-JSON translation (`*.pkr.json`) once
+    `packer init` has installed the plugins it requires."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(template, indent=2) + "\n")
+    if settings is None or packer_version(require_packer(settings)) < PLUGINS_FROM:
+        path.write_text(json.dumps(template, indent=2) + "\n")
+        return path
+    path = path.with_name(path.stem + ".pkr.json")
+    path.write_text(json.dumps(hcl2.translate(template), indent=2) + "\n")
+    install_plugins(path, settings)
     return path
 
 
+def install_plugins(template_path: Path, settings: Settings) -> None:
+    """`packer init`: installs the plugins the template requires (a no-op once they are there)."""
+    _run_on(template_path, settings, "init", " could not install the plugins")
+
+
 def validate(template_path: Path, settings: Settings) -> None:
-    packer = require_packer(settings)
+    _run_on(template_path, settings, "validate")
+
+
+def _run_on(template_path: Path, settings: Settings, command: str, failed: str = "") -> None:
+    """`packer <command> <template>` in the template's folder; its output becomes the error."""
     proc = subprocess.run(
-        [packer, "validate", template_path.name],
+        [require_packer(settings), command, template_path.name],
         cwd=template_path.parent,
         capture_output=True,
         text=True,
@@ -79,7 +112,7 @@ def validate(template_path: Path, settings: Settings) -> None:
     )
     if proc.returncode != 0:
         detail = (proc.stdout + proc.stderr).strip().replace("\n", " ")
-        raise OperationFailed(f"packer validate {template_path}: {detail}")
+        raise OperationFailed(f"packer {command} {template_path}{failed}: {detail}")
 
 
 def decode(data: str) -> str:

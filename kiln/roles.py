@@ -15,12 +15,14 @@ from pathlib import Path
 from kiln import __version__
 from kiln.config import load_yaml, parse, spec
 from kiln.errors import KilnError
+from kiln.services import Service
+from kiln.services import validate as validate_services
 from kiln.settings import Settings
 
 # Steps every bake runs around the role's own provisioners: the package install first (so
 # provisioners can configure what it installed), the clean-up and image facts last.
 LEADING_PROVISIONERS = ("packages",)
-TRAILING_PROVISIONERS = ("finish",)
+TRAILING_PROVISIONERS = ("services", "finish")
 
 PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -52,6 +54,9 @@ class RoleSpec:
     health: Health | None = spec(None, help="health endpoint the load balancer checks")
     tests: list[str] = spec([], help="testinfra files in images/<role>/tests/ that verify it")
     env: dict[str, str] = spec({}, help="extra environment for this role's provisioners")
+    services: list[Service] = spec(
+        [], help="what instances run, in order: systemd units on a VM, kiln-init in a container"
+    )
     max_security_pending: int | None = spec(
         None, help="fail verification when more security updates than this are pending"
     )
@@ -155,7 +160,9 @@ class RoleCatalog:
                 raise KilnError(f"{role.display(role.role_file)}: field 'parent': cycle {cycle}")
             chain.append(role)
             if role.parent is None:
-                return list(reversed(chain))
+                chain.reverse()
+                _check_service_names(chain)
+                return chain
             role = self.get(role.parent)
 
     def _load(self, name: str) -> Role:
@@ -210,3 +217,17 @@ class RoleCatalog:
         for key in s.env:
             if not ENV_NAME.match(key):
                 fail(f"env.{key}", "use upper-case letters, digits and '_', like APP_WORKERS")
+        validate_services(s.services, fail)
+
+
+def _check_service_names(chain: list[Role]) -> None:
+    """A child's service may not reuse an ancestor's name: both would render one systemd unit."""
+    owner: dict[str, Role] = {}
+    for role in chain:
+        for i, service in enumerate(role.spec.services):
+            if service.name in owner:
+                raise KilnError(
+                    f"{role.display(role.role_file)}: field 'services[{i}].name': '{service.name}' "
+                    f"is already a service of {owner[service.name].name}; choose another name"
+                )
+            owner[service.name] = role

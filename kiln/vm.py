@@ -74,6 +74,8 @@ def free_port() -> int:
 def make_key(folder: Path, comment: str) -> tuple[Path, str]:
     """A one-time ed25519 key pair: (private key file, public key line)."""
     key = folder / KEY_FILE
+    for old in (key, key.with_suffix(".pub")):  # ssh-keygen would ask before overwriting
+        old.unlink(missing_ok=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], check=True)
     return key, key.with_suffix(".pub").read_text().strip()
 

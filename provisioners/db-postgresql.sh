@@ -40,4 +40,4 @@ pg1-path=/var/lib/postgresql/15/main
 CONF
 chown postgres:postgres /etc/pgbackrest/pgbackrest.conf
 chmod 0640 /etc/pgbackrest/pgbackrest.conf
-chmod 0755 /usr/local/sbin/kiln-pgbackrest-archive-push /usr/local/sbin/kiln-db-bootstrap /etc/kiln/start.d/40-postgresql
+chmod 0755 /usr/local/sbin/kiln-pgbackrest-archive-push /usr/local/sbin/kiln-db-bootstrap

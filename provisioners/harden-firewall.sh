@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Default-deny nftables ruleset: inbound only loopback, replies, ICMP, SSH and the role's own
 # ports (KILN_PORTS from the role file). Persisted in /etc/nftables.conf (nftables.service loads
-# it on a VM) and applied at boot by kiln-init's start.d/10-firewall where CAP_NET_ADMIN allows.
+# it on a VM) and applied at boot by base's firewall service where CAP_NET_ADMIN allows.
 # finish.sh re-runs it at the end of every child bake so each role opens its own ports.
 set -euo pipefail
 ports="22"
@@ -12,7 +12,10 @@ done
 cat > /etc/nftables.conf <<CONF
 #!/usr/sbin/nft -f
 # Kiln default-deny firewall (provisioners/harden-firewall.sh) for role ${KILN_ROLE:-unknown}.
-flush ruleset
+# Only Kiln's own table is replaced (declared, deleted, defined again in one transaction): a
+# container engine keeps rules of its own in the namespace (Docker's DNS), a flush would drop them.
+table inet kiln
+delete table inet kiln
 table inet kiln {
   chain input {
     type filter hook input priority filter; policy drop;

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from kiln import services
 from kiln.roles import Role
 
 
@@ -77,6 +78,7 @@ class Target(ABC):
             "KILN_PORTS": " ".join(str(p) for p in role.spec.ports),
             "KILN_HEALTH_PATH": role.spec.health.path if role.spec.health else "",
             "KILN_HEALTH_PORT": str(role.spec.health.port) if role.spec.health else "",
+            "KILN_SERVICES": services.payload(role.spec.services),
             **role.spec.env,
         }
         steps = self.file_steps(ctx) if self.execute_command is None else self.staged_file_steps(ctx)

@@ -1,5 +1,6 @@
 """Packer templates for every target: shape checked here, `packer validate` for real."""
 
+import base64
 import http.server
 import json
 import shutil
@@ -44,12 +45,32 @@ def test_provisioners_run_packages_first_and_finish_last(settings):
     steps = get_target("docker").render(ctx)["provisioners"]
     assert steps[0]["type"] == "file" and steps[0]["source"].endswith("images/web/files/")
     scripts = [Path(s).name for s in steps[-1]["scripts"]]
-    assert scripts[0] == "packages.sh" and scripts[-1] == "finish.sh"
-    assert scripts[1:-1] == [f"{name}.sh" for name in ctx.role.spec.provisioners]
+    assert scripts[0] == "packages.sh" and scripts[-2:] == ["services.sh", "finish.sh"]
+    assert scripts[1:-2] == [f"{name}.sh" for name in ctx.role.spec.provisioners]
     env = dict(e.split("=", 1) for e in steps[-1]["environment_vars"])
+    declared = json.loads(base64.b64decode(env["KILN_SERVICES"]))
+    assert [s["name"] for s in declared] == ["web-app", "nginx"]
     assert env["KILN_REQUESTED"].split() == ctx.role.spec.packages
     assert env["KILN_PACKAGES"].split() == ctx.package_specs
     assert env["KILN_HEALTH_PATH"] == "/health"
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_every_target_installs_the_declared_services_and_its_cloud_init(settings, target):
+    for role, services in {
+        "base": ["ssh-hostkeys", "firewall", "syslog"],
+        "web": ["web-app", "nginx"],
+    }.items():
+        shell = [
+            s
+            for s in get_target(target).render(context(settings, role))["provisioners"]
+            if s["type"] == "shell"
+        ]
+        scripts = [Path(p).name for step in shell for p in step.get("scripts", [])]
+        assert scripts[-2:] == ["services.sh", "finish.sh"]
+        assert ("base-cloud-init.sh" in scripts) is (role == "base")
+        env = dict(e.split("=", 1) for step in shell for e in step.get("environment_vars", []))
+        assert [s["name"] for s in json.loads(base64.b64decode(env["KILN_SERVICES"]))] == services
 
 
 def test_cloud_templates_find_parent_by_kiln_tags(settings):
@@ -128,6 +149,21 @@ class TokenOnlyKeystone(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def cloud_environment(monkeypatch, keystone_url: str) -> None:
+    """What a real run takes from the environment; nothing here contacts a cloud."""
+    for name, value in {
+        "AWS_REGION": "eu-west-1",
+        "OS_AUTH_URL": keystone_url,
+        "OS_FLAVOR": "m1.small",
+        "OS_NETWORK": "private",
+        "OS_USERNAME": "kiln",
+        "OS_PASSWORD": "validate-only",
+        "OS_PROJECT_NAME": "kiln",
+        "OS_DOMAIN_NAME": "Default",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture
 def keystone_url():
     server = http.server.HTTPServer(("127.0.0.1", 0), TokenOnlyKeystone)
@@ -142,18 +178,7 @@ def keystone_url():
 @pytest.mark.parametrize("target", sorted(TARGETS))
 @pytest.mark.parametrize("role", ["base", "web"])
 def test_rendered_templates_pass_packer_validate(settings, tmp_path, monkeypatch, keystone_url, target, role):
-    # What a real run takes from the environment; nothing here contacts a cloud.
-    for name, value in {
-        "AWS_REGION": "eu-west-1",
-        "OS_AUTH_URL": keystone_url,
-        "OS_FLAVOR": "m1.small",
-        "OS_NETWORK": "private",
-        "OS_USERNAME": "kiln",
-        "OS_PASSWORD": "validate-only",
-        "OS_PROJECT_NAME": "kiln",
-        "OS_DOMAIN_NAME": "Default",
-    }.items():
-        monkeypatch.setenv(name, value)
+    cloud_environment(monkeypatch, keystone_url)
     ctx = context(settings, role, parent_ref="sha256:parent", build_dir=tmp_path)
     get_target(target).prepare(ctx)
     path = packer.write_template(get_target(target).render(ctx), tmp_path / "t.json")
