@@ -86,13 +86,14 @@ def sudoers_dropin(user: str) -> str:
 
 def seed_user_data(user: str, public_key: str) -> str:
     """cloud-config for a one-time admin: the key, passwordless sudo, nothing else. The image's
-    sudo requires a terminal (harden-accounts); this user alone runs commands without one."""
+    sudo wants a terminal and lets no command start another (harden-accounts: requiretty,
+    noexec); this user alone is exempt, as scripts run without a terminal and start programs."""
     return (
         "#cloud-config\n"
         "write_files:\n"
         f"  - path: {sudoers_dropin(user)}\n"
         "    permissions: '0440'\n"
-        f"    content: 'Defaults:{user} !requiretty'\n"
+        f"    content: 'Defaults:{user} !requiretty, !noexec'\n"
         "users:\n"
         f"  - name: {user}\n"
         "    shell: /bin/bash\n"

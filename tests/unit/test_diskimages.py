@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from kiln import images
+from kiln.bake import Baker
 from kiln.diskimages import DiskImageStore
 from kiln.errors import KilnError
 from kiln.verify import control_name
@@ -111,3 +112,12 @@ def test_seed_gives_one_user_its_key_and_sudo(tmp_path):
         }
     ]
     assert yaml.safe_load(meta_data.read_text())["instance-id"] == "kilnvm-1"
+
+
+def test_a_vm_bake_never_resolves_a_lock_itself(settings):
+    """Resolving would boot a VM only to ask apt: the lock comes from `invoke lock` (docker)."""
+    baker = Baker(settings, "qemu")
+    role = baker.catalog.get("web")
+    role.lock_file.unlink()
+    with pytest.raises(KilnError, match=r"packages.lock is missing: .* `invoke lock web --update`"):
+        baker.ensure_lock(role, "/disks/base.qcow2", locked=False)
