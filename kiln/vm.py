@@ -130,7 +130,9 @@ class VirtualMachine:
             f"  Port {self.ports[22]}\n  User {self.user}\n  IdentityFile {self.key}\n"
             "  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking no\n"
             "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
-            f"  ControlPath {self.folder}/ssh-%C\n"
+            # Short: a socket path has 108 bytes, and ssh adds a suffix while making it; %C hashes
+            # host, port and user, so each VM gets its own.
+            "  ControlPath /tmp/kiln-ssh-%C\n"
         )
 
     @property

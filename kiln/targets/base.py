@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import tarfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 from kiln import services
@@ -36,6 +37,27 @@ STAGING = "/tmp/kiln-staging"
 SUDO_EXECUTE = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
 
 
+def archive_path(ctx: BakeContext, index: int) -> Path:
+    return ctx.build_dir / f"files-{index}.tar"
+
+
+def write_archive(src: Path, copy, archive: Path) -> None:
+    """`copy` (a role's files: entry) as a tarball of root-owned entries, named as it lands."""
+
+    def as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        return info
+
+    with tarfile.open(archive, "w") as tar:
+        if copy.src.endswith("/"):
+            for child in sorted(src.iterdir()):
+                tar.add(child, arcname=child.name, filter=as_root)
+        else:
+            renamed = src.is_file() and not copy.dest.endswith("/")
+            tar.add(src, arcname=PurePosixPath(copy.dest).name if renamed else src.name, filter=as_root)
+
+
 class Target(ABC):
     name: ClassVar[str]
     # How Packer runs shell steps; SSH targets connect as an unprivileged user and need sudo.
@@ -64,8 +86,12 @@ class Target(ABC):
             template = {"variables": self.variables(), **template}
         return template
 
-    def prepare(self, ctx: BakeContext) -> None:  # noqa: B027 (most targets need nothing)
-        """Write what the template refers to besides the role (keys, seeds) into ctx.build_dir."""
+    def prepare(self, ctx: BakeContext) -> None:
+        """Write what the template refers to besides the role (archives, keys, seeds) into
+        ctx.build_dir."""
+        if self.execute_command is not None:
+            for index, copy in enumerate(ctx.role.spec.files):
+                write_archive(ctx.role.folder / copy.src, copy, archive_path(ctx, index))
 
     def provisioners(self, ctx: BakeContext) -> list[dict]:
         role = ctx.role
@@ -105,24 +131,27 @@ class Target(ABC):
         ]
 
     def staged_file_steps(self, ctx: BakeContext) -> list[dict]:
-        """The SSH user may not write to /: upload each copy to its own staging folder, then
-        copy it into place as root (root-owned, modes kept) and remove the staging folder."""
+        """The SSH user may not write to /, and its umask would change the files' modes: each copy
+        travels as a tarball made by `prepare` (root-owned, modes as in the repository) that root
+        unpacks, leaving folders that exist (/, /etc) as they are."""
         copies = ctx.role.spec.files
         if not copies:
             return []
-        uploads, moves = [], []
+        uploads, unpacks = [], []
         for index, copy in enumerate(copies):
-            stage = f"{STAGING}/{index}"
-            uploads.append({"type": "file", "source": self.source(ctx, copy.src), "destination": stage + "/"})
-            staged = f"{stage}/." if copy.src.endswith("/") else f"{stage}/{Path(copy.src).name}"
-            moves.append(f"cp -R --preserve=mode,timestamps {staged} {copy.dest}")
-        folders = " ".join(f"{STAGING}/{index}" for index in range(len(copies)))
+            staged = f"{STAGING}/{index}.tar"
+            uploads.append({"type": "file", "source": str(archive_path(ctx, index)), "destination": staged})
+            whole_folder = copy.src.endswith("/") or copy.dest.endswith("/")
+            into = copy.dest if whole_folder or (ctx.role.folder / copy.src).is_dir() else str(
+                PurePosixPath(copy.dest).parent
+            )
+            unpacks.append(f"tar -xpf {staged} -C {into} --no-overwrite-dir")
         return [
-            {"type": "shell", "inline": [f"rm -rf {STAGING}", f"mkdir -p {folders}"]},
+            {"type": "shell", "inline": [f"rm -rf {STAGING}", f"mkdir -p {STAGING}"]},
             *uploads,
             {
                 "type": "shell",
-                "inline": [*moves, f"rm -rf {STAGING}"],
+                "inline": [*unpacks, f"rm -rf {STAGING}"],
                 "execute_command": self.execute_command,
             },
         ]

@@ -31,6 +31,7 @@ class QemuTarget(Target):
     execute_command = SUDO_EXECUTE
 
     def prepare(self, ctx: BakeContext) -> None:
+        super().prepare(ctx)
         _, public_key = make_key(ctx.build_dir, f"{BUILD_USER}@{ctx.bake_id}")
         write_seed(ctx.build_dir / "seed", BUILD_USER, public_key, f"{ctx.name_prefix}-bake-{ctx.bake_id}")
 

@@ -4,6 +4,7 @@ import base64
 import http.server
 import json
 import shutil
+import tarfile
 import threading
 from pathlib import Path
 
@@ -106,13 +107,21 @@ def test_qemu_template_boots_the_parent_disk_with_a_one_time_build_user(settings
 
 
 @pytest.mark.parametrize("target", ["qemu", "amazon-ebs", "openstack"])
-def test_ssh_targets_stage_files_and_move_them_with_sudo(settings, target):
-    steps = get_target(target).render(context(settings, "web"))["provisioners"]
+def test_ssh_targets_stage_files_and_move_them_with_sudo(settings, target, tmp_path):
+    ctx = context(settings, "web", build_dir=tmp_path)
+    get_target(target).prepare(ctx)
+    steps = get_target(target).render(ctx)["provisioners"]
     upload = next(s for s in steps if s["type"] == "file")
-    assert upload["destination"] == "/tmp/kiln-staging/0/"
+    assert upload["source"] == str(tmp_path / "files-0.tar")
+    assert upload["destination"] == "/tmp/kiln-staging/0.tar"
     move = steps[steps.index(upload) + 1]
     assert "; sudo env {{ .Vars }} {{ .Path }}" in move["execute_command"]
-    assert move["inline"][0] == "cp -R --preserve=mode,timestamps /tmp/kiln-staging/0/. /"
+    assert move["inline"][0] == "tar -xpf /tmp/kiln-staging/0.tar -C / --no-overwrite-dir"
+    with tarfile.open(tmp_path / "files-0.tar") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert all(m.uid == 0 and m.uname == "root" for m in members.values())
+    # Modes are the repository's, whatever the SSH user's umask: the app stays world-readable.
+    assert members["opt/kiln-web/app.py"].mode & 0o004
     shell = next(s for s in steps if "scripts" in s)
     assert "KILN_TARGET=" + target in shell["environment_vars"]
 
