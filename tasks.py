@@ -16,8 +16,10 @@ from kiln.bake import Baker, images_table
 from kiln.cli import PositionalUnlessFlagTask, confirm, dump_json, kiln_task, print_table, settings
 from kiln.console import say
 from kiln.errors import KilnError
-from kiln.images import DockerImageStore, docker_client
+from kiln.images import DockerImageStore, docker_client, image_store
 from kiln.rollout import lifecycle
+
+TARGET_HELP = "docker (default) or qemu: whose images"
 
 # ---- images: bake, check, list, promote, prune ---------------------------------------------------
 
@@ -29,7 +31,7 @@ from kiln.rollout import lifecycle
     help={
         "role": "role to bake (a folder under images/); leave it out with --all",
         "all": "every role, parents first, one at a time (they share the apt cache), then a summary",
-        "target": "docker (default, this machine), amazon-ebs or openstack",
+        "target": "docker (default, this machine), qemu (a VM disk, this machine), amazon-ebs or openstack",
         "force": "rebake the role even when an image of its version exists",
         "locked": "fail instead of resolving when the role's packages.lock is missing or stale",
         "verify": "verify the chain's unverified images (default; --no-verify leaves them baked)",
@@ -48,19 +50,27 @@ def bake(c, role, all=False, target="docker", force=False, locked=False, verify=
         bakeall.require_none_rejected(rows)
         say(hints.after_bake(settings()))
         return
-    outcomes = Baker(settings(), target).bake(role, force=force, locked=locked)
+    baker = Baker(settings(), target)
+    outcomes = baker.bake(role, force=force, locked=locked)
     for outcome in outcomes:
         print(f"{outcome.role}\t{outcome.version}\t{outcome.image}")
-    if verify and target == "docker":
-        verification.report(verification.verify_chain(settings(), [(o.role, o.version) for o in outcomes]))
+    if verify and baker.local:
+        roles = [(o.role, o.version) for o in outcomes]
+        verification.report(verification.verify_chain(settings(), roles, target))
         say(hints.after_bake(settings()))
 
 
-@task(help={"role": "role whose image to verify", "version": "image version (default: the newest)"})
+@task(
+    help={
+        "role": "role whose image to verify",
+        "version": "image version (default: the newest)",
+        "target": "docker (a throwaway container, default) or qemu (a throwaway VM over SSH)",
+    }
+)
 @kiln_task
-def verify(c, role, version=None):
-    """Run the role's testinfra suites in a throwaway container; mark the image verified or rejected."""
-    verification.report([verification.Verifier(settings()).verify(role, version)])
+def verify(c, role, version=None, target="docker"):
+    """Run the role's testinfra suites in a throwaway container or VM; mark the image verified or rejected."""
+    verification.report([verification.verifier_for(settings(), target).verify(role, version)])
 
 
 @task(
@@ -68,22 +78,23 @@ def verify(c, role, version=None):
         "role": "role whose image to audit",
         "version": "image version (default: the newest)",
         "json": "print the figures as JSON",
+        "target": "docker (a throwaway container, default) or qemu (a throwaway VM)",
     }
 )
 @kiln_task
-def audit(c, role, version=None, json=False):
-    """Score an image with Lynis and OpenSCAP (ANSSI BP-028) in a throwaway container."""
-    result = audits.Auditor(settings()).audit(role, version)
+def audit(c, role, version=None, json=False, target="docker"):
+    """Score an image with Lynis and OpenSCAP (ANSSI BP-028) in a throwaway container or VM."""
+    result = audits.auditor_for(settings(), target).audit(role, version)
     print(dump_json(result.as_json()) if json else audits.render(result))
     if not result.passed:
         raise audits.OperationFailed(f"audit of {role} {result.version} missed: {'; '.join(result.misses)}")
 
 
-@task(help={"role": "only this role's images", "json": "print JSON instead of a table"})
+@task(help={"role": "only this role's images", "json": "print JSON, not a table", "target": TARGET_HELP})
 @kiln_task
-def images(c, role=None, json=False):
+def images(c, role=None, json=False, target="docker"):
     """List baked images with their version, status, lock hash and freshness."""
-    store = DockerImageStore(docker_client(), settings())
+    store = image_store(settings(), target)
     rows = images_table(store.list(role))
     if json:
         print(dump_json(rows))
@@ -93,20 +104,32 @@ def images(c, role=None, json=False):
         print_table(rows, columns)
 
 
-@task(help={"role": "role whose image to promote", "version": "image version (default: the newest)"})
+@task(
+    help={
+        "role": "role whose image to promote",
+        "version": "image version (default: the newest)",
+        "target": TARGET_HELP,
+    }
+)
 @kiln_task
-def promote(c, role, version=None):
+def promote(c, role, version=None, target="docker"):
     """Mark a verified image promoted: the only kind an environment with require_promoted deploys."""
-    record = image_catalog.promote(DockerImageStore(docker_client(), settings()), role, version)
+    record = image_catalog.promote(image_store(settings(), target), role, version)
     say(f"{record.image} is promoted ({record.labels.get('kiln.promoted', '')})")
     print(f"{record.role}\t{record.version}\t{record.image}")
 
 
-@task(help={"keep": "newest images to keep per role", "yes": "remove them (without it: only show the plan)"})
+@task(
+    help={
+        "keep": "newest images to keep per role",
+        "yes": "remove them (without it: only show the plan)",
+        "target": TARGET_HELP,
+    }
+)
 @kiln_task
-def prune(c, keep=3, yes=False):
+def prune(c, keep=3, yes=False, target="docker"):
     """Remove old images: keeps each role's newest, promoted ones, those containers use, and parents."""
-    store = DockerImageStore(docker_client(), settings())
+    store = image_store(settings(), target)
     decisions = image_catalog.prune(store, int(keep), remove=yes)
     print_table([d.as_row() for d in decisions], ["image", "status", "action", "why"])
     gone = sum(not d.keep for d in decisions)

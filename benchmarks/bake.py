@@ -8,7 +8,9 @@ Measured in one run, in a scratch copy of the project with its own image prefix 
   3. rebake after a web-only change
   4. baseline: plain `packer build` of the same rendered web template
 Goals (issue 2): no-op at least 10x faster than the plain build; web-only rebake at most 0.35x
-the cold bake. Usage: .venv/bin/python benchmarks/bake.py
+the cold bake. Usage: .venv/bin/python benchmarks/bake.py [--target qemu]
+(qemu: qcow2 disks booted under QEMU, KVM or TCG as the machine allows; the VM bootstrap disk in
+KILN_VM_CACHE_DIR is reused when present, as the docker bootstrap image is.)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def timed(label: str, argv: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 
 def main() -> None:
+    target = sys.argv[sys.argv.index("--target") + 1] if "--target" in sys.argv else "docker"
     prefix = f"kilnbench{os.getpid()}"
     client = docker.from_env()
     scratch = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
@@ -50,9 +53,9 @@ def main() -> None:
     no_verify = ["--no-verify"] if "--no-verify" in subprocess.run(
         [*invoke, "--help", "bake"], cwd=project, env=env, capture_output=True, text=True
     ).stdout else []
-    bake_web = [*invoke, "bake", "web", *no_verify]
+    bake_web = [*invoke, "bake", "web", "--target", target, *no_verify]
     try:
-        print(f"bake benchmark ({prefix}, project copy {project})")
+        print(f"bake benchmark, target {target} ({prefix}, project copy {project})")
         cold = timed("cold bake base+web (empty .deb cache)", bake_web, project, env)
         noop = timed("no-op rebake, whole command", bake_web, project, env)
         with (project / "provisioners" / "web-app.sh").open("a") as f:

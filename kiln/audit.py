@@ -32,6 +32,7 @@ from kiln.containerfiles import put_file, read_file
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
 from kiln.images import DockerImageStore, docker_client, require_image
+from kiln.registry import for_target
 from kiln.settings import Settings
 
 PROFILE = "xccdf_org.ssgproject.content_profile_anssi_bp28_intermediary"
@@ -316,6 +317,13 @@ class Auditor:
             tail = " ".join(output.decode(errors="replace").strip().splitlines()[-3:])
             raise OperationFailed(f"audit step '{what}' exited {code} in {container.name}: {tail}")
         return output
+
+
+AUDITORS = {"docker": "kiln.audit:Auditor", "qemu": "kiln.vmaudit:VmAuditor"}
+
+
+def auditor_for(settings: Settings, target: str = "docker") -> Auditor:
+    return for_target(AUDITORS, target, "audits")(settings)
 
 
 def install_script() -> str:

@@ -9,6 +9,7 @@ version of every role that uses it and of their children.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import time
 import uuid
@@ -21,13 +22,17 @@ import docker.errors
 
 from kiln import __version__, console, locks, packer
 from kiln.bootstrap import bootstrap_ref, ensure_bootstrap_image
+from kiln.diskimages import DiskImageStore
 from kiln.errors import KilnError, OperationFailed
-from kiln.images import DockerImageStore, ImageRecord, docker_client
+from kiln.images import DockerImageStore, ImageRecord, docker_client, image_store
 from kiln.roles import Role, RoleCatalog, version_of
 from kiln.settings import Settings
 from kiln.stamps import new_id, utc_iso
 from kiln.targets import BakeContext, Target, get_target
 from kiln.targets.docker import bake_container_name
+from kiln.targets.qemu import disk_name
+from kiln.vm import accelerator
+from kiln.vmdisk import ensure_bootstrap_disk
 
 # Cloud bases start from Debian's published image: its identity is the target's filter.
 CLOUD_ROOT_IDENTITY = "debian-12 official image"
@@ -88,15 +93,20 @@ class Baker:
         return self._client
 
     @property
-    def store(self) -> DockerImageStore:
-        return DockerImageStore(self.client, self.settings)
+    def store(self) -> DockerImageStore | DiskImageStore:
+        return image_store(self.settings, self.target.name, lambda: self.client)
+
+    @property
+    def local(self) -> bool:
+        """Targets whose images live on this machine (the engine, disks); clouds keep theirs."""
+        return self.target.name in ("docker", "qemu")
 
     # ---- local docker target: the whole chain, only what is stale -------------------------
 
     def bake(self, role_name: str, force: bool = False, locked: bool = False) -> list[BakeOutcome]:
         """Bake the role and any missing or stale ancestor; `force` rebakes the role itself."""
         chain = self.catalog.chain(role_name)  # validates every role before anything starts
-        if self.target.name != "docker":
+        if not self.local:
             return [self._bake_cloud(chain)]  # clouds always need a committed, current lock
         packer.require_packer(self.settings)
         parent_ref, parent_identity = self._bootstrap()
@@ -129,6 +139,10 @@ class Baker:
         return changes, role
 
     def _bootstrap(self) -> tuple[str, str]:
+        if self.target.name == "qemu":
+            disk = ensure_bootstrap_disk(self.settings, console.say)
+            # The name says which mirror and recipe; the build time, which build of them.
+            return str(disk), f"{disk.name}@{disk.stat().st_mtime_ns}"
         image_id = ensure_bootstrap_image(self.client, self.settings, console.say)
         return image_id, f"{bootstrap_ref(self.settings)}@{image_id}"
 
@@ -164,6 +178,11 @@ class Baker:
             return lock
         display = role.display(role.lock_file)
         why = "is missing" if lock is None else "does not match the role's packages"
+        if self.target.name == "qemu":
+            raise KilnError(
+                f"{display} {why}: a VM bake installs the lock its role resolves on the docker "
+                f"chain; run `invoke lock {role.name} --update` and commit the lock"
+            )
         if locked:
             raise KilnError(
                 f"{display} {why} and --locked forbids resolving: "
@@ -185,13 +204,15 @@ class Baker:
         build_dir.mkdir(parents=True)
         ref = self.store.ref(role.name, version)
         ctx = self._context(role, version, parent_ref, parent_identity, lock, build_dir, bake_id)
+        self.target.prepare(ctx)
         template = self.target.render(ctx)
         template_path = packer.write_template(template, build_dir / "template.json", self.settings)
         log_path = build_dir / "build.log"
         teardown = Teardown()
-        teardown.add(
-            lambda: self._remove_container(bake_container_name(self.settings.name_prefix, role.name, bake_id))
-        )
+        if self.target.name == "docker":
+            container = bake_container_name(self.settings.name_prefix, role.name, bake_id)
+            teardown.add(lambda: self._remove_container(container))
+        teardown.add(lambda: shutil.rmtree(build_dir / "output", ignore_errors=True))
         try:
             with console.progress(f"baking {role.name} {version} (log: {log_path})") as step:
                 result = packer.build(template_path, log_path, self.settings, step)
@@ -209,7 +230,7 @@ class Baker:
             if result.returncode != 0:
                 raise OperationFailed(f"baking {role.name} failed: {result.failure()} (full log: {log_path})")
             teardown.add(lambda: self.store.remove(ref))
-            record = self._record_build(role, version, build_dir, result.facts)
+            record = self._record_build(ctx, result.facts)
         except BaseException:
             teardown.run()
             raise
@@ -226,6 +247,7 @@ class Baker:
         bake_id: str,
     ) -> BakeContext:
         labels = self._labels(role, version, parent_identity, lock, bake_id)
+        vm_target = self.target.name == "qemu"
         return BakeContext(
             role,
             version,
@@ -236,6 +258,8 @@ class Baker:
             bake_id,
             self.settings.bake_network,
             self.settings.name_prefix,
+            accelerator(self.settings) if vm_target else "tcg",
+            self.settings.vm_memory,
         )
 
     def _labels(
@@ -256,7 +280,14 @@ class Baker:
             "kiln.status": "baked",
         }
 
-    def _record_build(self, role: Role, version: str, build_dir: Path, facts: dict[str, str]) -> ImageRecord:
+    def _record_build(self, ctx: BakeContext, facts: dict[str, str]) -> ImageRecord:
+        role, version, build_dir = ctx.role, ctx.version, ctx.build_dir
+        fact_labels = {f"kiln.{k}": v for k, v in facts.items()}
+        if self.target.name == "qemu":  # the package list came down with the disk
+            built = build_dir / "output" / disk_name(role.name, version)
+            record = self.store.add(built, {**ctx.labels, **fact_labels})
+            shutil.rmtree(build_dir / "output", ignore_errors=True)
+            return record
         record = self.store.find(role.name, version)
         if record is None:
             raise OperationFailed(f"Packer finished but {self.store.ref(role.name, version)} is missing")
@@ -269,7 +300,7 @@ class Baker:
             name=f"{self.settings.name_prefix}-pkglist-{role.name}-{uuid.uuid4().hex[:6]}",
         )
         (build_dir / "packages.txt").write_bytes(packages)
-        record = self.store.update_labels(record, {f"kiln.{k}": v for k, v in facts.items()})
+        record = self.store.update_labels(record, fact_labels)
         self.client.images.get(record.id).tag(self.store.repository(role.name), "latest")
         return record
 
@@ -282,7 +313,7 @@ class Baker:
     def render(self, role_name: str) -> tuple[Path, str]:
         """Write the role's template for this target and `packer validate` it."""
         chain = self.catalog.chain(role_name)
-        if self.target.name == "docker":
+        if self.local:
             parent_ref, parent_identity = self.parent_of(chain[-1])
         else:
             parent_ref, parent_identity = self._cloud_parent(chain)
@@ -298,6 +329,8 @@ class Baker:
         bake_id = new_bake_id()
         build_dir = self.settings.state_dir / "templates" / self.target.name / role.name
         ctx = self._context(role, version, parent_ref, parent_identity, lock, build_dir, bake_id)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        self.target.prepare(ctx)
         path = packer.write_template(self.target.render(ctx), build_dir / f"{version}.json", self.settings)
         packer.validate(path, self.settings)
         return path, version

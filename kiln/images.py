@@ -104,6 +104,9 @@ class DockerImageStore:
             raise ValueError(status)
         return self.update_labels(record, {"kiln.status": status})
 
+    def in_use(self) -> set[tuple[str, str]]:
+        return images_in_use(self.client)
+
     def remove(self, ref: str) -> None:
         with contextlib.suppress(docker.errors.ImageNotFound):
             self.client.images.remove(ref, noprune=False)
@@ -177,7 +180,7 @@ def prune(store: DockerImageStore, keep: int, remove: bool) -> list[PruneDecisio
     """Plan (and with `remove`, carry out) the removal of old images of this image prefix."""
     if keep < 1:
         raise KilnError(f"--keep {keep}: keep at least the newest image of each role (--keep 1)")
-    decisions = plan_prune(store.list(), images_in_use(store.client), keep)
+    decisions = plan_prune(store.list(), store.in_use(), keep)
     if not remove:
         return decisions
     done = []
@@ -189,6 +192,17 @@ def prune(store: DockerImageStore, keep: int, remove: bool) -> list[PruneDecisio
                 decision = PruneDecision(decision.record, True, f"the engine refused: {exc.explanation}")
         done.append(decision)
     return done
+
+
+def image_store(settings: Settings, target: str, client=docker_client):
+    """The catalog a target's images live in: the engine's labels, or disks with sidecars."""
+    if target == "docker":
+        return DockerImageStore(client(), settings)
+    if target == "qemu":
+        from kiln.diskimages import DiskImageStore  # it builds on this module's records
+
+        return DiskImageStore(settings)
+    raise KilnError(f"--target {target}: its images live in the cloud; Kiln lists docker and qemu images")
 
 
 def require_image(store: DockerImageStore, role: str, version: str | None) -> ImageRecord:

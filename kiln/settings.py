@@ -46,6 +46,13 @@ class Settings:
     bake_network: str = _setting(
         "host", "Docker network of the build container (host works without a bridge)"
     )
+    vm_cache_dir: Path = _setting(
+        Path("/var/cache/kiln"), "Where the VM bootstrap disk is kept, shared by every checkout"
+    )
+    vm_accel: str = _setting(
+        "auto", "QEMU accelerator: auto (KVM when a probe kernel boots under it, else TCG), kvm or tcg"
+    )
+    vm_memory: int = _setting(1024, "MiB of memory of each VM Kiln boots (bake, verify, audit)")
     packer: str = _setting("packer", "Packer executable")
     packer_timeout: int = _setting(1800, "Seconds one Packer build may take before it is stopped")
     audit_min_lynis: int = _setting(85, "`invoke audit` fails below this Lynis hardening index")

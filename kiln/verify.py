@@ -27,6 +27,7 @@ from kiln import console
 from kiln.container_options import run_options
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import DockerImageStore, ImageRecord, docker_client, require_image
+from kiln.registry import for_target
 from kiln.roles import Role, RoleCatalog
 from kiln.settings import Settings
 
@@ -73,7 +74,7 @@ def container_name(role: str) -> str:
 def control_name(test_name: str) -> str:
     """A test's name without the host testinfra puts in its id: `test_x[docker://kiln-verify-
     web-1a2b3c4d-permitrootlogin]` is control `test_x[permitrootlogin]`."""
-    name = re.sub(r"docker://kiln-verify-[a-z0-9-]+?-[0-9a-f]{8}-?", "", test_name)
+    name = re.sub(r"(docker://kiln-verify-[a-z0-9-]+?-[0-9a-f]{8}|ssh://vm)-?", "", test_name)
     return name.removesuffix("[]")
 
 
@@ -138,17 +139,24 @@ def _failure(case: ET.Element, problem: ET.Element) -> Failure:
 
 
 class Verifier:
+    """Docker: the suites run in a throwaway container of the image (testinfra's docker backend)."""
+
+    runtime = "container"
+
     def __init__(self, settings: Settings, client: docker.DockerClient | None = None):
         self.settings = settings
         self.catalog = RoleCatalog(settings)
         self.client = client or docker_client()
         self.store = DockerImageStore(self.client, settings)
 
+    def suites(self, chain: list[Role]) -> list[Path]:
+        return suite_files(chain)
+
     def verify(self, role_name: str, version: str | None = None) -> VerifyResult:
         chain = self.catalog.chain(role_name)
         role = chain[-1]
         record = require_image(self.store, role_name, version)
-        suites = suite_files(chain)
+        suites = self.suites(chain)
         if not suites:
             raise KilnError(
                 f"{role.display(role.role_file)}: field 'tests': no testinfra suite for {role_name} "
@@ -160,14 +168,10 @@ class Verifier:
         if reason:
             result.reasons.append(reason)
         result.junit = self._junit_path(role.name, record.version)
-        name = container_name(role.name)
-        try:
-            with console.progress(f"verifying {record.image} in {name}") as step:
-                self._start(record, name)
-                step(f"running {len(suites)} suites")
-                result.reasons.extend(self._run_suites(suites, name, role, record, result.junit))
-        finally:
-            self._remove(name)
+        with console.progress(f"verifying {record.image}") as step, self.host(record, role, step) as target:
+            step(f"running {len(suites)} suites")
+            hosts, env = target
+            result.reasons.extend(self._run_suites(suites, hosts, env, role, record, result.junit))
         if result.junit.exists():
             result.tests, result.failures = parse_junit(result.junit)
         if result.tests == 0 and not result.reasons:
@@ -176,6 +180,17 @@ class Verifier:
         result.seconds = time.monotonic() - started
         self.store.set_status(record, result.status)
         return result
+
+    @contextlib.contextmanager
+    def host(self, record: ImageRecord, role: Role, step):
+        """Yield (testinfra host options, extra environment) of a running instance of the image."""
+        name = container_name(role.name)
+        try:
+            step(f"starting {name}")
+            self._start(record, name)
+            yield [f"--hosts=docker://{name}"], {}
+        finally:
+            self._remove(name)
 
     def _start(self, record: ImageRecord, name: str) -> None:
         try:
@@ -197,10 +212,18 @@ class Verifier:
         )
 
     def _run_suites(
-        self, suites: list[Path], name: str, role: Role, record: ImageRecord, junit: Path
+        self,
+        suites: list[Path],
+        hosts: list[str],
+        host_env: dict[str, str],
+        role: Role,
+        record: ImageRecord,
+        junit: Path,
     ) -> list[str]:
-        """Run pytest with testinfra's docker backend; return reasons beyond failed tests."""
+        """Run pytest with testinfra against the host; return reasons beyond failed tests."""
         env = {
+            **host_env,
+            "KILN_VERIFY_RUNTIME": self.runtime,
             "KILN_VERIFY_ROLE": role.name,
             "KILN_VERIFY_VERSION": record.version,
             "KILN_VERIFY_PORTS": " ".join(str(p) for p in role.spec.ports),
@@ -210,7 +233,7 @@ class Verifier:
             "-m",
             "pytest",
             *map(str, suites),
-            f"--hosts=docker://{name}",
+            *hosts,
             f"--junitxml={junit}",
             "--rootdir",
             str(self.settings.project_root),
@@ -250,9 +273,18 @@ class Verifier:
             self.client.containers.get(name).remove(force=True)
 
 
-def verify_chain(settings: Settings, roles: list[tuple[str, str]]) -> list[VerifyResult]:
+VERIFIERS = {"docker": "kiln.verify:Verifier", "qemu": "kiln.vmverify:VmVerifier"}
+
+
+def verifier_for(settings: Settings, target: str = "docker") -> Verifier:
+    return for_target(VERIFIERS, target, "verifies")(settings)
+
+
+def verify_chain(
+    settings: Settings, roles: list[tuple[str, str]], target: str = "docker"
+) -> list[VerifyResult]:
     """Verify each (role, version) whose image is not verified yet, root first."""
-    verifier = Verifier(settings)
+    verifier = verifier_for(settings, target)
     results = []
     for role, version in roles:
         record = verifier.store.find(role, version)

@@ -80,6 +80,10 @@ CONF
 chmod 0644 /etc/sysctl.d/90-kiln-hardening.conf
 chmod 0755 /etc/sysctl.d
 
+# systemd-sysctl applies every sysctl.d file in name order across /usr/lib and /etc, so procps'
+# protect-links.conf (fs.protected_fifos = 1) came after ours and won on a booted VM; a file of
+# the same name in /etc replaces it.
+ln -sf 90-kiln-hardening.conf /etc/sysctl.d/protect-links.conf
 # No core dumps: they can hold secrets from any process's memory.
 install -d -m 0755 /etc/security/limits.d /etc/systemd/coredump.conf.d /etc/modprobe.d
 printf '* hard core 0\n* soft core 0\n' > /etc/security/limits.d/90-kiln-nocore.conf

@@ -7,8 +7,11 @@ from kiln.targets.amazon_ebs import AmazonEbsTarget
 from kiln.targets.base import BakeContext, Target
 from kiln.targets.docker import DockerTarget
 from kiln.targets.openstack import OpenStackTarget
+from kiln.targets.qemu import QemuTarget
 
-TARGETS: dict[str, type[Target]] = {t.name: t for t in (DockerTarget, AmazonEbsTarget, OpenStackTarget)}
+TARGETS: dict[str, type[Target]] = {
+    t.name: t for t in (DockerTarget, QemuTarget, AmazonEbsTarget, OpenStackTarget)
+}
 
 __all__ = ["TARGETS", "BakeContext", "Target", "get_target"]
 

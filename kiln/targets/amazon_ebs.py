@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln.targets.base import BakeContext, Target
+from kiln.targets.base import SUDO_EXECUTE, BakeContext, Target
 
 # Debian's own AWS account publishes the official Debian 12 AMIs that `base` starts from.
 DEBIAN_AMI_OWNER = "136693071363"
@@ -10,7 +10,7 @@ DEBIAN_AMI_OWNER = "136693071363"
 
 class AmazonEbsTarget(Target):
     name = "amazon-ebs"
-    execute_command = "sudo -E sh -eu -c '{{ .Vars }} {{ .Path }}'"
+    execute_command = SUDO_EXECUTE
 
     def variables(self) -> dict[str, str]:
         return {

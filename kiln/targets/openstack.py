@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from kiln.targets.base import BakeContext, Target
+from kiln.targets.base import SUDO_EXECUTE, BakeContext, Target
 
 
 class OpenStackTarget(Target):
     name = "openstack"
-    execute_command = "sudo -E sh -eu -c '{{ .Vars }} {{ .Path }}'"
+    execute_command = SUDO_EXECUTE
 
     def variables(self) -> dict[str, str]:
         return {

@@ -80,6 +80,7 @@ def test_literal_interpolation_is_escaped_and_unknown_templates_refused():
 def test_translation_passes_packer_validate(settings, tmp_path, monkeypatch, keystone_url, target):  # noqa: F811
     cloud_environment(monkeypatch, keystone_url)
     ctx = context(settings, "web", parent_ref="sha256:parent", build_dir=tmp_path)
+    get_target(target).prepare(ctx)
     hcl = translate(get_target(target).render(ctx), plugins=False)
     path = tmp_path / "t.pkr.json"
     path.write_text(json.dumps(hcl, indent=2))

@@ -4,6 +4,7 @@ import base64
 import http.server
 import json
 import shutil
+import tarfile
 import threading
 from pathlib import Path
 
@@ -66,10 +67,10 @@ def test_every_target_installs_the_declared_services_and_its_cloud_init(settings
             for s in get_target(target).render(context(settings, role))["provisioners"]
             if s["type"] == "shell"
         ]
-        scripts = [Path(p).name for step in shell for p in step["scripts"]]
+        scripts = [Path(p).name for step in shell for p in step.get("scripts", [])]
         assert scripts[-2:] == ["services.sh", "finish.sh"]
         assert ("base-cloud-init.sh" in scripts) is (role == "base")
-        env = dict(e.split("=", 1) for step in shell for e in step["environment_vars"])
+        env = dict(e.split("=", 1) for step in shell for e in step.get("environment_vars", []))
         assert [s["name"] for s in json.loads(base64.b64decode(env["KILN_SERVICES"]))] == services
 
 
@@ -87,8 +88,47 @@ def test_cloud_base_starts_from_official_debian(settings):
     assert ami["source_ami_filter"]["owners"] == ["136693071363"]
 
 
+def test_qemu_template_boots_the_parent_disk_with_a_one_time_build_user(settings, tmp_path):
+    ctx = context(settings, "web", parent_ref="/disks/base-1.qcow2", build_dir=tmp_path)
+    target = get_target("qemu")
+    target.prepare(ctx)
+    builder = target.render(ctx)["builders"][0]
+    assert builder["iso_url"] == "/disks/base-1.qcow2" and builder["disk_image"] is True
+    assert builder["vm_name"] == "web-0123456789ab.qcow2" and builder["format"] == "qcow2"
+    assert builder["accelerator"] == "tcg" and builder["cd_label"] == "cidata"
+    user_data = (tmp_path / "seed" / "user-data").read_text()
+    public_key = (tmp_path / "id_ed25519.pub").read_text().strip()
+    assert "name: kilnbuild" in user_data and public_key in user_data
+    assert builder["ssh_private_key_file"] == str(tmp_path / "id_ed25519")
+    # SSH is forwarded on loopback only, and the build user and cloud-init state do not ship.
+    assert ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"] in builder["qemuargs"]
+    for forgotten in ("userdel --force --remove kilnbuild", "cloud-init clean", "/etc/ssh/ssh_host_*"):
+        assert forgotten in builder["shutdown_command"]
+
+
+@pytest.mark.parametrize("target", ["qemu", "amazon-ebs", "openstack"])
+def test_ssh_targets_stage_files_and_move_them_with_sudo(settings, target, tmp_path):
+    ctx = context(settings, "web", build_dir=tmp_path)
+    get_target(target).prepare(ctx)
+    steps = get_target(target).render(ctx)["provisioners"]
+    upload = next(s for s in steps if s["type"] == "file")
+    assert upload["source"] == str(tmp_path / "files-0.tar")
+    assert upload["destination"] == "/tmp/kiln-staging/0.tar"
+    move = steps[steps.index(upload) + 1]
+    assert "; sudo env {{ .Vars }} {{ .Path }}" in move["execute_command"]
+    assert move["inline"][0] == "tar -xpf /tmp/kiln-staging/0.tar -C / --no-overwrite-dir"
+    with tarfile.open(tmp_path / "files-0.tar") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert all(m.uid == 0 and m.uname == "root" for m in members.values())
+    # Modes are the repository's, whatever the SSH user's umask: the app stays world-readable.
+    assert members["opt/kiln-web/app.py"].mode & 0o004
+    shell = next(s for s in steps if "scripts" in s)
+    assert "KILN_TARGET=" + target in shell["environment_vars"]
+
+
 def test_unknown_target_lists_known_ones():
-    with pytest.raises(KilnError, match="unknown target 'gce'; known targets: docker, amazon-ebs, openstack"):
+    known = "docker, qemu, amazon-ebs, openstack"
+    with pytest.raises(KilnError, match=f"unknown target 'gce'; known targets: {known}"):
         get_target("gce")
 
 
@@ -149,5 +189,6 @@ def keystone_url():
 def test_rendered_templates_pass_packer_validate(settings, tmp_path, monkeypatch, keystone_url, target, role):
     cloud_environment(monkeypatch, keystone_url)
     ctx = context(settings, role, parent_ref="sha256:parent", build_dir=tmp_path)
+    get_target(target).prepare(ctx)
     path = packer.write_template(get_target(target).render(ctx), tmp_path / "t.json")
     packer.validate(path, settings)

@@ -1,0 +1,71 @@
+"""Audit of a VM disk: Lynis and OpenSCAP inside a booted throwaway VM.
+
+The tools are installed in the VM's copy-on-write overlay only, never in the disk; the VM
+boots the image as an instance would (its kernel, systemd, auditd, sysctls, partitions),
+which is what a container cannot show Lynis. Figures and thresholds are those of `audit.py`,
+recorded in the disk's sidecar.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from kiln import console
+from kiln.audit import (
+    DATASTREAM,
+    REPORT_FILES,
+    Auditor,
+    LynisFigures,
+    ScapFigures,
+    ensure_scap_content,
+    install_script,
+    oscap_command,
+    parse_lynis_report,
+    parse_xccdf_results,
+)
+from kiln.diskimages import DiskImageStore
+from kiln.errors import OperationFailed
+from kiln.roles import RoleCatalog
+from kiln.settings import Settings
+from kiln.vmverify import ready_vm
+
+SCAN_SECONDS = 3600  # TCG runs the scanners several times slower than a container
+
+
+class VmAuditor(Auditor):
+    def __init__(self, settings: Settings):  # no Docker engine needed
+        self.settings = settings
+        self.store = DiskImageStore(settings)
+        self.catalog = RoleCatalog(settings)
+
+    def scan(
+        self, image: str, what: str, report_dir: Path, label: str | None = None
+    ) -> tuple[LynisFigures, ScapFigures]:
+        datastream = ensure_scap_content(self.settings)
+        report_dir.mkdir(parents=True, exist_ok=True)
+        record = next(r for r in self.store.list(what) if r.id == image)
+        with (
+            console.progress(f"auditing {Path(image).name} in a throwaway VM") as step,
+            ready_vm(self.settings, record, self.catalog.get(what), "audit", step) as (machine, _),
+        ):
+            step("installing the audit tools in the VM's overlay")
+            run(machine, f"sudo sh -c {shlex.quote(install_script())}", "installing the audit tools")
+            machine.copy_in(datastream, f"/tmp/{DATASTREAM}")
+            step("OpenSCAP: ANSSI BP-028 intermediary")
+            run(machine, "sudo " + shlex.join(oscap_command()), "oscap", ok=(0, 2))  # 2: a rule failed
+            step("Lynis audit system")
+            run(machine, "sudo lynis audit system --quick --no-colors", "lynis")
+            for path in REPORT_FILES:
+                (report_dir / Path(path).name).write_text(run(machine, f"sudo cat {path}", f"reading {path}"))
+        lynis = parse_lynis_report((report_dir / "lynis-report.dat").read_text(errors="replace"))
+        scap = parse_xccdf_results((report_dir / "oscap-results.xml").read_text())
+        return lynis, scap
+
+
+def run(machine, command: str, what: str, ok: tuple[int, ...] = (0,)) -> str:
+    proc = machine.ssh(command, timeout=SCAN_SECONDS)
+    if proc.returncode not in ok:
+        tail = " ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+        raise OperationFailed(f"audit step '{what}' exited {proc.returncode} in VM {machine.name}: {tail}")
+    return proc.stdout
