@@ -13,10 +13,11 @@ from kiln import hints
 from kiln import images as image_catalog
 from kiln import verify as verification
 from kiln.bake import Baker, images_table
+from kiln.catalogs import image_store
 from kiln.cli import PositionalUnlessFlagTask, confirm, dump_json, kiln_task, print_table, settings
 from kiln.console import say
 from kiln.errors import KilnError
-from kiln.images import DockerImageStore, docker_client, image_store
+from kiln.images import DockerImageStore, docker_client
 from kiln.rollout import lifecycle
 
 TARGET_HELP = "docker (default) or qemu: whose images"

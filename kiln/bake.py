@@ -22,9 +22,10 @@ import docker.errors
 
 from kiln import __version__, console, locks, packer
 from kiln.bootstrap import bootstrap_ref, ensure_bootstrap_image
+from kiln.catalogs import image_store
 from kiln.diskimages import DiskImageStore
 from kiln.errors import KilnError, OperationFailed
-from kiln.images import DockerImageStore, ImageRecord, docker_client, image_store
+from kiln.images import DockerImageStore, ImageRecord, docker_client
 from kiln.roles import Role, RoleCatalog, version_of
 from kiln.settings import Settings
 from kiln.stamps import new_id, utc_iso

@@ -194,17 +194,6 @@ def prune(store: DockerImageStore, keep: int, remove: bool) -> list[PruneDecisio
     return done
 
 
-def image_store(settings: Settings, target: str, client=docker_client):
-    """The catalog a target's images live in: the engine's labels, or disks with sidecars."""
-    if target == "docker":
-        return DockerImageStore(client(), settings)
-    if target == "qemu":
-        from kiln.diskimages import DiskImageStore  # it builds on this module's records
-
-        return DiskImageStore(settings)
-    raise KilnError(f"--target {target}: its images live in the cloud; Kiln lists docker and qemu images")
-
-
 def require_image(store: DockerImageStore, role: str, version: str | None) -> ImageRecord:
     """The newest image of a role (or the given version), or a message saying how to bake it."""
     records = store.list(role)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from kiln import images
+from kiln import catalogs, images
 from kiln.bake import Baker
 from kiln.diskimages import DiskImageStore
 from kiln.errors import KilnError
@@ -84,7 +84,7 @@ def test_bootstrap_disk_is_named_after_the_mirror(settings):
 
 def test_cloud_targets_have_no_local_catalog(settings):
     with pytest.raises(KilnError, match="--target openstack: its images live in the cloud"):
-        images.image_store(settings, "openstack")
+        catalogs.image_store(settings, "openstack")
 
 
 def test_control_names_drop_the_ssh_host():
