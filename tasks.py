@@ -9,7 +9,7 @@ from pathlib import Path
 from invoke import task
 
 from kiln import audit as audits
-from kiln import hints
+from kiln import hints, lint
 from kiln import images as image_catalog
 from kiln import verify as verification
 from kiln.bake import Baker, images_table
@@ -177,12 +177,9 @@ def schema(c, out=None):
 def test(c, unit=False, k=""):
     """Lint (ruff, shellcheck) and run the test suite, integration tests included."""
     python = sys.executable  # the venv's, so a bare `.venv/bin/invoke test` finds its tools
-    c.run(f"{python} -m ruff check .", echo=True)
-    c.run(
-        "shellcheck -x setup.sh .ci/run provisioners/*.sh images/*/files/etc/kiln/start.d/* "
-        "images/base/files/usr/local/sbin/*",
-        echo=True,
-    )
+    root = Path(".")
+    c.run(f"{python} -m ruff check . {' '.join(lint.python_scripts(root))}", echo=True)
+    c.run(f"shellcheck -x {' '.join(lint.shell_scripts(root))}", echo=True)
     selection = "-m 'not integration'" if unit else ""
     keyword = f"-k '{k}'" if k else ""
     c.run(f"{python} -m pytest {selection} {keyword}", echo=True, pty=False)

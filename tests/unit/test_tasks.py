@@ -13,7 +13,7 @@ import tasks
 def test_test_task_lints_then_runs_pytest_with_the_unit_selection():
     c = MockContext(
         run={
-            re.compile(r".*python.* -m ruff check \.$"): Result(),
+            re.compile(r".*python.* -m ruff check \. .*"): Result(),
             re.compile(r"shellcheck .*"): Result(),
             re.compile(r".*python.* -m pytest -m 'not integration'.*"): Result(),
         },
@@ -21,8 +21,11 @@ def test_test_task_lints_then_runs_pytest_with_the_unit_selection():
     )
     tasks.test(c, unit=True)
     commands = [call.args[0] for call in c.run.call_args_list]
-    assert commands[0] == f"{sys.executable} -m ruff check ."
-    assert "provisioners/*.sh" in commands[1]
+    # each script is read by the linter of its #! line: kiln-init is Python, kiln-firewall shell
+    assert commands[0].startswith(f"{sys.executable} -m ruff check . ")
+    assert "kiln-init" in commands[0] and "kiln-init" not in commands[1]
+    assert commands[1].startswith("shellcheck -x ")
+    assert "provisioners/packages.sh" in commands[1] and "kiln-firewall" in commands[1]
     assert commands[2].startswith(f"{sys.executable} -m pytest -m 'not integration'")
 
 
@@ -56,3 +59,15 @@ def test_report_prints_the_newest_report_or_says_how_to_get_one(monkeypatch, pro
         os.utime(page, (1_000_000 - age, 1_000_000 - age))
     tasks.report(MockContext(), "local")
     assert capsys.readouterr().out.strip() == str(newer)
+
+
+def test_scripts_are_linted_by_their_interpreter(tmp_path):
+    from kiln import lint
+
+    sbin = tmp_path / "images/base/files/usr/local/sbin"
+    sbin.mkdir(parents=True)
+    (sbin / "a").write_text("#!/usr/bin/env bash\nset -euo pipefail\n")
+    (sbin / "b").write_text("#!/usr/bin/python3\nprint(1)\n")
+    (sbin / "c").write_text("no interpreter line\n")
+    assert lint.shell_scripts(tmp_path) == ["images/base/files/usr/local/sbin/a"]
+    assert lint.python_scripts(tmp_path) == ["images/base/files/usr/local/sbin/b"]
