@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 # Where executables without a file extension live: provisioners and the images' own helpers.
-SCRIPT_GLOBS = ("setup.sh", ".ci/run", "provisioners/*.sh", "images/*/files/**/sbin/*", "images/*/files/**/bin/*")
+SCRIPT_GLOBS = (
+    "setup.sh", ".ci/run", "provisioners/*.sh", "images/*/files/**/sbin/*", "images/*/files/**/bin/*",
+)
 SHELLS = ("sh", "bash", "dash")
 
 
