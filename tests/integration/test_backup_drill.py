@@ -31,11 +31,11 @@ class Source:
 
     @property
     def db(self):
-        return self.containers.db
+        return self.site.db
 
     @property
     def url(self) -> str:
-        return f"http://{containers.address(self.containers.web[0])}"
+        return f"http://{containers.address(self.site.web[0])}"
 
     def sql(self, statement: str, database: str = containers.DB_NAME) -> str:
         code, out = self.db.exec_run(
