@@ -66,8 +66,15 @@ def test_a_push_to_a_branch_validates_bakes_base_then_the_children_then_verifies
     assert needs(jobs["bake:base"]) == {"validate:lint", "validate:render"}
     for role in ROLES[1:]:
         assert needs(jobs[f"bake:role: [{role}]"]) == {"bake:base"}
-    for check in checks:
-        assert needs(jobs[check]) == {"bake:base", "bake:role"} and jobs[check]["stage"] == "verify"
+    for check in checks:  # audit after verify: both relabel the image
+        after = {"bake:base", "bake:role"} | ({"verify"} if check.startswith("audit") else set())
+        assert needs(jobs[check]) == after and jobs[check]["stage"] == "verify"
+
+
+def test_kiln_audit_roles_restricts_the_audit_to_one_role():
+    jobs = jobs_for(CI_PIPELINE_SOURCE="push", CI_COMMIT_BRANCH="main", KILN_AUDIT_ROLES="web")
+    assert {name for name in jobs if name.startswith("audit")} == {"audit: [web]"}
+    assert {f"verify: [{role}]" for role in ROLES} <= set(jobs)
 
 
 def test_openstack_templates_are_validated_where_the_runner_has_a_cloud():
