@@ -1,13 +1,10 @@
 """Baking several roles in one go (`invoke bake --all`, `invoke up --bake`): parents first, each
 image verified, and one summary row per role.
 
-Children of one parent run one after another, not side by side: on the docker target every
-bake of a Kiln set-up mounts the same apt cache volume (<prefix>-apt-archives) at
-/var/cache/apt/archives, and apt-get takes that folder's lock without waiting for it. Tried on
-this machine with two containers sharing the volume: while one `apt-get install` downloads, the
-other stops at once with "Could not get lock /var/cache/apt/archives/lock" (exit 100), so a
-child bake started beside another would fail. Parallel children would need a cache per child
-(losing the shared downloads) or apt's lock timeout, which Debian 12's apt lacks for this lock.
+Roles run one after another. Each role's bake has its own apt cache volume
+(<prefix>-apt-archives-<role>, see kiln.targets.docker), so children of one parent could run side
+by side, as the pipeline's bake jobs do; on a 2-core machine that saves little and interleaves
+their output, so this keeps them in order.
 """
 
 from __future__ import annotations

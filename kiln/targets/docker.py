@@ -11,9 +11,11 @@ def bake_container_name(name_prefix: str, role: str, bake_id: str) -> str:
     return f"{name_prefix}-bake-{role}-{bake_id}"
 
 
-def apt_cache_volume(name_prefix: str) -> str:
-    """One .deb cache per name prefix, so separate Kiln setups never share apt locks."""
-    return f"{name_prefix}-apt-archives"
+def apt_cache_volume(name_prefix: str, role: str) -> str:
+    """One .deb cache per name prefix and role: apt-get does not wait for the cache's lock, so two
+    bakes sharing one (the pipeline bakes web, db and lb side by side) failed at once. Roles
+    install different packages on top of their parent, so separate caches lose almost nothing."""
+    return f"{name_prefix}-apt-archives-{role}"
 
 
 class DockerTarget(Target):
@@ -39,7 +41,7 @@ class DockerTarget(Target):
                 "--name",
                 bake_container_name(ctx.name_prefix, ctx.role.name, ctx.bake_id),
                 "-v",
-                f"{apt_cache_volume(ctx.name_prefix)}:/var/cache/apt/archives",
+                f"{apt_cache_volume(ctx.name_prefix, ctx.role.name)}:/var/cache/apt/archives",
                 "--entrypoint=/bin/sh",
                 "--",
                 "{{.Image}}",

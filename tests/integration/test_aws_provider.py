@@ -337,6 +337,7 @@ def test_up_and_a_rollout_through_the_engine(moto, tmp_path):
     assert actions == [
         ("launched", "web4"),
         ("registered", "web4"),
+        ("canary", None),
         ("healthy", None),
         ("draining", "web2"),
         ("terminated", "web2"),

@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 
 import pytest
 
+from kiln import secrets
 from kiln.drill import run_drill
 from kiln.errors import KilnError
 from kiln.settings import Settings
@@ -39,10 +40,7 @@ def test_a_failed_drill_sends_one_message_and_writes_its_reports(project, webhoo
         f"notify: {{webhooks: ['{url}']}}\n"
     )
     settings = Settings(project_root=project, state_dir=project / ".kiln", image_repo=env)
-    (project / "secrets").mkdir(mode=0o700)
-    (project / "secrets" / f"{env}.env").write_text(
-        "KILN_BACKUP_KEY=" + "k" * 32 + "\nKILN_DB_PASSWORD=" + "p" * 32 + "\n"
-    )
+    secrets.write(settings, env, {"KILN_BACKUP_KEY": "k" * 32, "KILN_DB_PASSWORD": "p" * 32})
     with pytest.raises(KilnError, match=f"environment '{env}' has no running db instance"):
         run_drill(settings, env)
 
