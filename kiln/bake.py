@@ -269,7 +269,10 @@ class Baker:
         return {
             "kiln.role": role.name,
             "kiln.version": version,
-            "kiln.repository": self.store.repository(role.name),
+            # clouds name their images after the same prefix (AMI tags, Glance properties)
+            "kiln.repository": (
+                self.store.repository(role.name) if self.local else f"{self.settings.image_repo}/{role.name}"
+            ),
             "kiln.parent": role.parent or "bootstrap",
             "kiln.parent-id": parent_identity,
             "kiln.inputs-hash": role.inputs_digest(self.target.template_source(), parent_identity),

@@ -192,3 +192,13 @@ def test_rendered_templates_pass_packer_validate(settings, tmp_path, monkeypatch
     get_target(target).prepare(ctx)
     path = packer.write_template(get_target(target).render(ctx), tmp_path / "t.json")
     packer.validate(path, settings)
+
+
+def test_render_task_path_writes_and_validates_a_cloud_template_without_a_local_catalog(settings):
+    """`invoke render web --target amazon-ebs` (the pipeline's validate job) needs no Docker or
+    disk catalog: the cloud keeps its images, and the labels name them after the same prefix."""
+    from kiln.bake import Baker
+
+    path, version = Baker(settings, "amazon-ebs").render("web")
+    tags = json.loads(path.read_text())["builders"][0]["tags"]
+    assert tags["kiln.repository"] == f"{settings.image_repo}/web" and tags["kiln.version"] == version
