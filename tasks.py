@@ -173,8 +173,14 @@ def schema(c, out=None):
         print(path)
 
 
-@task(help={"unit": "only the fast unit tests (no Docker, no Packer)", "k": "pytest -k filter"})
-def test(c, unit=False, k=""):
+@task(
+    help={
+        "unit": "only the fast unit tests (no Docker, no Packer)",
+        "k": "pytest -k filter",
+        "vm": "also the VM image tests (QEMU; 30-40 min more under TCG)",
+    }
+)
+def test(c, unit=False, k="", vm=False):
     """Lint (ruff, shellcheck) and run the test suite, integration tests included."""
     python = sys.executable  # the venv's, so a bare `.venv/bin/invoke test` finds its tools
     root = Path(".")
@@ -182,7 +188,8 @@ def test(c, unit=False, k=""):
     c.run(f"shellcheck -x {' '.join(lint.shell_scripts(root))}", echo=True)
     selection = "-m 'not integration'" if unit else ""
     keyword = f"-k '{k}'" if k else ""
-    c.run(f"{python} -m pytest {selection} {keyword}", echo=True, pty=False)
+    vms = {"KILN_TEST_VMS": "1"} if vm else {}
+    c.run(f"{python} -m pytest {selection} {keyword}", echo=True, pty=False, env=vms)
 
 
 # ---- environments: create, inspect, roll out, roll back, remove ----------------------------------
