@@ -155,12 +155,15 @@ def stand_in_image(
 def pipelines(tmp_path_factory, kiln, docker_client):
     if not GITLAB_CI_LOCAL.exists():
         pytest.fail(f"{GITLAB_CI_LOCAL} is missing: run ./setup.sh, which installs it")
-    # The session's `kiln` fixture owns the prefix and removes its images at the end.
+    # A prefix of its own: `publish` takes each role's newest image, and the session's prefix also
+    # holds real images other tests baked (a newer, unverified base among them).
+    prefix = f"{kiln.prefix}pipe"
     scratch = tmp_path_factory.mktemp("pipelines")
     try:
-        yield Pipelines(scratch_copy(scratch), kiln.prefix)
+        yield Pipelines(scratch_copy(scratch), prefix)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # artifacts and job files: nothing is kept
+        remove_prefixed(docker_client, prefix)
 
 
 @pytest.fixture(scope="module")
