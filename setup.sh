@@ -58,7 +58,13 @@ gitlab_ci_local=.venv/npm/node_modules/.bin/gitlab-ci-local
 if [ ! -x "$gitlab_ci_local" ]; then
   log "installing gitlab-ci-local into .venv/npm"
   # 4.65.0 is the last release that runs on Node 18-20 (later ones crash there).
-  npm install --silent --no-audit --no-fund --prefix .venv/npm gitlab-ci-local@4.65.0 >/dev/null
+  # npm's --silent also hides why it failed: keep its output in a log and show the end of it.
+  if ! npm install --no-audit --no-fund --fetch-retries=4 --fetch-timeout=120000 \
+      --prefix .venv/npm gitlab-ci-local@4.65.0 >.venv/npm.log 2>&1; then
+    tail -n 20 .venv/npm.log >&2
+    log "npm install of gitlab-ci-local failed; full log: .venv/npm.log"
+    exit 2
+  fi
 fi
 
 # Docker engine: systemd where it runs, otherwise dockerd in the background with a log file.
