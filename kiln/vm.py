@@ -187,16 +187,23 @@ class VirtualMachine:
                 self.ssh("sudo systemctl poweroff", timeout=20)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=POWEROFF_SECONDS)
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        # The multiplexing master testinfra's ssh backend may have left behind.
+        self.stop()
+
+    def stop(self) -> None:
+        """QEMU stopped now, and the multiplexing master testinfra's ssh backend may have left."""
+        stop_process(self.process)
         exit_master = ["ssh", "-F", str(self.ssh_config), "-O", "exit", "vm"]
         subprocess.run(exit_master, capture_output=True, check=False)
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextlib.contextmanager
@@ -239,8 +246,15 @@ def booted(
         ]  # fmt: skip
         with (folder / "qemu.log").open("w") as qemu_log:
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=qemu_log)
-        vm = VirtualMachine(name, folder, key, user, ports, process)
+        try:
+            vm = VirtualMachine(name, folder, key, user, ports, process)
+        except BaseException:
+            stop_process(process)
+            raise
         try:
             yield vm
-        finally:
-            vm.power_off()
+        except BaseException:
+            # Interrupted or failed: the overlay is thrown away, so no clean shutdown to wait for.
+            vm.stop()
+            raise
+        vm.power_off()
