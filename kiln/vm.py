@@ -8,6 +8,7 @@ Used by VM verification and audit; a qemu provider can boot its instances the sa
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import subprocess
@@ -84,16 +85,22 @@ def sudoers_dropin(user: str) -> str:
     return f"/etc/sudoers.d/91-{user}"
 
 
-def seed_user_data(user: str, public_key: str) -> str:
-    """cloud-config for a one-time admin: the key, passwordless sudo, nothing else. The image's
-    sudo wants a terminal and lets no command start another (harden-accounts: requiretty,
-    noexec); this user alone is exempt, as scripts run without a terminal and start programs."""
+def seed_user_data(user: str, public_key: str, files: dict[str, str] | None = None) -> str:
+    """cloud-config for a one-time admin: the key, passwordless sudo, and `files` (path ->
+    content), written before the admin can log in. The image's sudo wants a terminal and lets no
+    command start another (harden-accounts: requiretty, noexec); this user alone is exempt, as
+    scripts run without a terminal and start programs."""
+    extra = "".join(
+        f"  - path: {path}\n    permissions: '0644'\n    content: {json.dumps(content)}\n"
+        for path, content in (files or {}).items()
+    )
     return (
         "#cloud-config\n"
         "write_files:\n"
         f"  - path: {sudoers_dropin(user)}\n"
         "    permissions: '0440'\n"
         f"    content: 'Defaults:{user} !requiretty, !noexec'\n"
+        f"{extra}"
         "users:\n"
         f"  - name: {user}\n"
         "    shell: /bin/bash\n"
@@ -103,11 +110,13 @@ def seed_user_data(user: str, public_key: str) -> str:
     )
 
 
-def write_seed(folder: Path, user: str, public_key: str, instance_id: str) -> list[Path]:
+def write_seed(
+    folder: Path, user: str, public_key: str, instance_id: str, files: dict[str, str] | None = None
+) -> list[Path]:
     """The NoCloud seed files (user-data, meta-data) for a volume labelled `cidata`."""
     folder.mkdir(parents=True, exist_ok=True)
     user_data, meta_data = folder / "user-data", folder / "meta-data"
-    user_data.write_text(seed_user_data(user, public_key))
+    user_data.write_text(seed_user_data(user, public_key, files))
     # A name the image resolves (sudo looks its host up on every call).
     meta_data.write_text(f"instance-id: {instance_id}\nlocal-hostname: localhost\n")
     return [user_data, meta_data]
