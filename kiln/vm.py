@@ -186,8 +186,13 @@ class VirtualMachine:
         return proc.stdout.strip()
 
     def console_tail(self, lines: int = 3) -> str:
+        """The console's last lines, and where its whole log is kept (the VM's folder goes)."""
         text = self.console_log.read_text(errors="replace") if self.console_log.exists() else ""
-        return " / ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or "no console output"
+        kept = self.folder.parent / "vm-consoles" / f"{self.name}.log"
+        kept.parent.mkdir(exist_ok=True)
+        kept.write_text(text)
+        tail = " / ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or "no console output"
+        return f"{tail} (console: {kept})"
 
     def power_off(self) -> None:
         """A clean shutdown when the guest obeys, else the QEMU process is stopped."""

@@ -18,6 +18,8 @@ table inet filter {
     type filter hook input priority 0; policy drop;
     iif lo accept
     ct state established,related accept
+    # IPv6 neighbour discovery and router adverts, as base's ruleset lets in.
+    ip6 nexthdr icmpv6 icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
     tcp dport { 22, 8080 } accept
   }
 }
