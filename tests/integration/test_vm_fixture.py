@@ -152,7 +152,8 @@ def test_a_provisioner_that_breaks_a_service_rejects_the_vm_image(vm_run, baked)
     assert proc.returncode == 1, proc.stderr
     version = versions(proc)["broken"]
     assert f"broken {version} rejected" in proc.stderr
-    assert "test_health_answers_on_the_forwarded_port" in proc.stderr, proc.stderr
+    # The role's own suite (inherited from base) sees its declared service down.
+    assert "control test_declared_service_is_active" in proc.stderr, proc.stderr
     sidecar = vm_run.project / ".kiln" / "vm" / "broken" / f"broken-{version}.json"
     assert json.loads(sidecar.read_text())["kiln.status"] == "rejected"
     assert not vm_processes(vm_run.prefix) and not overlays(vm_run.project / ".kiln", vm_run.prefix)
