@@ -177,7 +177,7 @@ def schema(c, out=None):
     help={
         "unit": "only the fast unit tests (no Docker, no Packer)",
         "k": "pytest -k filter",
-        "vm": "also the VM image tests (QEMU; 30-40 min more under TCG)",
+        "vm": "also the hardened chain as VM disks (QEMU; 30-40 min more under TCG)",
     }
 )
 def test(c, unit=False, k="", vm=False):

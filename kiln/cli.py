@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from invoke import Argument, Exit, Task
@@ -18,13 +21,15 @@ from kiln.settings import Settings
 def kiln_task(body):
     """Run a task body, turning KilnError into one line on stderr and its exit code.
 
-    KILN_DEBUG=1 lets the traceback through instead.
+    KILN_DEBUG=1 lets the traceback through instead. SIGTERM (a CI runner cancelling, `kill`)
+    interrupts the task as Ctrl-C does, so what it started (VMs, build containers) is cleaned up.
     """
 
     @functools.wraps(body)
     def wrapper(c, *args, **kwargs):
         try:
-            return body(c, *args, **kwargs)
+            with terminate_as_interrupt():
+                return body(c, *args, **kwargs)
         except KilnError as exc:
             if os.environ.get("KILN_DEBUG"):
                 raise
@@ -33,6 +38,24 @@ def kiln_task(body):
             raise Exit(message="kiln: interrupted", code=130) from None
 
     return wrapper
+
+
+def _interrupt(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one interruption: let the clean-up finish
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt while the block runs (signals reach the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ArgumentUnlessFlag(Argument):

@@ -14,6 +14,6 @@ class OperationFailed(KilnError):
 
 
 class Interrupted(KilnError):
-    """The user pressed Ctrl-C; what was started has been cleaned up (exit 130)."""
+    """Ctrl-C or SIGTERM; what was started has been cleaned up (exit 130)."""
 
     exit_code = 130

@@ -8,6 +8,7 @@ Used by VM verification and audit; a qemu provider can boot its instances the sa
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import subprocess
@@ -84,16 +85,22 @@ def sudoers_dropin(user: str) -> str:
     return f"/etc/sudoers.d/91-{user}"
 
 
-def seed_user_data(user: str, public_key: str) -> str:
-    """cloud-config for a one-time admin: the key, passwordless sudo, nothing else. The image's
-    sudo wants a terminal and lets no command start another (harden-accounts: requiretty,
-    noexec); this user alone is exempt, as scripts run without a terminal and start programs."""
+def seed_user_data(user: str, public_key: str, files: dict[str, str] | None = None) -> str:
+    """cloud-config for a one-time admin: the key, passwordless sudo, and `files` (path ->
+    content), written before the admin can log in. The image's sudo wants a terminal and lets no
+    command start another (harden-accounts: requiretty, noexec); this user alone is exempt, as
+    scripts run without a terminal and start programs."""
+    extra = "".join(
+        f"  - path: {path}\n    permissions: '0644'\n    content: {json.dumps(content)}\n"
+        for path, content in (files or {}).items()
+    )
     return (
         "#cloud-config\n"
         "write_files:\n"
         f"  - path: {sudoers_dropin(user)}\n"
         "    permissions: '0440'\n"
         f"    content: 'Defaults:{user} !requiretty, !noexec'\n"
+        f"{extra}"
         "users:\n"
         f"  - name: {user}\n"
         "    shell: /bin/bash\n"
@@ -103,11 +110,13 @@ def seed_user_data(user: str, public_key: str) -> str:
     )
 
 
-def write_seed(folder: Path, user: str, public_key: str, instance_id: str) -> list[Path]:
+def write_seed(
+    folder: Path, user: str, public_key: str, instance_id: str, files: dict[str, str] | None = None
+) -> list[Path]:
     """The NoCloud seed files (user-data, meta-data) for a volume labelled `cidata`."""
     folder.mkdir(parents=True, exist_ok=True)
     user_data, meta_data = folder / "user-data", folder / "meta-data"
-    user_data.write_text(seed_user_data(user, public_key))
+    user_data.write_text(seed_user_data(user, public_key, files))
     # A name the image resolves (sudo looks its host up on every call).
     meta_data.write_text(f"instance-id: {instance_id}\nlocal-hostname: localhost\n")
     return [user_data, meta_data]
@@ -177,8 +186,13 @@ class VirtualMachine:
         return proc.stdout.strip()
 
     def console_tail(self, lines: int = 3) -> str:
+        """The console's last lines, and where its whole log is kept (the VM's folder goes)."""
         text = self.console_log.read_text(errors="replace") if self.console_log.exists() else ""
-        return " / ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or "no console output"
+        kept = self.folder.parent / "vm-consoles" / f"{self.name}.log"
+        kept.parent.mkdir(exist_ok=True)
+        kept.write_text(text)
+        tail = " / ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or "no console output"
+        return f"{tail} (console: {kept})"
 
     def power_off(self) -> None:
         """A clean shutdown when the guest obeys, else the QEMU process is stopped."""
@@ -187,16 +201,23 @@ class VirtualMachine:
                 self.ssh("sudo systemctl poweroff", timeout=20)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=POWEROFF_SECONDS)
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        # The multiplexing master testinfra's ssh backend may have left behind.
+        self.stop()
+
+    def stop(self) -> None:
+        """QEMU stopped now, and the multiplexing master testinfra's ssh backend may have left."""
+        stop_process(self.process)
         exit_master = ["ssh", "-F", str(self.ssh_config), "-O", "exit", "vm"]
         subprocess.run(exit_master, capture_output=True, check=False)
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextlib.contextmanager
@@ -239,8 +260,15 @@ def booted(
         ]  # fmt: skip
         with (folder / "qemu.log").open("w") as qemu_log:
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=qemu_log)
-        vm = VirtualMachine(name, folder, key, user, ports, process)
+        try:
+            vm = VirtualMachine(name, folder, key, user, ports, process)
+        except BaseException:
+            stop_process(process)
+            raise
         try:
             yield vm
-        finally:
-            vm.power_off()
+        except BaseException:
+            # Interrupted or failed: the overlay is thrown away, so no clean shutdown to wait for.
+            vm.stop()
+            raise
+        vm.power_off()

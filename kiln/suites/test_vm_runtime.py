@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from kiln.verify import parse_sysctl_conf
+from kiln.container_options import parse_sysctl_conf
 
 PORTS = {int(p) for p in os.environ.get("KILN_VERIFY_PORTS", "").split()}
 
@@ -64,3 +64,8 @@ def test_root_filesystem_grown_to_the_disk(host):
     size = int(host.check_output("df -B1 --output=size /").split()[-1])
     # ext4 keeps some of the partition for its own metadata; a root that did not grow is far below.
     assert size > 0.9 * given, f"root filesystem is {size >> 20} MiB on a {given >> 20} MiB disk"
+
+
+def test_no_bake_time_shortcut_left(host):
+    """Bakes run dpkg without fsync (kiln/targets/qemu.py UNSAFE_IO); no instance may keep that."""
+    assert not host.file("/etc/dpkg/dpkg.cfg.d/zz-kiln-bake-unsafe-io").exists

@@ -20,6 +20,8 @@ from kiln.images import DockerImageStore, ImageRecord
 from tests.conftest import copy_project
 
 pytestmark = pytest.mark.integration
+# A role's testinfra suite that only Kiln runs, against a VM (test_vm_fixture.py).
+collect_ignore = ["vm_fixture"]
 
 
 @dataclass

@@ -9,11 +9,13 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kiln import locks, packer
 from kiln.errors import KilnError
 from kiln.roles import RoleCatalog
 from kiln.targets import TARGETS, BakeContext, get_target
+from kiln.vm import seed_user_data
 
 
 def context(settings, role_name, parent_ref="sha256:parent", build_dir=Path("/tmp/b")):
@@ -104,6 +106,22 @@ def test_qemu_template_boots_the_parent_disk_with_a_one_time_build_user(settings
     assert ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"] in builder["qemuargs"]
     for forgotten in ("userdel --force --remove kilnbuild", "cloud-init clean", "/etc/ssh/ssh_host_*"):
         assert forgotten in builder["shutdown_command"]
+
+
+def test_qemu_bake_skips_syncs_only_while_baking(settings, tmp_path):
+    """The bake's disk is cached unsafely and dpkg skips fsync; the shutdown removes the dpkg
+    setting before the image is sealed, and a verification seed never carries it."""
+    ctx = context(settings, "web", parent_ref="/disks/base-1.qcow2", build_dir=tmp_path)
+    target = get_target("qemu")
+    target.prepare(ctx)
+    builder = target.render(ctx)["builders"][0]
+    assert builder["disk_cache"] == "unsafe" and builder["disk_discard"] == "unmap"
+    seed = yaml.safe_load((tmp_path / "seed" / "user-data").read_text())
+    [unsafe_io] = [f for f in seed["write_files"] if f["path"].startswith("/etc/dpkg/dpkg.cfg.d/")]
+    assert unsafe_io["content"] == "force-unsafe-io\n"
+    shutdown = builder["shutdown_command"]
+    assert unsafe_io["path"] in shutdown and shutdown.index(unsafe_io["path"]) < shutdown.index("shutdown -P")
+    assert "dpkg.cfg.d" not in seed_user_data("kilnadmin", "ssh-ed25519 AAAA kiln@test")
 
 
 @pytest.mark.parametrize("target", ["qemu", "amazon-ebs", "openstack"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from kiln.verify import (
     security_pending_reason,
     suite_files,
 )
+from kiln.vmverify import SUITES
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" errors="1" failures="1" skipped="1" tests="5">
@@ -154,3 +156,9 @@ def test_sysctl_conf_parsing_keeps_the_last_value_and_skips_comments():
 )
 def test_only_network_namespace_sysctls_are_applied_to_containers(key, namespaced):
     assert bool(NAMESPACED_SYSCTL.match(key)) is namespaced
+
+
+@pytest.mark.parametrize("suite", sorted(p.name for p in SUITES.glob("test_*.py")))
+def test_kiln_own_suites_import(suite):
+    """The suites Kiln adds on VMs run only in a booted VM: a broken import must fail here first."""
+    importlib.import_module(f"kiln.suites.{Path(suite).stem}")
