@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 
 import docker.errors
-from docker.utils.socket import consume_socket_output, frames_iter
+from docker.utils.socket import consume_socket_output, demux_adaptor, frames_iter
 
 from kiln.channels.base import TRANSFER_TIMEOUT, Channel, ChannelError
 
@@ -45,7 +45,8 @@ class DockerChannel(Channel):
             raw.settimeout(timeout + 10)  # the command is bounded inside; this bounds the engine
             raw.sendall(stdin)
             raw.shutdown(socket.SHUT_WR)
-            return consume_socket_output(frames_iter(stream, tty=False), demux=True)
+            frames = (demux_adaptor(*frame) for frame in frames_iter(stream, tty=False))
+            return consume_socket_output(frames, demux=True)
         except OSError as exc:
             raise ChannelError(f"{self.name}: exec stream failed: {exc}") from exc
         finally:
