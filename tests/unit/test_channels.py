@@ -59,7 +59,11 @@ def test_user_data_gets_the_login_account_and_keeps_everything_else():
                      "kiln", "ssh-ed25519 AAAAC3Pub kiln-vm")  # fmt: skip
     document = yaml.safe_load(sent)
     assert sent.startswith("#cloud-config\n")
-    assert document["locale"] == "C.UTF-8" and document["write_files"] == [{"path": "/a", "content": "b"}]
+    exemption = "Defaults:kiln !requiretty, !noexec\n"  # the image's sudo wants a tty, forbids exec
+    assert document["locale"] == "C.UTF-8" and document["write_files"] == [
+        {"path": "/a", "content": "b"},
+        {"path": "/etc/sudoers.d/91-kiln", "permissions": "0440", "content": exemption},
+    ]
     assert document["users"] == [{"name": "kiln", "shell": "/bin/sh", "lock_passwd": True,
                                   "sudo": "ALL=(ALL) NOPASSWD:ALL",
                                   "ssh_authorized_keys": ["ssh-ed25519 AAAAC3Pub kiln-vm"]}]  # fmt: skip
