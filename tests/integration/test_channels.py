@@ -117,6 +117,7 @@ def pair(kiln, docker_client, base_image, identity):
                 logs = bastion.logs(tail=20).decode()
                 pytest.fail(f"the bastion's sshd did not start ({bastion.status}): {logs}")
             time.sleep(0.5)
+        wait_for_target(through((bastion_ip, target_ip, target), identity))  # its host keys come first
         yield bastion_ip, target_ip, target
     finally:
         remove_labelled(docker_client, label)
@@ -143,7 +144,6 @@ def wait_for_target(channel: SshChannel) -> None:
 
 def test_commands_stdin_env_and_users_through_the_jump_host(pair, identity):
     ssh = through(pair, identity)
-    wait_for_target(ssh)
     assert ssh.run(["id", "-un"]).out.strip() == "root"  # root by default, through sudo
     assert ssh.run(["id", "-un"], user="kiln").out.strip() == "kiln"
     echoed = ssh.run(["sh", "-c", 'echo "$A|$B"'], user="nobody", env={"A": "x y", "B": "it's"})
@@ -159,7 +159,6 @@ def test_commands_stdin_env_and_users_through_the_jump_host(pair, identity):
 
 def test_files_and_folders_go_in_and_out_with_mode_and_owner(pair, identity):
     ssh = through(pair, identity)
-    wait_for_target(ssh)
     payload = os.urandom(300_000)
     ssh.put("/etc/kiln-test.bin", payload, 0o640, ssh.ids("kiln"))
     assert ssh.run(["stat", "-c", "%a %U", "/etc/kiln-test.bin"]).out.strip() == "640 kiln"
@@ -172,7 +171,6 @@ def test_files_and_folders_go_in_and_out_with_mode_and_owner(pair, identity):
 
 def test_a_command_past_its_timeout_is_stopped_inside_the_instance(pair, identity):
     ssh = through(pair, identity)
-    wait_for_target(ssh)
     started = time.monotonic()
     with pytest.raises(ChannelError, match=r"^target: `sleep` did not finish within 2 s$"):
         ssh.run(["sleep", "120"], timeout=2)
