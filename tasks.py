@@ -363,7 +363,7 @@ def load_data(c, env, mb=64):
     """Load realistic, poorly compressible data through the app: records in PostgreSQL and files."""
     from kiln.backup.load import load_data as load
 
-    print(dump_json(load(docker_client(), env, int(mb))))
+    print(dump_json(load(settings(), env, int(mb))))
 
 
 @task(help={"dotenv": "also write the versions to this file as KILN_RELEASE_<ROLE>=VERSION lines"})

@@ -34,11 +34,12 @@ import docker
 
 from kiln import secrets as sealed
 from kiln.backup import containers, dbcheck
-from kiln.backup.base import BackupSettings, DockerShell, S3Repository, human_size
+from kiln.backup.base import BackupSettings, S3Repository, human_size
 from kiln.backup.load import load_data
 from kiln.backup.operations import s3_access, take_backup
 from kiln.backup.pgbackrest import PgBackRest
 from kiln.backup.secrets import ensure_secrets, secret
+from kiln.channels.docker import DockerChannel
 from kiln.drill import Drill, http
 from kiln.images import DockerImageStore
 from kiln.polling import wait_for_service
@@ -102,7 +103,7 @@ def restore_bare(
             files={"/etc/kiln/db.env": (containers.db_env(password, hold=True), 0o600, "root")},
             volumes={} if settings.s3 else containers.backup_mounts(env, "db", read_only=True),
         )
-        shell = DockerShell(container, [key])
+        shell = DockerChannel(container, [key])
         tool = PgBackRest(shell, settings, key, s3_access(Settings.from_env(), env, settings))
         tool.configure()
         started = time.monotonic()
@@ -157,7 +158,7 @@ def main() -> None:
         url = f"http://{containers.address(source.web[0])}"
         wait_for_service(lambda: b'"database": "ok"' in http(url + "/health")[1], "source web", 60)
         if args.s3:
-            gateway = client.networks.get(f"kiln-{env}").attrs["IPAM"]["Config"][0]["Gateway"]
+            gateway = client.networks.get(f"kiln-{env}-z0").attrs["IPAM"]["Config"][0]["Gateway"]
             server = S3Server(gateway, Path(tempfile.mkdtemp(prefix=f"kiln-{env}-s3-")), f"kiln-{env}")
             repo = S3Repository(server.bucket, server.endpoint, uri_style="path", ca_file=str(server.ca))
             backup = BackupSettings(repository="s3", s3=repo)
@@ -168,13 +169,13 @@ def main() -> None:
             sealed.write(settings, env, {**sealed.read(settings, env), **credentials})
 
         started = time.monotonic()
-        loaded = load_data(client, env, args.mb)
+        loaded = load_data(settings, env, args.mb)
         figures["load_seconds"] = round(time.monotonic() - started, 1)
         figures["table_bytes"] = loaded["table_bytes"]
         figures["file_bytes"] = loaded["file_bytes"]
 
         started = time.monotonic()
-        records = take_backup(settings, env, "full", backup, client)
+        records = take_backup(settings, env, "full", backup)
         figures["backup_seconds"] = round(time.monotonic() - started, 1)
         figures["backup_sizes"] = {r.tool: human_size(r.size) for r in records}
 
@@ -182,13 +183,13 @@ def main() -> None:
         writer.start()
         # The floor, measured before and after the drill; the smaller counts (other work on the
         # machine only ever slows one down).
-        shell = DockerShell(source.db, [key])
+        shell = DockerChannel(source.db, [key])
         dbcheck.psql(shell, "postgres", f"SELECT pg_create_restore_point('kiln-{env}-floor')")
         PgBackRest(shell, backup, key, s3_access(settings, env, backup)).source_check()
         floor_before, _ = restore_bare(
             client, env, source.db.image.id, backup, key, password, f"kiln-{env}-floor1", f"kiln-{env}-floor"
         )
-        drill = Drill(settings, env, backup, client=client)
+        drill = Drill(settings, env, backup)
         report = drill.run()
         figures["drill_ok"] = report.ok
         figures["rto_seconds"] = report.rto_seconds

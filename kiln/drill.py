@@ -9,7 +9,7 @@ Order of a drill (../shared/notes/backups.md):
    (local: its own network `kiln-dr-<id>-z0`, standing for another region) with cloud-init
    user-data; a db instance held before PostgreSQL starts and a web instance from the newest
    verified web image, both reading the source's repositories read-only, so a drill cannot
-   damage the backups it proves. The instances are driven through `docker exec` (DockerShell).
+   damage the backups it proves. The instances are driven through the provider's channel.
 3. Pre-check: repositories present, the key opens them, WAL continuous after the newest backup.
 4. Restore the database (to the restore point, or --target-time), replay WAL, promote; restore
    the files in parallel. 5. HTTP smoke test of the app on the restored data: the RTO ends here.
@@ -32,21 +32,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import docker
-import docker.errors
 import yaml
 
 from kiln import console, environments, statestore
-from kiln.backup import containers, dbcheck
-from kiln.backup.base import BackupFault, BackupSettings, DockerShell
-from kiln.backup.operations import backup_settings, s3_access
+from kiln.backup import app, dbcheck
+from kiln.backup.base import BackupFault, BackupSettings
+from kiln.backup.operations import backup_settings, first_running, require_db, s3_access, source_environment
 from kiln.backup.pgbackrest import PgBackRest
 from kiln.backup.restic import UPLOADS, Restic
 from kiln.backup.secrets import secret
+from kiln.channels.base import Channel
 from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
-from kiln.images import docker_client
 from kiln.notify import notify
 from kiln.polling import wait_for_service
 from kiln.providers import get_provider
@@ -166,7 +164,7 @@ def run_drill(
     if target_time:
         parse_target_time(target_time)
     backup = backup_settings(settings, env)
-    return Drill(settings, env, backup, target_time, keep, docker_client()).run()
+    return Drill(settings, env, backup, target_time, keep).run()
 
 
 def drill_history(settings: Settings) -> tuple[list[dict], Path]:
@@ -183,7 +181,6 @@ class Drill:
         backup: BackupSettings | None = None,
         target_time: str | None = None,
         keep: bool = False,
-        client: docker.DockerClient | None = None,
     ):
         self.settings = settings
         self.env = env
@@ -191,10 +188,9 @@ class Drill:
         self.target = parse_target_time(target_time) if target_time else None
         self.target_text = target_time
         self.keep = keep
-        self.client = client or docker.from_env(timeout=120)
         self.id = new_id()
         self.dr_env = f"dr-{self.id}"
-        self.network = ""
+        self.web_address = ""
         self.restore_point = f"kiln-drill-{self.id}"
         self.report = DrillReport(self.id, env, self.dr_env, utc_iso(time.time()), target_time, kept=keep)
         self.history = settings.state_dir / "drills"
@@ -205,7 +201,8 @@ class Drill:
         self.reference: dbcheck.Snapshot | None = None
         self.source_files: dict[str, str] = {}
         self.clock = 0.0
-        self.db = self.web = None
+        self.db: Channel | None = None
+        self.web: Channel | None = None
         self.provider: Provider | None = None
         self.provider_name = "local"
         self.notify_settings = None
@@ -264,7 +261,7 @@ class Drill:
             detail, ok, cause = body(), True, None
         except BackupFault as exc:
             detail, ok, cause = exc.detail, False, exc.cause
-        except (OperationFailed, docker.errors.APIError) as exc:
+        except OperationFailed as exc:
             detail, ok, cause = str(exc), False, _cause_of(name)
         check = Check(name, ok, detail, cause, round(time.monotonic() - started, 2))
         self.report.checks.append(check)
@@ -274,20 +271,22 @@ class Drill:
         if not ok and fatal:
             raise DrillFailed(name)
 
-    def source(self) -> containers.Site:
-        return containers.Site.find(self.client, self.env)
+    def source(self) -> Provider:
+        """The source environment's provider: it finds the instances and hands out channels."""
+        return get_provider(self.settings, source_environment(self.settings, self.env))
 
     def take_reference(self) -> str:
         source = self.source()
-        shell = source.db_shell(self.secrets)
+        shell = source.channel(require_db(source), self.secrets)
         tool = PgBackRest(shell, self.backup_settings, self.key, self.s3)
         if self.target is None:
             self.reference = dbcheck.snapshot(shell, self.restore_point)
         else:
             self.reference = dbcheck.Snapshot({}, self.target)
         tool.source_check()  # the restore point's WAL (or the target time's) is now archived
-        if source.web:
-            self.source_files = file_sums(source.web_shell(self.secrets))
+        web = first_running(source, "web")
+        if web is not None:
+            self.source_files = file_sums(source.channel(web, self.secrets))
         return f"{len(self.reference.tables)} tables, {len(self.source_files)} files; " + (
             "restore point " + self.restore_point if self.target is None else f"target {self.target_text}"
         )
@@ -295,26 +294,26 @@ class Drill:
     def create_environment(self) -> str:
         """A separate environment through the source's provider: one zone, db held for the
         restore, web from the newest verified image, both reading the source's repositories."""
-        for volume in containers.repo_volumes(self.env).values() if self.s3 is None else ():
-            try:
-                self.client.volumes.get(volume)
-            except docker.errors.NotFound as exc:
-                raise BackupFault("repository-missing", f"docker volume {volume} does not exist") from exc
-        source_db = self.source().require_db()
+        source = self.source()
+        missing = source.missing_repositories(self.env) if self.s3 is None else []
+        if missing:
+            raise BackupFault("repository-missing", f"{', '.join(missing)} does not exist")
+        source_db = require_db(source)
         spec = EnvironmentSpec(
             provider=self.provider_name,
             zones=["dr"],
             instances={"db": 1, "web": 1},
             frontend=Frontend(port=0),
             backup=dataclasses.replace(self.backup_settings, restore_from=self.env),
+            ssh=source.env.spec.ssh,  # the same login and bastion reach the DR instances
         )
         self.provider = get_provider(self.settings, Environment(self.dr_env, spec, f"drill {self.id}"))
         self.provider.ensure_networks()
-        db_image = self.provider.image("db", source_db.image.labels.get("kiln.version"))
+        db_image = self.provider.image("db", source_db.version)
         web_image = self.provider.image("web")
         self.report.images.update({"db": db_image.image, "web": web_image.image})
         db_host = self.provider.peer_address("db1")
-        self.provider.launch(
+        db = self.provider.launch(
             "db",
             1,
             db_image,
@@ -322,11 +321,11 @@ class Drill:
                 {
                     "path": "/etc/kiln/db.env",
                     "permissions": "0600",
-                    "content": containers.db_env(self.password, hold=True).decode(),
+                    "content": app.db_env(self.password, hold=True).decode(),
                 }
             ),
         )
-        self.provider.launch(
+        web = self.provider.launch(
             "web",
             1,
             web_image,
@@ -335,13 +334,13 @@ class Drill:
                     "path": "/etc/kiln/web.env",
                     "owner": "root:kiln-web",
                     "permissions": "0640",
-                    "content": containers.web_env(db_host, self.password).decode(),
+                    "content": app.web_env(db_host, self.password).decode(),
                 }
             ),
         )
-        self.db = self.client.containers.get(db_host)
-        self.web = self.client.containers.get(self.provider.peer_address("web1"))
-        self.network = next(iter(self.web.attrs["NetworkSettings"]["Networks"]))
+        self.db = self.provider.channel(db, self.secrets)
+        self.web = self.provider.channel(web, self.secrets)
+        self.web_address = web.address
         # Both instances boot while the database restores (see restore).
         return (
             f"{self.dr_env} ({self.provider_name}): db {db_image.version}, "
@@ -349,13 +348,13 @@ class Drill:
         )
 
     @staticmethod
-    def booted(container) -> bool:
+    def booted(channel: Channel) -> bool:
         """kiln-init has applied the user-data (cloud-init's marker) and started the services."""
-        return container.exec_run(["test", "-f", "/var/lib/cloud/instance/boot-finished"]).exit_code == 0
+        return channel.run(["test", "-f", "/var/lib/cloud/instance/boot-finished"]).ok
 
     def tools(self) -> tuple[PgBackRest, Restic]:
-        pg = PgBackRest(DockerShell(self.db, self.secrets), self.backup_settings, self.key, self.s3)
-        files = Restic(DockerShell(self.web, self.secrets), self.backup_settings, self.key, self.s3)
+        pg = PgBackRest(self.db, self.backup_settings, self.key, self.s3)
+        files = Restic(self.web, self.backup_settings, self.key, self.s3)
         files.read_only = True
         return pg, files
 
@@ -394,8 +393,8 @@ class Drill:
             copied = time.monotonic()
             # The held cluster (KILN_DB_HOLD from the user-data) stays down until first boot is over.
             wait_for_service(lambda: self.booted(self.db), "the DR db instance's first boot", BOOT_TIMEOUT)
-            start = self.db.exec_run(["pg_ctlcluster", "15", "main", "start"])
-            if start.exit_code != 0:
+            start = self.db.run(["pg_ctlcluster", "15", "main", "start"])
+            if not start.ok:
                 raise recovery_fault(self.db)
             wait_for_service(self.promoted, "PostgreSQL promotion", RECOVERY_TIMEOUT, interval=0.1)
             promoted = time.monotonic()
@@ -407,18 +406,16 @@ class Drill:
         )
 
     def promoted(self) -> bool:
-        code, out = self.db.exec_run(
-            ["psql", "-X", "-qAt", "-c", "SELECT pg_is_in_recovery()"], user="postgres"
-        )
-        if code != 0:
-            status = self.db.exec_run(["pg_ctlcluster", "15", "main", "status"])
-            if status.exit_code == 3:  # stopped: recovery gave up
+        answer = self.db.run(["psql", "-X", "-qAt", "-c", "SELECT pg_is_in_recovery()"], user="postgres")
+        if not answer.ok:
+            status = self.db.run(["pg_ctlcluster", "15", "main", "status"])
+            if status.code == 3:  # stopped: recovery gave up
                 raise recovery_fault(self.db)
             return False
-        return out.decode().strip() == "f"
+        return answer.out.strip() == "f"
 
     def smoke_test(self) -> str:
-        base = f"http://{containers.address(self.web, self.network)}"
+        base = f"http://{self.web_address}"
 
         def healthy():
             code, body = http(base + "/health")
@@ -448,9 +445,7 @@ class Drill:
         return f"{base}: health, newest record {listing['newest_id']}, a file, a new record"
 
     def newest_commit(self) -> float:
-        _, newest = dbcheck.parse_rows(
-            "postgres", dbcheck.psql(DockerShell(self.db, self.secrets), "postgres", dbcheck.NEWEST_REPLAYED)
-        )
+        _, newest = dbcheck.parse_rows("postgres", dbcheck.psql(self.db, "postgres", dbcheck.NEWEST_REPLAYED))
         return newest or 0.0
 
     def measure_rpo(self) -> str:
@@ -472,7 +467,7 @@ class Drill:
         return "; ".join(pg.check() + files.check())
 
     def amcheck(self) -> str:
-        result = DockerShell(self.db, self.secrets).run(
+        result = self.db.run(
             ["/usr/lib/postgresql/15/bin/pg_amcheck", "--all", "--heapallindexed", "--install-missing"],
             user="postgres",
         )
@@ -484,15 +479,15 @@ class Drill:
         if self.target is not None:
             return "skipped: a point-in-time restore has no reference from the source"
         assert self.reference is not None
-        shell = DockerShell(self.db, self.secrets)
+        shell = self.db
         restored = dbcheck.snapshot(shell)
         if self.smoke_record is not None:  # the smoke test's own record is the drill's, not the source's
             restored.tables = dbcheck.without_row(
-                shell, restored.tables, containers.DB_NAME, "public.records", self.smoke_record
+                shell, restored.tables, app.DB_NAME, "public.records", self.smoke_record
             )
         problems = dbcheck.compare(self.reference.tables, restored.tables)
         self.report.counts["tables"] = len(restored.tables)
-        app_table = restored.tables.get(f"{containers.DB_NAME}:public.records")
+        app_table = restored.tables.get(f"{app.DB_NAME}:public.records")
         if app_table is not None:
             self.report.counts["records"] = app_table.rows
         if problems:
@@ -500,7 +495,7 @@ class Drill:
         return f"{len(restored.tables)} tables match the reference in rows and checksums"
 
     def compare_files(self) -> str:
-        restored = file_sums(DockerShell(self.web, self.secrets))
+        restored = file_sums(self.web)
         self.report.counts["files"] = len(restored)
         differing = sorted(
             n for n in restored if n in self.source_files and restored[n] != self.source_files[n]
@@ -535,11 +530,9 @@ def _cause_of(step: str) -> str:
     return {"smoke test": "smoke-failed", "restore": "restore-failed"}.get(step, "tool-failed")
 
 
-def recovery_fault(container) -> BackupFault:
+def recovery_fault(channel: Channel) -> BackupFault:
     """Why PostgreSQL stopped during recovery, from the tail of its log."""
-    log = container.exec_run(
-        ["tail", "-n", "20", "/var/log/postgresql/postgresql-15-main.log"]
-    ).output.decode()
+    log = channel.run(["tail", "-n", "20", "/var/log/postgresql/postgresql-15-main.log"]).out
     fatal = [line for line in log.splitlines() if "FATAL" in line or "PANIC" in line]
     detail = fatal[-1].split("FATAL:")[-1].strip() if fatal else "PostgreSQL stopped during recovery"
     if "recovery ended before configured recovery target was reached" in log or "could not find" in log:
@@ -566,7 +559,7 @@ def user_data(*files: dict) -> str:
     return "#cloud-config\n" + yaml.safe_dump({"locale": "C.UTF-8", "users": {}, "write_files": list(files)})
 
 
-def file_sums(shell: DockerShell) -> dict[str, str]:
+def file_sums(shell: Channel) -> dict[str, str]:
     result = shell.run(
         ["sh", "-c", f'cd {UPLOADS} && find . -type f ! -name ".upload-*" -print0 | xargs -0r sha256sum']
     )

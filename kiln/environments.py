@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.backup.base import BackupSettings
+from kiln.channels.ssh import SshSettings
 from kiln.config import load_yaml, parse, spec
 from kiln.errors import KilnError
 from kiln.notify import NotifySettings
@@ -76,6 +77,9 @@ class EnvironmentSpec:
     )
     app: dict[str, str] = spec({}, help="application settings passed to instances in user-data")
     backup: BackupSettings | None = spec(None, help="backup repositories, retention; `backup: {}` turns on")
+    ssh: SshSettings = spec(
+        SshSettings(), help="how Kiln logs in to VM and cloud instances (key pair made per environment)"
+    )
     # where rollout and drill events are sent (kiln/notify.py)
     notify: NotifySettings | None = spec(None, help="where rollout and drill events go: webhooks, email")
 
@@ -145,6 +149,8 @@ def validate(name: str, s: EnvironmentSpec, display: str) -> None:
         fail("zones", "zone names must be unique")
     if s.balanced_role not in s.instances:
         fail("balanced_role", f"'{s.balanced_role}' has no entry in 'instances'")
+    if s.provider == "local" and s.ssh.bastion is not None:
+        fail("ssh.bastion", "the local provider reaches its containers without SSH; remove the bastion")
     p = s.rollout
     if p.max_surge + p.max_unavailable < 1:
         fail("rollout.max_surge", "max_surge + max_unavailable must be 1 or more, or nothing can change")

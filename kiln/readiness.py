@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kiln.backup.containers import DB_NAME
+from kiln.backup.app import DB_NAME
 from kiln.errors import OperationFailed
 from kiln.polling import poll
 from kiln.providers.base import Instance, LbServer, Provider

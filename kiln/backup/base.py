@@ -1,9 +1,9 @@
-"""What every backup tool shares: the settings, the records, the faults, and the instance shell.
+"""What every backup tool shares: the settings, the records and the faults.
 
-A tool (pgbackrest.py, restic.py) runs inside an instance through a `Shell`: the commands it
-needs are baked into the role's image, so the host needs neither tool. Secrets reach the
-instance as files written through the engine's API (never a command line, never a log line),
-and any tool output quoted in an error is scrubbed of them first.
+A tool (pgbackrest.py, restic.py) runs inside an instance through the provider's channel
+(kiln.channels): the commands it needs are baked into the role's image, so the host needs
+neither tool. Secrets reach the instance as files written through the channel (never a command
+line, never a log line), and any tool output quoted in an error is scrubbed of them first.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import docker.errors
-
+from kiln.channels.base import Channel, Result
 from kiln.config import spec
-from kiln.containerfiles import put_file
 from kiln.errors import OperationFailed
 from kiln.stamps import utc_iso
 
@@ -112,68 +110,6 @@ class BackupFault(OperationFailed):
         self.detail = detail
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def ok(self) -> bool:
-        return self.code == 0
-
-    def tail(self, lines: int = 3) -> str:
-        text = (self.err.strip() or self.out.strip()).splitlines()
-        return " | ".join(line.strip() for line in text[-lines:]) or f"exit {self.code}"
-
-
-class Shell(abc.ABC):
-    """Commands and files inside one instance; `secrets` are scrubbed from everything returned."""
-
-    def __init__(self, secrets: list[str] | None = None):
-        self.secrets = [s for s in (secrets or []) if s]
-
-    def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "********")
-        return text
-
-    @abc.abstractmethod
-    def run(self, argv: list[str], user: str = "root", env: dict[str, str] | None = None) -> Result: ...
-
-    @abc.abstractmethod
-    def put(self, path: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] = (0, 0)) -> None: ...
-
-    def ids(self, user: str) -> tuple[int, int]:
-        result = self.run(["sh", "-c", f'echo "$(id -u {user}) $(id -g {user})"'])
-        uid, gid = result.out.split()
-        return int(uid), int(gid)
-
-
-class DockerShell(Shell):
-    def __init__(self, container, secrets: list[str] | None = None):
-        super().__init__(secrets)
-        self.container = container
-
-    @property
-    def name(self) -> str:
-        return self.container.name
-
-    def run(self, argv: list[str], user: str = "root", env: dict[str, str] | None = None) -> Result:
-        try:
-            code, (out, err) = self.container.exec_run(argv, user=user, environment=env, demux=True)
-        except docker.errors.APIError as exc:
-            return Result(125, "", self.scrub(f"{self.name}: {exc.explanation or exc}"))
-        return Result(
-            code,
-            self.scrub((out or b"").decode(errors="replace")),
-            self.scrub((err or b"").decode(errors="replace")),
-        )
-
-    def put(self, path: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] = (0, 0)) -> None:
-        put_file(self.container, path, data, mode, owner)
-
-
 @dataclass
 class BackupRecord:
     """One backup as a tool reports it: what `invoke backups` lists."""
@@ -226,7 +162,7 @@ class BackupTool(abc.ABC):
     # (cause, words): the first cause one of whose words the tool's output holds.
     causes: ClassVar[tuple[tuple[str, tuple[str, ...]], ...]] = ()
 
-    def __init__(self, shell: Shell, settings: BackupSettings, key: str, s3: S3Access | None = None):
+    def __init__(self, shell: Channel, settings: BackupSettings, key: str, s3: S3Access | None = None):
         self.shell = shell
         self.settings = settings
         self.key = key

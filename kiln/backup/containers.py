@@ -1,10 +1,11 @@
-"""An environment's containers on the local Docker engine, as the backup tools see them.
+"""Backups on the local Docker engine: the repositories' volumes, and sites started directly.
 
-Instances are found by the local provider's labels (`kiln.env`, `kiln.role`); the backup
-repositories are the docker volumes `kiln-<env>-pgbackrest` and `kiln-<env>-restic` (standing
-for off-site storage: they outlive every instance), which the local provider mounts when the
-environment has a `backup:` section (`instance_mounts`). `create_site` starts a db and a web
-instance with the docker SDK directly, for tests and benchmarks that need a source quickly.
+The backup repositories are the docker volumes `kiln-<env>-pgbackrest` and `kiln-<env>-restic`
+(standing for off-site storage: they outlive every instance), which the local provider mounts
+when the environment has a `backup:` section (`instance_mounts`). `create_site` starts a db and
+a web instance with the docker SDK directly, for tests and benchmarks that need a source
+quickly; it names and labels them as the local provider does, which then finds them (zone z0
+of an environment without a file, kiln.backup.operations.source_environment).
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ import docker
 import docker.errors
 
 from kiln.backup import pgbackrest, restic
-from kiln.backup.base import DockerShell
+from kiln.backup.app import DB_NAME, db_env, web_env
 from kiln.containerfiles import put_file, read_file
-from kiln.errors import KilnError, OperationFailed
-
-DB_NAME = DB_USER = "kiln"
+from kiln.errors import OperationFailed
 
 
 def repo_volumes(env: str) -> dict[str, str]:
@@ -47,18 +46,6 @@ def instance_mounts(env, role: str) -> dict[str, dict]:
     return backup_mounts(backup.restore_from or env.name, role, read_only=bool(backup.restore_from))
 
 
-def db_env(password: str, hold: bool = False) -> bytes:
-    lines = [f"KILN_DB_NAME={DB_NAME}", f"KILN_DB_USER={DB_USER}", f"KILN_DB_PASSWORD={password}"]
-    return ("\n".join([*lines, "KILN_DB_HOLD=1"] if hold else lines) + "\n").encode()
-
-
-def web_env(db_host: str, password: str) -> bytes:
-    return (
-        f"KILN_DB_HOST={db_host}\nKILN_DB_NAME={DB_NAME}\nKILN_DB_USER={DB_USER}\n"
-        f"KILN_DB_PASSWORD={password}\n"
-    ).encode()
-
-
 def owner_ids(container, owner: str) -> tuple[int, int]:
     """uid and gid of "user:group" from the image's files: works before the container starts."""
     user, _, group = owner.partition(":")
@@ -82,34 +69,11 @@ def address(container, network: str | None = None) -> str:
 
 @dataclass
 class Site:
-    """An environment's running db and web instances."""
+    """The containers create_site started."""
 
     env: str
-    db: object | None
+    db: object
     web: list = field(default_factory=list)
-
-    @classmethod
-    def find(cls, client: docker.DockerClient, env: str) -> Site:
-        def running(role: str) -> list:
-            found = client.containers.list(filters={"label": [f"kiln.env={env}", f"kiln.role={role}"]})
-            return sorted(found, key=lambda c: c.name)
-
-        dbs = running("db")
-        return cls(env, dbs[0] if dbs else None, running("web"))
-
-    def require_db(self) -> object:
-        if self.db is None:
-            raise KilnError(
-                f"environment '{self.env}' has no running db instance: start it with "
-                f"`invoke up {self.env}` (instances.db: 1 in environments/{self.env}.yml)"
-            )
-        return self.db
-
-    def db_shell(self, secrets: list[str]) -> DockerShell:
-        return DockerShell(self.require_db(), secrets)
-
-    def web_shell(self, secrets: list[str]) -> DockerShell | None:
-        return DockerShell(self.web[0], secrets) if self.web else None
 
 
 def launch(
@@ -178,16 +142,16 @@ def create_site(
     hold_db: bool = False,
     labels: dict[str, str] | None = None,
 ) -> Site:
-    """Network `kiln-<env>` with `kiln-<env>-db1` and `-web1` whose backup tools reach the
+    """Network `kiln-<env>-z0` with `kiln-<env>-db1` and `-web1` whose backup tools reach the
     repositories of `repo_env` (default: its own); a restore site holds PostgreSQL and mounts
     them read-only. Half-created sites are removed before the error propagates."""
-    network = f"kiln-{env}"
+    network = f"kiln-{env}-z0"
     labels = {"kiln.env": env, **(labels or {})}
     repo_env = repo_env or env
     read_only = repo_env != env
     files = {
         "db": {"/etc/kiln/db.env": (db_env(password, hold=hold_db), 0o600, "root")},
-        "web": {"/etc/kiln/web.env": (web_env(f"{network}-db1", password), 0o640, "root:kiln-web")},
+        "web": {"/etc/kiln/web.env": (web_env(f"kiln-{env}-db1", password), 0o640, "root:kiln-web")},
     }
     images = {"db": db_image, "web": web_image}
     try:
@@ -195,10 +159,16 @@ def create_site(
         db, web = (
             launch(
                 client,
-                name=f"{network}-{role}1",
+                name=f"kiln-{env}-{role}1",
                 image=images[role],
                 network=network,
-                labels={**labels, "kiln.role": role, "kiln.instance": f"{role}1"},
+                labels={
+                    **labels,
+                    "kiln.role": role,
+                    "kiln.instance": f"{role}1",
+                    "kiln.zone": "0",
+                    "kiln.version": client.images.get(images[role]).labels.get("kiln.version", ""),
+                },
                 files=files[role],
                 volumes=backup_mounts(repo_env, role, read_only),
             )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kiln.backup.base import DockerShell, OperationFailed
+from kiln.channels.base import Channel
+from kiln.errors import OperationFailed
 
 LIST_DATABASES = "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1"
 USER_TABLES = """
@@ -50,7 +51,7 @@ class Snapshot:
     newest_commit: float  # epoch seconds of the newest committed transaction, 0 if unknown
 
 
-def psql(shell: DockerShell, database: str, script: str) -> str:
+def psql(shell: Channel, database: str, script: str) -> str:
     """Run a script (\\gexec needs it on standard input) as postgres; tab-separated rows."""
     result = shell.run(
         [
@@ -115,11 +116,11 @@ def parse_rows(database: str, output: str) -> tuple[list[TableSum], float | None
     return tables, newest
 
 
-def databases(shell: DockerShell) -> list[str]:
+def databases(shell: Channel) -> list[str]:
     return psql(shell, "postgres", LIST_DATABASES).split()
 
 
-def snapshot(shell: DockerShell, restore_point: str | None = None) -> Snapshot:
+def snapshot(shell: Channel, restore_point: str | None = None) -> Snapshot:
     """Checksums of every table of every database; with `restore_point`, taken under locks and
     sealed by that named restore point (the source's reference, see SEALED_SNAPSHOT)."""
     names = databases(shell)
@@ -148,7 +149,7 @@ def snapshot(shell: DockerShell, restore_point: str | None = None) -> Snapshot:
 
 
 def without_row(
-    shell: DockerShell, tables: dict[str, TableSum], database: str, table: str, row_id: int
+    shell: Channel, tables: dict[str, TableSum], database: str, table: str, row_id: int
 ) -> dict[str, TableSum]:
     """`tables` as if the row with this id were not in `table` (a row the drill itself wrote)."""
     out = psql(

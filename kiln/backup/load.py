@@ -14,13 +14,13 @@ import os
 import random
 import time
 
-import docker
-
 from kiln import console
-from kiln.backup import containers
-from kiln.backup.base import DockerShell
+from kiln.backup.app import DB_NAME
+from kiln.backup.operations import first_running, require_db, source_environment
 from kiln.drill import http
 from kiln.errors import KilnError, OperationFailed
+from kiln.providers import get_provider
+from kiln.settings import Settings
 
 BATCH_MB = 8
 ROW_BYTES = 1100  # payload plus the other columns and the tuple header, roughly
@@ -37,14 +37,15 @@ FROM (SELECT random() AS r FROM generate_series(1, {rows})) s
 """
 
 
-def load_data(client: docker.DockerClient, env: str, mb: int, seed: int | None = None) -> dict:
+def load_data(settings: Settings, env: str, mb: int, seed: int | None = None) -> dict:
     if mb < 1 or mb > 100_000:
         raise KilnError(f"--mb {mb}: give a size in MiB between 1 and 100000")
-    found = containers.Site.find(client, env)
-    db = found.require_db()
-    if not found.web:
+    provider = get_provider(settings, source_environment(settings, env))
+    db = require_db(provider)
+    web = first_running(provider, "web")
+    if web is None:
         raise KilnError(f"environment '{env}' has no running web instance: the load goes through the app")
-    base = f"http://{containers.address(found.web[0])}"
+    base = f"http://{web.address}"
     rng = random.Random(seed)
     deadline = time.monotonic() + DEADLINE
     for i in range(10):
@@ -57,7 +58,7 @@ def load_data(client: docker.DockerClient, env: str, mb: int, seed: int | None =
         if code != 201:
             raise OperationFailed(f"POST {base}/records answered {code}: {answer[:200]!r}")
     db_bytes = mb * 1024 * 1024 * 4 // 5
-    shell = DockerShell(db)
+    shell = provider.channel(db)
     batches = math.ceil(db_bytes / (BATCH_MB * 1024 * 1024))
     rows_left = db_bytes // ROW_BYTES
     with console.progress(f"loading {mb} MiB into {env}") as step:
@@ -73,7 +74,7 @@ def load_data(client: docker.DockerClient, env: str, mb: int, seed: int | None =
                     "-v",
                     "ON_ERROR_STOP=1",
                     "-d",
-                    containers.DB_NAME,
+                    DB_NAME,
                     "-c",
                     INSERT.format(rows=rows),
                 ],
@@ -98,7 +99,7 @@ def load_data(client: docker.DockerClient, env: str, mb: int, seed: int | None =
             "-X",
             "-qAt",
             "-d",
-            containers.DB_NAME,
+            DB_NAME,
             "-c",
             "SELECT count(*), pg_total_relation_size('records') FROM records",
         ],

@@ -2,42 +2,66 @@
 
 from __future__ import annotations
 
-import docker
-
 from kiln import console, environments
 from kiln.backup import tool_class
 from kiln.backup.base import BackupRecord, BackupSettings, BackupTool, S3Access
-from kiln.backup.containers import Site
 from kiln.backup.secrets import S3_NAMES, ensure_secrets, secret
+from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError
-from kiln.images import docker_client
+from kiln.providers import get_provider
+from kiln.providers.base import Instance, Provider
 from kiln.settings import Settings
 
 KINDS = ("full", "diff", "incr")
 
 
 def backup_environment(settings: Settings, env: str, kind: str) -> list[BackupRecord]:
-    """What `invoke backup` runs: the kind is checked before the Docker engine is asked."""
+    """What `invoke backup` runs: the kind is checked before the provider is asked."""
     require_kind(kind)
-    return take_backup(settings, env, kind, backup_settings(settings, env), docker_client())
+    return take_backup(settings, env, kind, backup_settings(settings, env))
 
 
 def environment_backups(settings: Settings, env: str) -> list[BackupRecord]:
     """What `invoke backups` lists: every tool's backups, database first."""
-    return list_backups(settings, env, backup_settings(settings, env), docker_client())
+    return list_backups(settings, env, backup_settings(settings, env))
 
 
-def tools(
-    settings: Settings, env: str, backup: BackupSettings, client: docker.DockerClient
-) -> list[BackupTool]:
+def source_environment(settings: Settings, env: str) -> Environment:
+    """environments/<env>.yml; for an environment without a file (its instances started by other
+    means on this machine, as the tests and benchmarks do), local instances in one zone."""
+    if (environments.env_dir(settings) / f"{env}.yml").exists():
+        return environments.load(settings, env)
+    spec = EnvironmentSpec(
+        provider="local", zones=["z0"], instances={"db": 1, "web": 1}, frontend=Frontend(port=0)
+    )
+    return Environment(env, spec, f"environments/{env}.yml")
+
+
+def first_running(provider: Provider, role: str) -> Instance | None:
+    return next((i for i in provider.instances(role) if i.running), None)
+
+
+def require_db(provider: Provider) -> Instance:
+    db = first_running(provider, "db")
+    if db is None:
+        env = provider.env.name
+        raise KilnError(
+            f"environment '{env}' has no running db instance: start it with "
+            f"`invoke up {env}` (instances.db: 1 in environments/{env}.yml)"
+        )
+    return db
+
+
+def tools(settings: Settings, env: str, backup: BackupSettings) -> list[BackupTool]:
     """The environment's tools, each in the instance it runs in: db first, then web (if any)."""
-    site = Site.find(client, env)
+    provider = get_provider(settings, source_environment(settings, env))
+    db = require_db(provider)
     key = secret(settings, env, "KILN_BACKUP_KEY")
     s3 = s3_access(settings, env, backup)
-    found: list[BackupTool] = [tool_class("pgbackrest")(site.db_shell([key]), backup, key, s3)]
-    web = site.web_shell([key])
+    found: list[BackupTool] = [tool_class("pgbackrest")(provider.channel(db, [key]), backup, key, s3)]
+    web = first_running(provider, "web")
     if web is not None:
-        found.append(tool_class("restic")(web, backup, key, s3))
+        found.append(tool_class("restic")(provider.channel(web, [key]), backup, key, s3))
     return found
 
 
@@ -64,26 +88,22 @@ def require_kind(kind: str) -> None:
         raise KilnError(f"--type '{kind}': use one of {', '.join(KINDS)}")
 
 
-def take_backup(
-    settings: Settings, env: str, kind: str, backup: BackupSettings, client: docker.DockerClient
-) -> list[BackupRecord]:
+def take_backup(settings: Settings, env: str, kind: str, backup: BackupSettings) -> list[BackupRecord]:
     require_kind(kind)
     created = ensure_secrets(settings, env)
     if created:
         console.say(f"created {created} with a new backup key: keep a copy off this machine")
     records = []
-    for tool in tools(settings, env, backup, client):
+    for tool in tools(settings, env, backup):
         tool.configure()
         tool.prepare_repository()
         records.append(tool.backup(kind))
     return records
 
 
-def list_backups(
-    settings: Settings, env: str, backup: BackupSettings, client: docker.DockerClient
-) -> list[BackupRecord]:
+def list_backups(settings: Settings, env: str, backup: BackupSettings) -> list[BackupRecord]:
     records: list[BackupRecord] = []
-    for tool in tools(settings, env, backup, client):
+    for tool in tools(settings, env, backup):
         tool.configure()
         records.extend(tool.list())
     return records
@@ -91,7 +111,7 @@ def list_backups(
 
 def backup_settings(settings: Settings, env: str) -> BackupSettings:
     """The `backup:` section of environments/<env>.yml; defaults for an environment without a file
-    (one whose instances were started by other means, found by their labels)."""
+    (one whose instances were started by other means, see source_environment)."""
     if not (environments.env_dir(settings) / f"{env}.yml").exists():
         return BackupSettings()
     loaded = environments.load(settings, env)

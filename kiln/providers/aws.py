@@ -442,6 +442,7 @@ class AwsProvider(cloud.CloudProvider):
             "kiln.version": image.version,
             "kiln.zone": self.env.zones[zone],
         }
+        user_data = self.with_login(user_data)
         reservation = self.ec2.run_instances(
             ImageId=image.id,
             InstanceType=self.settings.aws_instance_type,
@@ -482,6 +483,15 @@ class AwsProvider(cloud.CloudProvider):
             filters.append({"Name": "tag:kiln.role", "Values": [role]})
         found = [self.instance(raw) for raw in self.describe_instances(filters)]
         return sorted(found, key=lambda i: (i.role, i.number))
+
+    def machine_console(self, instance: Instance) -> tuple[str, str]:
+        found = self.describe_instances(self.name_filter(instance.name, ["running"]))
+        if not found:
+            raise OperationFailed(f"{instance.name} of {self.env.name} is not running: no channel into it")
+        machine = found[0]["InstanceId"]
+        return machine, self.ec2.get_console_output(InstanceId=machine).get(
+            "Output"
+        ) or ""  # botocore decodes it
 
     def terminate(self, instance: Instance) -> None:
         found = self.describe_instances(self.name_filter(instance.name, NOT_GONE))

@@ -11,6 +11,7 @@ import abc
 import re
 from dataclasses import dataclass
 
+from kiln.channels.base import Channel
 from kiln.cloudinit import UserData
 from kiln.environments import Environment
 from kiln.images import ImageRecord
@@ -104,9 +105,19 @@ class Provider(abc.ABC):
     def instances(self, role: str | None = None) -> list[Instance]:
         """This environment's instances (of one role), by name."""
 
+    @abc.abstractmethod
+    def channel(self, instance: Instance, secrets: list[str] | None = None) -> Channel:
+        """The way into a running instance for commands and files (kiln.channels); `secrets` are
+        scrubbed from whatever it returns."""
+
+    def missing_repositories(self, source: str) -> list[str]:
+        """Backup repositories of environment `source` this provider would mount into instances
+        but cannot find (local: its docker volumes); none where the tools reach storage themselves."""
+        return []
+
     def probe(self, instance: Instance, command: tuple[str, ...]) -> bool | None:
-        """Whether `command` exits 0 inside the instance; None when this provider cannot run
-        commands inside its instances (the clouds: Kiln has no agent or SSH there)."""
+        """Whether `command` exits 0 inside the instance; None when this provider does not probe
+        while it waits (the clouds: their load balancer's checks and API states answer)."""
         return None
 
     @abc.abstractmethod

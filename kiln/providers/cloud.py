@@ -9,13 +9,17 @@ sorted roles. A running instance keeps the address it got, so the providers look
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 
+from kiln.channels import channel_class
+from kiln.channels.base import Channel
+from kiln.channels.ssh import Endpoint, SshIdentity, authorize, console_host_keys
 from kiln.environments import Environment
 from kiln.errors import KilnError
 from kiln.images import ImageRecord
 from kiln.polling import max_looks, poll
-from kiln.providers.base import INSTANCE_NAME, Provider
+from kiln.providers.base import INSTANCE_NAME, Instance, Provider
 from kiln.settings import Settings
 
 NETWORK_CIDR = "10.42.0.0/16"
@@ -38,6 +42,32 @@ class CloudProvider(Provider):
     def __init__(self, settings: Settings, env: Environment):
         super().__init__(settings, env)
         check_zone_count(env)
+        self.identity = SshIdentity(settings.store_dir / "envs" / env.name / "ssh", f"kiln-{env.name}")
+
+    def with_login(self, user_data: str) -> str:
+        """The user-data, creating the account Kiln logs in as with the environment's key."""
+        return authorize(user_data, self.env.spec.ssh.user, self.identity.public_key())
+
+    def channel(self, instance: Instance, secrets: list[str] | None = None) -> Channel:
+        """SSH to the instance's private address, through the bastion when the environment names
+        one; host keys pinned under the machine's id, from its console when cloud-init printed them."""
+        ssh = self.env.spec.ssh
+        machine, console = self.machine_console(instance)
+        self.identity.pin(machine, console_host_keys(console))
+        bastion = Endpoint(ssh.bastion.host, ssh.bastion.port, ssh.bastion.user) if ssh.bastion else None
+        return channel_class("ssh")(
+            instance.name,
+            Endpoint(instance.address, ssh.port, ssh.user),
+            self.identity,
+            bastion,
+            host_key_alias=machine,
+            secrets=secrets,
+        )
+
+    @abc.abstractmethod
+    def machine_console(self, instance: Instance) -> tuple[str, str]:
+        """The cloud's id of the machine (a rebuilt instance gets a new one, so its new host
+        key is not taken for an attack) and its console output so far."""
 
     @property
     def poll_interval(self) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, replace
 
+from kiln.channels.base import Channel
 from kiln.cloudinit import UserData
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
@@ -195,6 +196,11 @@ class FakeProvider(Provider):
             return instance.name in self.running and self.probes[instance.name] > self.script.starting.get(
                 instance.role, 0
             )
+
+    def channel(self, instance: Instance, secrets: list[str] | None = None) -> Channel:
+        raise OperationFailed(
+            f"{instance.name} is a Python object of the fake provider: nothing runs inside it"
+        )
 
     def terminate(self, instance: Instance) -> None:
         with self._lock:

@@ -20,7 +20,9 @@ import docker
 import docker.errors
 
 from kiln import cloudinit, container_options, haproxy
-from kiln.backup.containers import instance_mounts
+from kiln.backup.containers import instance_mounts, repo_volumes
+from kiln.channels import channel_class
+from kiln.channels.base import Channel
 from kiln.cloudinit import UserData
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
@@ -261,6 +263,18 @@ class LocalProvider(Provider):
         except docker.errors.NotFound:
             return False
         return container.exec_run(list(command)).exit_code == 0
+
+    @docker_errors_fail
+    def channel(self, instance: Instance, secrets: list[str] | None = None) -> Channel:
+        return channel_class("docker")(
+            self.client.containers.get(self.container_name(instance.name)), secrets
+        )
+
+    @docker_errors_fail
+    def missing_repositories(self, source: str) -> list[str]:
+        """The volumes standing for off-site storage; a missing one would be created empty."""
+        names = {volume.name for volume in self.client.volumes.list()}
+        return [f"docker volume {name}" for name in repo_volumes(source).values() if name not in names]
 
     @docker_errors_fail
     def terminate(self, instance: Instance) -> None:

@@ -326,6 +326,7 @@ class OpenStackProvider(cloud.CloudProvider):
             raise KilnError(
                 f"no Nova flavor '{self.settings.openstack_flavor}' (KILN_OPENSTACK_FLAVOR); known: {known}"
             )
+        user_data = self.with_login(user_data)
         server = self.compute.create_server(
             name=self.server_name(name),
             image_id=image.id,
@@ -368,6 +369,12 @@ class OpenStackProvider(cloud.CloudProvider):
     def instances(self, role: str | None = None) -> list[Instance]:
         found = [self.instance(s) for s in self.servers() if not role or s.metadata.get("kiln.role") == role]
         return sorted(found, key=lambda i: (i.role, i.number))
+
+    def machine_console(self, instance: Instance) -> tuple[str, str]:
+        server = self.server(instance.name)
+        if server is None or server.status != "ACTIVE":
+            raise OperationFailed(f"{instance.name} of {self.env.name} is not running: no channel into it")
+        return server.id, (self.compute.get_server_console_output(server) or {}).get("output") or ""
 
     def terminate(self, instance: Instance) -> None:
         server = self.server(instance.name)

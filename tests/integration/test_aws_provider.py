@@ -15,11 +15,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 
+from kiln.channels.ssh import Bastion, SshSettings
 from kiln.environments import Environment, EnvironmentSpec, Frontend, HealthCheck, RolloutPolicy
 from kiln.errors import KilnError
 from kiln.providers import get_provider
@@ -272,14 +275,27 @@ def test_instances_and_load_balancer_membership(moto, tmp_path):
         assert (tags["kiln.env"], tags["kiln.role"], tags["kiln.version"]) == ("mototest", "web", "1.0")
         assert tags["kiln.zone"] == ZONES[inst.zone]
         user_data = ec2.describe_instance_attribute(InstanceId=raw["InstanceId"], Attribute="userData")
-        assert (
-            base64.b64decode(user_data["UserData"]["Value"]).decode()
-            == f"#cloud-config\nhostname: {inst.name}\n"
-        )
+        sent = base64.b64decode(user_data["UserData"]["Value"]).decode()
+        document = yaml.safe_load(sent)
+        assert sent.startswith("#cloud-config\n") and document["hostname"] == inst.name
+        [login] = document["users"]  # the account the SSH channel logs in as, with this environment's key
+        assert login["name"] == "kiln" and login["ssh_authorized_keys"] == [provider.identity.public_key()]
+        assert "PRIVATE" not in sent
 
     assert [i.name for i in provider.instances("web")] == ["web1", "web2"]
     assert provider.instances("db") == []
     assert all(i.running for i in provider.instances())
+
+    channel = provider.channel(launched[0])  # SSH to the private address, pinned under the instance id
+    [raw_web1] = [
+        i for i in env_resources(moto, env.name)["instances"] if tags_of(i)["kiln.instance"] == "web1"
+    ]
+    assert (channel.target.host, channel.target.user, channel.alias) == (
+        "10.42.17.11",
+        "kiln",
+        raw_web1["InstanceId"],
+    )
+    assert channel.bastion is None and (provider.identity.key.stat().st_mode & 0o777) == 0o600
 
     provider.lb_register(launched[0])
     servers = provider.lb_servers()
@@ -299,6 +315,23 @@ def test_instances_and_load_balancer_membership(moto, tmp_path):
     removed = provider.destroy()
     assert "kiln-mototest-web2" in removed and "kiln-mototest" in removed and "kiln-mototest-vpc" in removed
     assert all(not found for found in env_resources(moto, env.name).values())
+
+
+def test_the_channel_goes_through_the_bastion_named_in_the_environment(moto, tmp_path):
+    env = make_env()
+    env = Environment(
+        env.name,
+        replace(env.spec, ssh=SshSettings(bastion=Bastion("bastion.example.test", "ops", 2222))),
+        env.file,
+    )
+    provider = AwsProvider(make_settings(tmp_path, moto), env)
+    provider.ensure_networks()
+    bake_ami(moto, "db", "1.0", "verified", "2026-01-01T00:00:00Z")
+    db = provider.launch("db", 1, provider.image("db", "1.0"), "#cloud-config\n")
+    argv = provider.channel(db).ssh_argv("true")
+    proxy = next(a for a in argv if a.startswith("ProxyCommand="))
+    assert "-W %h:%p" in proxy and "-p 2222 -l ops" in proxy and proxy.endswith("bastion.example.test")
+    assert argv[-3:] == [db.address, "--", "true"] and str(provider.identity.known_hosts) in proxy
 
 
 def test_draining_target_maps_to_a_session_until_gone():

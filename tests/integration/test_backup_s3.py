@@ -32,7 +32,7 @@ def offsite(kiln, images, docker_client, tmp_path_factory):  # noqa: F811
     server = None
     try:
         found = start_site(kiln, docker_client, env, images)
-        gateway = docker_client.networks.get(f"kiln-{env}").attrs["IPAM"]["Config"][0]["Gateway"]
+        gateway = docker_client.networks.get(f"kiln-{env}-z0").attrs["IPAM"]["Config"][0]["Gateway"]
         server = S3Server(gateway, tmp_path_factory.mktemp("s3"), f"kilntest{os.getpid()}-backups")
         spec = {
             "provider": "local",

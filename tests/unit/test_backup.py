@@ -8,16 +8,15 @@ from kiln.backup import pgbackrest, restic
 from kiln.backup.base import (
     BackupFault,
     BackupSettings,
-    Result,
     Retention,
     S3Access,
     S3Repository,
-    Shell,
     human_size,
 )
 from kiln.backup.dbcheck import TableSum, compare, parse_rows
 from kiln.backup.operations import backup_settings
 from kiln.backup.secrets import ensure_secrets, secret, secrets_file
+from kiln.channels.base import Channel
 from kiln.config import parse
 from kiln.errors import KilnError
 
@@ -231,17 +230,20 @@ def test_psql_rows_are_parsed_into_tables_and_the_newest_commit():
     assert newest == 1795305280
 
 
-class _Echo(Shell):
-    def run(self, argv, user="root", env=None):
-        return Result(1, "", self.scrub(" ".join(argv)))
+class _Echo(Channel):
+    def execute(self, argv, user, env, stdin, timeout):
+        return 1, b"", " ".join(argv).encode()
 
-    def put(self, path, data, mode=0o600, owner=(0, 0)):
+    def put_tar(self, folder, archive, timeout=0):
+        raise AssertionError("not used")
+
+    def get_tar(self, path, timeout=0):
         raise AssertionError("not used")
 
 
 def test_a_failing_tool_never_quotes_its_key():
     key = "s3cr3t-key-value-0123456789"
-    tool = restic.Restic(_Echo(), BackupSettings(), key)
+    tool = restic.Restic(_Echo("echo"), BackupSettings(), key)
     with pytest.raises(BackupFault) as exc:
         tool.run(["restic", f"--password={key}", "check"])
     assert key not in str(exc.value) and "********" in str(exc.value)
@@ -279,7 +281,7 @@ def test_human_sizes():
 def test_restic_reaches_s3_through_files_and_options_never_argv_secrets():
     repo = S3Repository(bucket="kiln-b", endpoint="10.0.0.1:9000", path="/kiln", uri_style="path")
     access = S3Access(repo, "AKID-kilntest", "SECRET-kilntest", b"PEM")
-    tool = restic.Restic(_Echo(), BackupSettings(repository="s3", s3=repo), "k" * 20, access)
+    tool = restic.Restic(_Echo("echo"), BackupSettings(repository="s3", s3=repo), "k" * 20, access)
     assert tool.env["RESTIC_REPOSITORY"] == "s3:https://10.0.0.1:9000/kiln-b/kiln-restic"
     assert restic.s3_options(access) == ["--cacert", "/etc/kiln/s3-ca.pem", "-o", "s3.bucket-lookup=path"]
     assert {"AKID-kilntest", "SECRET-kilntest"} <= set(tool.shell.secrets)  # scrubbed from output

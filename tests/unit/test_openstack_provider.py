@@ -12,6 +12,7 @@ import itertools
 import re
 
 import pytest
+import yaml
 
 from kiln.environments import Environment, EnvironmentSpec, Frontend, HealthCheck, RolloutPolicy
 from kiln.errors import KilnError, OperationFailed
@@ -141,6 +142,10 @@ class FakeNetwork:
         self.c.remove("sg", group, "delete_security_group")
 
 
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKilnFakeHostKeyForTheOpenStackTestsOnly0000"
+CONSOLE_KEYS = f"-----BEGIN SSH HOST KEY KEYS-----\n{HOST_KEY} root@web1\n-----END SSH HOST KEY KEYS-----"
+
+
 class FakeCompute:
     def __init__(self, cloud: FakeCloud):
         self.c = cloud
@@ -173,6 +178,10 @@ class FakeCompute:
 
     def servers(self, details, name):
         return (s for s in list(self.c.objects["server"].values()) if re.match(name, s.name))
+
+    def get_server_console_output(self, server):
+        """What cloud-init's keys_to_console prints at first boot, among other lines."""
+        return {"output": f"[  OK  ] Started ssh.service\n{CONSOLE_KEYS}\n{server.name} login:"}
 
     def delete_server(self, server):
         self.c.remove("server", server, "delete_server")
@@ -392,7 +401,10 @@ def test_launch_drain_deregister_and_servers(conn, provider):
     server = conn.cloud.find("server", "kiln-ostest-web1")
     assert server.availability_zone == "nova-b"
     assert server.networks[0]["uuid"] == conn.cloud.find("network", "kiln-ostest-nova-b").id
-    assert base64.b64decode(server.user_data).decode() == "#cloud-config\nhostname: web1\n"
+    sent = base64.b64decode(server.user_data).decode()
+    assert sent.startswith("#cloud-config\n") and yaml.safe_load(sent)["hostname"] == "web1"
+    [login] = yaml.safe_load(sent)["users"]  # the SSH channel's account, with the environment's key
+    assert login["name"] == "kiln" and login["ssh_authorized_keys"] == [provider.identity.public_key()]
     assert server.metadata == {
         "kiln.env": "ostest",
         "kiln.role": "web",
@@ -401,6 +413,10 @@ def test_launch_drain_deregister_and_servers(conn, provider):
         "kiln.zone": "nova-b",
     }
     assert provider.instances() == [web1] and provider.instances("db") == []
+
+    channel = provider.channel(web1)  # SSH to the fixed address; the host key pinned from the console
+    assert (channel.target.host, channel.alias) == ("10.42.17.11", server.id)
+    assert provider.identity.known_hosts.read_text() == f"{server.id} {HOST_KEY}\n"
 
     provider.lb_register(web1)
     provider.lb_register(web1)  # once only
