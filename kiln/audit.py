@@ -331,7 +331,10 @@ def install_script() -> str:
     return (
         "export DEBIAN_FRONTEND=noninteractive; "
         "apt-get -qq -o Acquire::Languages=none update && "
-        f"apt-get -qq -o APT::Install-Recommends=false install -y {packages} >/dev/null && "
+        # A booted VM may be running its own apt job (apt-daily): wait for its lock. No fsync
+        # per file: the layer or overlay is thrown away, and under TCG syncs cost minutes.
+        "apt-get -qq -o APT::Install-Recommends=false -o DPkg::Lock::Timeout=300 "
+        f"-o Dpkg::Options::=--force-unsafe-io install -y {packages} >/dev/null && "
         # The image ships without apt lists: audit it as shipped.
         "apt-get clean && rm -rf /var/lib/apt/lists/*"
     )

@@ -8,7 +8,11 @@ recorded in the disk's sidecar.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import signal
+import subprocess
+import threading
 from pathlib import Path
 
 from kiln import console
@@ -26,6 +30,7 @@ from kiln.audit import (
 )
 from kiln.diskimages import DiskImageStore
 from kiln.errors import OperationFailed
+from kiln.images import ImageRecord
 from kiln.roles import RoleCatalog
 from kiln.settings import Settings
 from kiln.vmverify import ready_vm
@@ -44,10 +49,14 @@ class VmAuditor(Auditor):
     ) -> tuple[LynisFigures, ScapFigures]:
         datastream = ensure_scap_content(self.settings)
         report_dir.mkdir(parents=True, exist_ok=True)
-        record = next(r for r in self.store.list(what) if r.id == image)
+        # Only the disk and the ports to forward matter here; the stock bootstrap disk (no role,
+        # benchmarks) boots as base would.
+        record = ImageRecord(what, "", "", image, image, {})
+        role = self.catalog.get(what if what in self.catalog.names() else "base")
         with (
+            interrupted_by_sigterm(),
             console.progress(f"auditing {Path(image).name} in a throwaway VM") as step,
-            ready_vm(self.settings, record, self.catalog.get(what), "audit", step) as (machine, _),
+            ready_vm(self.settings, record, role, "audit", step) as (machine, _),
         ):
             step("installing the audit tools in the VM's overlay")
             run(machine, f"sudo sh -c {shlex.quote(install_script())}", "installing the audit tools")
@@ -64,8 +73,26 @@ class VmAuditor(Auditor):
 
 
 def run(machine, command: str, what: str, ok: tuple[int, ...] = (0,)) -> str:
-    proc = machine.ssh(command, timeout=SCAN_SECONDS)
+    try:
+        proc = machine.ssh(command, timeout=SCAN_SECONDS)
+    except subprocess.TimeoutExpired:
+        message = f"audit step '{what}' took over {SCAN_SECONDS} s in VM {machine.name}"
+        raise OperationFailed(message) from None
     if proc.returncode not in ok:
         tail = " ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
         raise OperationFailed(f"audit step '{what}' exited {proc.returncode} in VM {machine.name}: {tail}")
     return proc.stdout
+
+
+@contextlib.contextmanager
+def interrupted_by_sigterm():
+    """SIGTERM (a cancelled CI job, `timeout`) unwinds like Ctrl-C: the VM is still powered off
+    and its overlay removed, where the default action would leave QEMU running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
