@@ -85,13 +85,19 @@ def test_a_wrong_key_fails_in_one_line_before_anything_changes(checkout, setting
     before = {p: p.read_bytes() for p in checkout.rglob("*") if p.is_file()}
 
     wrong = new_key()
-    for args in (("backup", "local"), ("secrets", "rotate", "local", "--key-out", str(tmp_path / "new.key"))):
-        proc = invoke(checkout, *args, KILN_AGE_KEY=wrong)
+    for args in (
+        ("backup", "local"),
+        ("dr-drill", "local"),
+        ("secrets", "edit", "local"),
+        ("secrets", "rotate", "local", "--key-out", str(tmp_path / "new.key")),
+    ):
+        proc = invoke(checkout, *args, KILN_AGE_KEY=wrong, EDITOR=appending_editor(tmp_path, "A=1"))
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
         assert "secrets/local.env.age: the age key from variable KILN_AGE_KEY does not open it" in proc.stderr
     assert {p: p.read_bytes() for p in checkout.rglob("*") if p.is_file()} == before
     assert not (tmp_path / "new.key").exists() and encrypted.exists()
+    assert not (tmp_path / "edited-at").exists()  # the editor never opened
 
 
 def test_a_missing_key_is_one_line_naming_the_variable_and_the_file(settings, monkeypatch, tmp_path):
