@@ -19,21 +19,14 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from kiln.sysctl import parse_sysctl_conf
+
 # Forwarding is left out: Docker applies sysctls in no set order, and turning forwarding off
 # after accept_redirects resets accept_redirects to 1 (the namespace has one interface anyway).
 NAMESPACED_SYSCTL = re.compile(
     r"^net\.(ipv4\.(conf\.[^.]+\.(?!forwarding$)|tcp_|icmp_|ip_local_port_range$)|ipv6\.conf\.[^.]+\.(?!forwarding$))"
 )
 CAPABILITIES = ["NET_ADMIN"]
-
-
-def parse_sysctl_conf(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.lstrip().startswith(("#", ";")):
-            values[key.strip().replace("/", ".")] = " ".join(value.split())
-    return values
 
 
 def namespaced_sysctls(client: docker.DockerClient, image: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from kiln.container_options import parse_sysctl_conf
+from kiln.sysctl import parse_sysctl_conf
 
 PORTS = {int(p) for p in os.environ.get("KILN_VERIFY_PORTS", "").split()}
 

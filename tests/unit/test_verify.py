@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from kiln.container_options import NAMESPACED_SYSCTL, parse_sysctl_conf
+from kiln.container_options import NAMESPACED_SYSCTL
 from kiln.errors import OperationFailed
 from kiln.images import ImageRecord
 from kiln.roles import RoleCatalog
+from kiln.sysctl import parse_sysctl_conf
 from kiln.verify import (
     Failure,
     VerifyResult,
