@@ -87,6 +87,19 @@ def identity() -> Identity:
     return Identity(key, source)
 
 
+def ensure_identity(settings: Settings, env: str) -> Path | None:
+    """A first key for a first secret: when the environment has no sealed file and no recipients
+    yet and no key is set anywhere, make one in the key file (0600); the path if made. Once an
+    environment has secrets, a missing key stays an error: a new key could not open them."""
+    found = files(settings, env)
+    if os.environ.get(KEY_VARIABLE) or key_file().exists() or found.encrypted.exists() or recipients(found):
+        return None
+    made = run_age(["age-keygen"], b"")
+    key_file().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(key_file(), made, mode=0o600)
+    return key_file()
+
+
 def run_age(argv: list[str], data: bytes, key: Identity | None = None) -> bytes:
     """age or age-keygen with `data` on stdin; the identity, when given, on an inherited pipe."""
     if shutil.which(argv[0]) is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kiln import console, environments
+from kiln import secrets as sealed
 from kiln.backup import tool_class
 from kiln.backup.base import BackupRecord, BackupSettings, BackupTool, S3Access
 from kiln.backup.secrets import S3_NAMES, ensure_secrets, secret
@@ -90,6 +91,10 @@ def require_kind(kind: str) -> None:
 
 def take_backup(settings: Settings, env: str, kind: str, backup: BackupSettings) -> list[BackupRecord]:
     require_kind(kind)
+    made_key = sealed.ensure_identity(settings, env)
+    if made_key:
+        console.say(f"made a new age key in {made_key} (0600): keep a copy off this machine; CI reads it "
+                    f"from {sealed.KEY_VARIABLE}")
     created = ensure_secrets(settings, env)
     if created:
         console.say(f"created {created} with a new backup key: keep a copy off this machine")

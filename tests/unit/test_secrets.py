@@ -111,6 +111,23 @@ def test_a_missing_key_is_one_line_naming_the_variable_and_the_file(settings, mo
         secret(settings, "local", "KILN_BACKUP_KEY")
 
 
+def test_a_first_secret_with_no_key_anywhere_makes_a_private_key_file_and_only_then(
+    settings, monkeypatch, tmp_path
+):
+    monkeypatch.delenv("KILN_AGE_KEY")
+    key_path = tmp_path / "home" / "age.key"
+    monkeypatch.setenv("KILN_AGE_KEY_FILE", str(key_path))
+    assert sealed.ensure_identity(settings, "local") == key_path
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    assert sealed.ensure_identity(settings, "local") is None  # a key exists now
+    ensure_secrets(settings, "local")
+    assert len(secret(settings, "local", "KILN_BACKUP_KEY")) >= 32  # sealed to the new key
+    key_path.unlink()
+    assert sealed.ensure_identity(settings, "local") is None  # sealed secrets need their own key
+    with pytest.raises(KilnError, match="no age key"):
+        secret(settings, "local", "KILN_BACKUP_KEY")
+
+
 def test_a_key_file_opens_them_too(settings, monkeypatch, tmp_path, age_key):
     ensure_secrets(settings, "local")
     (tmp_path / "age.key").write_text(f"# public key: whatever\n{age_key}\n")
