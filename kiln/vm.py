@@ -182,7 +182,12 @@ class VirtualMachine:
 
     def wait_for_cloud_init(self, seconds: float) -> str:
         """cloud-init's final status (`done`, or `error` with what failed)."""
-        proc = self.ssh("cloud-init status --wait >/dev/null; cloud-init status --long", timeout=seconds)
+        try:
+            proc = self.ssh("cloud-init status --wait >/dev/null; cloud-init status --long", timeout=seconds)
+        except subprocess.TimeoutExpired:
+            raise OperationFailed(
+                f"{self.name}: cloud-init did not finish within {seconds:g} s; {self.console_tail()}"
+            ) from None
         return proc.stdout.strip()
 
     def console_tail(self, lines: int = 3) -> str:
