@@ -24,7 +24,9 @@ SCHEDULES = {
 
 
 def jobs_for(**variables: str) -> dict[str, dict]:
-    """The jobs a pipeline with these variables would hold (rules evaluated), by name."""
+    """The jobs a pipeline with these variables would hold (rules evaluated), by name. The default
+    branch is pinned: gitlab-ci-local would take it from the checkout's origin, which varies."""
+    variables = {"CI_DEFAULT_BRANCH": "main", **variables}
     if not GITLAB_CI_LOCAL.exists():
         pytest.fail(f"{GITLAB_CI_LOCAL} is missing: run ./setup.sh, which installs it")
     args = [str(GITLAB_CI_LOCAL), "--list-json", "--ignore-predefined-vars", ",".join(variables)]
