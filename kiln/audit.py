@@ -264,7 +264,7 @@ class Auditor:
         config = self.client.images.get(image).attrs.get("Config") or {}
         # The stock image has no init of its own: it is audited idle.
         boot = config.get("Entrypoint") or ["sleep", "infinity"]
-        name = f"kiln-audit-{what}-{uuid.uuid4().hex[:8]}"
+        name = f"{self.settings.name_prefix}-audit-{what}-{uuid.uuid4().hex[:8]}"
         layer = None
         try:
             with console.progress(f"auditing {what} ({image[:19]}) in {name}") as step:
@@ -292,7 +292,7 @@ class Auditor:
                     network_mode="none",
                     labels={"kiln.audit": label or image},
                     # as instances run (an init: Lynis flags the zombies a PID 1 leaves unreaped)
-                    **run_options(self.client, image),
+                    **run_options(self.client, image, self.settings.name_prefix),
                 )
                 step("OpenSCAP: ANSSI BP-028 intermediary")
                 self._exec(container, oscap_command(), "oscap", ok=(0, 2))  # 2: some rule failed

@@ -29,10 +29,10 @@ NAMESPACED_SYSCTL = re.compile(
 CAPABILITIES = ["NET_ADMIN"]
 
 
-def namespaced_sysctls(client: docker.DockerClient, image: str) -> dict[str, str]:
+def namespaced_sysctls(client: docker.DockerClient, image: str, prefix: str) -> dict[str, str]:
     """The network-namespace sysctls the image persists in /etc/sysctl.d/*.conf, last one wins."""
     container = client.containers.create(
-        image, ["true"], entrypoint=[], network_mode="none", name=f"kiln-sysctl-{uuid.uuid4().hex[:8]}"
+        image, ["true"], entrypoint=[], network_mode="none", name=f"{prefix}-sysctl-{uuid.uuid4().hex[:8]}"
     )
     try:
         stream, _ = container.get_archive("/etc/sysctl.d")
@@ -50,6 +50,6 @@ def namespaced_sysctls(client: docker.DockerClient, image: str) -> dict[str, str
     return {k: v for k, v in values.items() if NAMESPACED_SYSCTL.match(k)}
 
 
-def run_options(client: docker.DockerClient, image: str) -> dict:
+def run_options(client: docker.DockerClient, image: str, prefix: str) -> dict:
     """docker-py `containers.run`/`create` keyword arguments every container of `image` gets."""
-    return {"init": True, "cap_add": list(CAPABILITIES), "sysctls": namespaced_sysctls(client, image)}
+    return {"init": True, "cap_add": list(CAPABILITIES), "sysctls": namespaced_sysctls(client, image, prefix)}

@@ -67,14 +67,14 @@ class VerifyResult:
         )
 
 
-def container_name(role: str) -> str:
-    return f"kiln-verify-{role}-{uuid.uuid4().hex[:8]}"
+def container_name(prefix: str, role: str) -> str:
+    return f"{prefix}-verify-{role}-{uuid.uuid4().hex[:8]}"
 
 
 def control_name(test_name: str) -> str:
     """A test's name without the host testinfra puts in its id: `test_x[docker://kiln-verify-
-    web-1a2b3c4d-permitrootlogin]` is control `test_x[permitrootlogin]`."""
-    name = re.sub(r"(docker://kiln-verify-[a-z0-9-]+?-[0-9a-f]{8}|ssh://vm)-?", "", test_name)
+    web-1a2b3c4d-permitrootlogin]` (any name prefix) is control `test_x[permitrootlogin]`."""
+    name = re.sub(r"(docker://[a-z0-9-]+?-verify-[a-z0-9-]+?-[0-9a-f]{8}|ssh://vm)-?", "", test_name)
     return name.removesuffix("[]")
 
 
@@ -184,7 +184,7 @@ class Verifier:
     @contextlib.contextmanager
     def host(self, record: ImageRecord, role: Role, step):
         """Yield (testinfra host options, extra environment) of a running instance of the image."""
-        name = container_name(role.name)
+        name = container_name(self.settings.name_prefix, role.name)
         try:
             step(f"starting {name}")
             self._start(record, name)
@@ -208,7 +208,7 @@ class Verifier:
             name=name,
             network_mode="none",
             labels={"kiln.verify": record.image},
-            **run_options(self.client, record.id),
+            **run_options(self.client, record.id, self.settings.name_prefix),
         )
 
     def _run_suites(

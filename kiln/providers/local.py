@@ -126,7 +126,7 @@ class LocalProvider(Provider):
                 str(self.lb_folder): {"bind": "/run/haproxy", "mode": "rw"},
                 str(seed): {"bind": "/var/lib/cloud/seed/nocloud", "mode": "ro"},
             },
-            **container_options.run_options(self.client, image.id),
+            **container_options.run_options(self.client, image.id, self.settings.name_prefix),
         )
         for zone in range(1, len(self.env.zones)):
             self.client.networks.get(self.network_name(zone)).connect(container)
@@ -217,7 +217,7 @@ class LocalProvider(Provider):
                 **instance_mounts(self.env, role),
             },
             # As verify ran the image: its sysctls, its firewall loaded (CAP_NET_ADMIN), an init.
-            **container_options.run_options(self.client, image.id),
+            **container_options.run_options(self.client, image.id, self.settings.name_prefix),
         )
         if role != self.env.spec.balanced_role:
             for other in range(len(self.env.zones)):

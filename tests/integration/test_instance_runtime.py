@@ -55,7 +55,7 @@ def test_local_instance_runs_as_verify_saw_it(kiln, baked_web, docker_client):
     (environments.env_dir(settings) / f"{name}.yml").write_text(ENVIRONMENT)
     record = DockerImageStore(docker_client, settings).find("web", baked_web["web"])
     provider = LocalProvider(settings, environments.load(settings, name))
-    keys = sorted(container_options.namespaced_sysctls(docker_client, record.id))
+    keys = sorted(container_options.namespaced_sysctls(docker_client, record.id, settings.name_prefix))
     verify_container = f"{kiln.prefix}-verify-{uuid.uuid4().hex[:8]}"
     try:
         provider.ensure_networks()

@@ -126,11 +126,12 @@ def test_control_names_drop_the_verification_container():
     )
     assert control_name("test_machine_id_empty[docker://kiln-verify-web-0a1b2c3d]") == "test_machine_id_empty"
     assert control_name("test_health[through-nginx]") == "test_health[through-nginx]"
+    assert control_name("test_x[docker://kiln-ci-3-verify-web-0a1b2c3d-ipv4]") == "test_x[ipv4]"
 
 
 def test_container_names_carry_the_verify_prefix_and_differ():
-    assert container_name("web").startswith("kiln-verify-web-")
-    assert container_name("web") != container_name("web")
+    assert container_name("kilnci7", "web").startswith("kilnci7-verify-web-")
+    assert container_name("kiln", "web") != container_name("kiln", "web")
 
 
 def test_sysctl_conf_parsing_keeps_the_last_value_and_skips_comments():
