@@ -44,9 +44,9 @@ def bake(c, role, all=False, target="docker", force=False, locked=False, verify=
     if all:
         from kiln import bakeall
 
-        if role or target != "docker":
-            raise KilnError("--all bakes every role on the docker target: give no role and no --target")
-        rows = bakeall.bake_roles(settings(), force=force, locked=locked, verify=verify)
+        rows = bakeall.bake_roles(
+            settings(), force=force, locked=locked, verify=verify, role=role, target=target
+        )
         print_table([row.as_row() for row in rows], bakeall.COLUMNS)
         bakeall.require_none_rejected(rows)
         say(hints.after_bake(settings()))
@@ -87,8 +87,7 @@ def audit(c, role, version=None, json=False, target="docker"):
     """Score an image with Lynis and OpenSCAP (ANSSI BP-028) in a throwaway container or VM."""
     result = audits.auditor_for(settings(), target).audit(role, version)
     print(dump_json(result.as_json()) if json else audits.render(result))
-    if not result.passed:
-        raise audits.OperationFailed(f"audit of {role} {result.version} missed: {'; '.join(result.misses)}")
+    result.require_passed()
 
 
 @task(help={"role": "only this role's images", "json": "print JSON, not a table", "target": TARGET_HELP})
@@ -421,7 +420,6 @@ def secrets(c, action, env, key_out=None):
     from pathlib import Path
 
     from kiln import secrets as sealed
-    from kiln.errors import KilnError
 
     if action == "edit":
         say(f"saved {sealed.edit(settings(), env, os.environ.get('EDITOR') or 'vi')}")

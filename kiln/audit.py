@@ -101,6 +101,11 @@ class AuditResult:
         data["passed"] = self.passed
         return data
 
+    def require_passed(self) -> None:
+        """Below a threshold the audit fails, after its figures are printed and recorded."""
+        if self.misses:
+            raise OperationFailed(f"audit of {self.role} {self.version} missed: {'; '.join(self.misses)}")
+
     def labels(self) -> dict[str, str]:
         return {
             "kiln.lynis-index": str(self.lynis.hardening_index),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from kiln import verify as verification
 from kiln.bake import Baker
-from kiln.errors import OperationFailed
+from kiln.errors import KilnError, OperationFailed
 from kiln.roles import RoleCatalog
 from kiln.settings import Settings
 
@@ -45,10 +45,13 @@ def parents_first(catalog: RoleCatalog, names: list[str]) -> list[str]:
 
 def bake_roles(
     settings: Settings, names: list[str] | None = None, *, force: bool = False, locked: bool = False,
-    verify: bool = True,
+    verify: bool = True, role: str | None = None, target: str = "docker",
 ) -> list[RoleRow]:  # fmt: skip
     """Bake `names` (default: every role) on the docker target, parents first, one at a time
-    (see the module's note), verifying each unverified image; the summary, one row per role."""
+    (see the module's note), verifying each unverified image; the summary, one row per role.
+    `role` and `target` are what the command line gave beside --all, refused when set."""
+    if role or target != "docker":
+        raise KilnError("--all bakes every role on the docker target: give no role and no --target")
     baker = Baker(settings)
     order = parents_first(baker.catalog, names or baker.catalog.names())
     rows: list[RoleRow] = []

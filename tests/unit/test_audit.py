@@ -6,6 +6,7 @@ import pytest
 
 from kiln.audit import (
     PROFILE,
+    AuditResult,
     LynisFigures,
     ScapFigures,
     Thresholds,
@@ -94,6 +95,16 @@ def test_each_missed_threshold_is_named_with_its_figure():
         "ANSSI BP-028 intermediary score 94.9 < 95.0 (KILN_AUDIT_MIN_SCAP)",
         "high-severity SCAP rules failed: no_empty_passwords",
     ]
+
+
+def test_a_missed_threshold_fails_the_audit_naming_image_and_figure(tmp_path):
+    lynis, scap = figures(84, 99.0, [])
+    result = AuditResult("web", "abc", "k/web:abc", lynis, scap, Thresholds(85, 95.0), 1.0, tmp_path)
+    result.misses = threshold_misses(lynis, scap, result.thresholds)
+    with pytest.raises(OperationFailed, match=r"^audit of web abc missed: Lynis hardening index 84 < 85"):
+        result.require_passed()
+    result.misses = []
+    result.require_passed()
 
 
 def test_thresholds_come_from_settings_with_the_issue_defaults():

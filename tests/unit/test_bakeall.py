@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kiln.bakeall import RoleRow, parents_first, require_none_rejected
-from kiln.errors import OperationFailed
+from kiln.bakeall import RoleRow, bake_roles, parents_first, require_none_rejected
+from kiln.errors import KilnError, OperationFailed
 from kiln.roles import RoleCatalog
 
 
@@ -23,3 +23,9 @@ def test_a_rejected_image_fails_after_the_summary_naming_it():
     with pytest.raises(OperationFailed, match=r"rejected by verification: web b2;"):
         require_none_rejected(rows)
     require_none_rejected(rows[:1])
+
+
+@pytest.mark.parametrize("extra", [{"role": "web"}, {"target": "qemu"}])
+def test_all_refuses_a_role_or_another_target_before_baking_anything(settings, extra):
+    with pytest.raises(KilnError, match="--all bakes every role on the docker target"):
+        bake_roles(settings, **extra)
