@@ -11,12 +11,12 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
 
 # Debian packages Kiln runs for real (the embedded default): engine, builder, bootstrapper,
-# linters, age (secrets/<env>.env.age), and for VM images QEMU, GRUB (i386-pc), sfdisk, loop
+# linters, age (secrets/<env>.env.age), ssh (VMs and the SSH channel), and for VM images QEMU, GRUB (i386-pc), sfdisk, loop
 # devices and an ISO maker for the NoCloud seed. Later features add theirs here.
 debian_packages=(
   docker.io packer mmdebstrap shellcheck
   python3-venv ca-certificates git rsync
-  age
+  age openssh-client
   qemu-system-x86 qemu-utils grub-pc-bin grub2-common fdisk e2fsprogs mount genisoimage
 )
 # gitlab-ci-local runs pipelines/ locally; it needs Node.js >= 18 and npm (Debian's, unless the

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import subprocess
 import tempfile
 import time
@@ -29,7 +28,7 @@ import docker.errors
 from kiln import console
 from kiln.container_options import run_options
 from kiln.containerfiles import put_file, read_file
-from kiln.errors import KilnError, OperationFailed
+from kiln.errors import OperationFailed, require_tools
 from kiln.files import write_atomic
 from kiln.images import DockerImageStore, docker_client, require_image
 from kiln.registry import for_target
@@ -184,9 +183,7 @@ def ensure_scap_content(settings: Settings) -> Path:
     cached = settings.state_dir / "scap" / DATASTREAM
     if cached.exists():
         return cached
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise KilnError(f"{tool} is not installed: the audit fetches SCAP content with apt (Debian host)")
+    require_tools("fetching SCAP content with apt (a Debian host)", "apt-get", "dpkg-deb")
     with tempfile.TemporaryDirectory(prefix="kiln-ssg-") as scratch:
         root = Path(scratch)
         (root / "sources").mkdir()

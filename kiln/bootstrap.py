@@ -8,7 +8,6 @@ snapshot, say) yields another bootstrap image and so new versions for every role
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from kiln.errors import KilnError, OperationFailed
+from kiln.errors import OperationFailed, require_tools
 from kiln.settings import Settings
 
 BOOTSTRAP_REPOSITORY = "kiln-bootstrap/debian"
@@ -47,8 +46,7 @@ def ensure_bootstrap_image(client: docker.DockerClient, settings: Settings, say)
         return client.images.get(ref).id
     except docker.errors.ImageNotFound:
         pass
-    if shutil.which("mmdebstrap") is None:
-        raise KilnError("mmdebstrap is not installed: run ./setup.sh, or apt-get install mmdebstrap")
+    require_tools("the bootstrap root", "mmdebstrap")
     say(f"bootstrapping {ref} with mmdebstrap from {settings.resolved_mirror()} (once)")
     with tempfile.TemporaryDirectory(prefix="kiln-bootstrap-") as scratch:
         tarball = Path(scratch) / "rootfs.tar"

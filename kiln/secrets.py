@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.errors import KilnError, OperationFailed
+from kiln.errors import KilnError, OperationFailed, require_tools
 from kiln.files import write_atomic
 from kiln.settings import Settings
 
@@ -102,8 +102,7 @@ def ensure_identity(settings: Settings, env: str) -> Path | None:
 
 def run_age(argv: list[str], data: bytes, key: Identity | None = None) -> bytes:
     """age or age-keygen with `data` on stdin; the identity, when given, on an inherited pipe."""
-    if shutil.which(argv[0]) is None:
-        raise KilnError(f"{argv[0]} is not installed: run ./setup.sh (Debian package 'age')")
+    require_tools("sealed secrets (Debian package 'age')", argv[0])
     pass_fds: tuple[int, ...] = ()
     if key is not None:
         read_end, write_end = os.pipe()

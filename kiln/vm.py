@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -18,7 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.errors import KilnError, OperationFailed
+from kiln.channels.ssh import make_key_pair
+from kiln.errors import KilnError, OperationFailed, require_tools
 from kiln.settings import Settings
 from kiln.vmdisk import bootstrap_kernel_path
 
@@ -75,10 +75,7 @@ def free_port() -> int:
 def make_key(folder: Path, comment: str) -> tuple[Path, str]:
     """A one-time ed25519 key pair: (private key file, public key line)."""
     key = folder / KEY_FILE
-    for old in (key, key.with_suffix(".pub")):  # ssh-keygen would ask before overwriting
-        old.unlink(missing_ok=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], check=True)
-    return key, key.with_suffix(".pub").read_text().strip()
+    return key, make_key_pair(key, comment)
 
 
 def sudoers_dropin(user: str) -> str:
@@ -236,8 +233,7 @@ def booted(
     user: str = "kilnadmin",
 ) -> Iterator[VirtualMachine]:
     """Boot `disk` (left untouched: writes go to an overlay) and yield it once SSH answers."""
-    if shutil.which(QEMU) is None:
-        raise KilnError(f"{QEMU} is not installed: run ./setup.sh")
+    require_tools("booting a VM", QEMU, "qemu-img", "ssh")
     with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=settings.state_dir) as scratch:
         folder = Path(scratch)
         overlay = folder / "overlay.qcow2"

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from kiln.bootstrap import apt_sources
-from kiln.errors import KilnError, OperationFailed
+from kiln.errors import OperationFailed, require_tools
 from kiln.settings import Settings
 
 # What a bootable, reachable cloud VM needs beyond minbase.
@@ -75,9 +75,7 @@ def ensure_bootstrap_disk(settings: Settings, say) -> Path:
     disk = bootstrap_disk_path(settings)
     if disk.exists():
         return disk
-    missing = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
-    if missing:
-        raise KilnError(f"building the VM bootstrap disk needs {', '.join(missing)}: run ./setup.sh")
+    require_tools("building the VM bootstrap disk", *HOST_TOOLS)
     disk.parent.mkdir(parents=True, exist_ok=True)
     say(f"bootstrapping {disk.name} with mmdebstrap from {settings.resolved_mirror()} (once)")
     with tempfile.TemporaryDirectory(prefix=f"{settings.name_prefix}-vmdisk-", dir=disk.parent) as scratch:

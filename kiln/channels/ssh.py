@@ -22,7 +22,7 @@ import yaml
 
 from kiln.channels.base import TRANSFER_TIMEOUT, Channel, ChannelError, bounded
 from kiln.config import spec
-from kiln.errors import KilnError
+from kiln.errors import KilnError, require_tools
 
 HOST = r"[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?"
 ACCOUNT = r"[a-z_][a-z0-9_-]{0,31}"
@@ -68,6 +68,20 @@ class Endpoint:
     user: str
 
 
+def make_key_pair(key: Path, comment: str) -> str:
+    """A new ed25519 key pair at `key` (and `key`.pub), replacing any; the public key line."""
+    require_tools("an SSH key", "ssh-keygen")
+    for old in (key, key.with_suffix(".pub")):  # ssh-keygen would ask before overwriting
+        old.unlink(missing_ok=True)
+    made = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise KilnError(f"ssh-keygen could not make {key}: {made.stderr.strip()}")
+    return key.with_suffix(".pub").read_text().strip()
+
+
 class SshIdentity:
     """An environment's key pair and pinned host keys, in one private folder."""
 
@@ -87,12 +101,7 @@ class SshIdentity:
         """The public half, made with the private one on first use."""
         if not self.key.exists():
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            made = subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.comment, "-f", str(self.key)],
-                capture_output=True, text=True, check=False, timeout=30,
-            )  # fmt: skip
-            if made.returncode != 0:
-                raise KilnError(f"ssh-keygen could not make {self.key}: {made.stderr.strip()}")
+            make_key_pair(self.key, self.comment)
         os.chmod(self.key, 0o600)  # ssh refuses a private key others can read
         return self.key.with_suffix(".pub").read_text().strip()
 
@@ -195,6 +204,7 @@ class SshChannel(Channel):
     def execute(
         self, argv: list[str], user: str, env: dict[str, str], stdin: bytes | None, timeout: float
     ) -> tuple[int, bytes, bytes]:
+        require_tools("reaching an instance over SSH", "ssh")
         self.identity.public_key()  # the key pair exists before the first connection
         try:
             done = subprocess.run(

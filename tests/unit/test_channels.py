@@ -54,6 +54,16 @@ def test_the_key_pair_is_made_once_private_and_pins_are_never_replaced(tmp_path:
     ]
 
 
+def test_a_machine_without_openssh_client_gets_one_line_and_no_key(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    identity = SshIdentity(tmp_path / "ssh", "kiln-unit")
+    with pytest.raises(KilnError, match=r"^an SSH key needs ssh-keygen, not installed here: run ./setup.sh$"):
+        identity.public_key()
+    assert not identity.key.exists()
+    with pytest.raises(KilnError, match=r"^reaching an instance over SSH needs ssh, "):
+        channel(tmp_path).run(["true"])
+
+
 def test_user_data_gets_the_login_account_and_keeps_everything_else():
     sent = authorize("#cloud-config\nlocale: C.UTF-8\nusers: {}\nwrite_files: [{path: /a, content: b}]\n",
                      "kiln", "ssh-ed25519 AAAAC3Pub kiln-vm")  # fmt: skip
