@@ -212,7 +212,8 @@ def status(c, env, json=False):
         print(dump_json(view))
         return
     print(f"frontend: {view['frontend'] or '(no load balancer)'}")
-    print_table(view["instances"], ["name", "zone", "role", "version", "health", "ready", "lb_state"])
+    columns = ["name", "zone", "role", "version", "health", "ready", "lb_state", "lb_role"]
+    print_table(view["instances"], columns)
     say(hints.after("status", env))
 
 

@@ -45,6 +45,11 @@ class Load:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def finish(self) -> None:
+        """Wait until the workers have sent max_requests (or max_seconds ran out)."""
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, self.deadline - time.monotonic()) + 10)
+
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:

@@ -17,7 +17,7 @@ from kiln.config import load_yaml, parse, spec
 from kiln.errors import KilnError
 from kiln.notify import NotifySettings
 from kiln.notify import check as check_notify
-from kiln.providers import PROVIDERS
+from kiln.providers import PROVIDERS, provider_class
 from kiln.settings import Settings
 
 ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
@@ -31,6 +31,11 @@ class Frontend:
         minimum=0,
         maximum=65535,
     )
+    home_zone: str | None = spec(
+        None,
+        help="zone affinity: the zone whose instances take the traffic; the other zones' instances "
+        "are backup servers, used only while none in this zone is up (default: all zones share it)",
+    )
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class HealthCheck:
     rise: int = spec(2, help="passing checks in a row before an instance takes traffic", minimum=1)
     fall: int = spec(2, help="failing checks in a row before an instance stops taking traffic", minimum=1)
     timeout: float = spec(30.0, help="seconds a new instance may take to become healthy", above=0)
+    slowstart: float = spec(
+        0.0, help="seconds an instance that came up takes to reach its full share of traffic", minimum=0
+    )
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,14 @@ def validate(name: str, s: EnvironmentSpec, display: str) -> None:
         fail("zones", "zone names must be unique")
     if s.balanced_role not in s.instances:
         fail("balanced_role", f"'{s.balanced_role}' has no entry in 'instances'")
+    home = s.frontend.home_zone
+    if home is not None and home not in s.zones:
+        fail("frontend.home_zone", f"'{home}' is not one of the zones: {', '.join(s.zones)}")
+    if home is not None and not provider_class(s.provider).routes_by_zone:
+        fail(
+            "frontend.home_zone",
+            f"the {s.provider} provider's load balancer does not route by zone; remove it",
+        )
     if s.provider == "local" and s.ssh.bastion is not None:
         fail("ssh.bastion", "the local provider reaches its containers without SSH; remove the bastion")
     p = s.rollout

@@ -28,6 +28,8 @@ class ServerStat:
     status: str  # UP, DOWN, MAINT, DRAIN, NOLB, "UP 1/2" while rising...
     sessions: int  # scur + qcur: connections still attached
     check: str  # last check status, e.g. L7OK, L4CON
+    backup: bool = False  # takes traffic only while no active server is UP
+    served: int = 0  # sessions since it was added (stot)
 
     @property
     def healthy(self) -> bool:
@@ -48,6 +50,21 @@ class Server:
     name: str
     address: str
     port: int
+    backup: bool = False
+
+
+@dataclass(frozen=True)
+class Checks:
+    """How HAProxy checks and ramps up each server (the environment's `health`)."""
+
+    interval: float
+    rise: int
+    fall: int
+    slowstart: float = 0.0
+
+    def keywords(self) -> str:
+        words = f"check inter {int(self.interval * 1000)} rise {self.rise} fall {self.fall}"
+        return words + (f" slowstart {int(self.slowstart * 1000)}" if self.slowstart else "")
 
 
 class RuntimeAPI:
@@ -94,15 +111,14 @@ class RuntimeAPI:
             if len(row) < 37 or row[0] != backend or row[1] in ("FRONTEND", "BACKEND"):
                 continue
             sessions = int(row[2] or 0) + int(row[4] or 0)
-            servers[row[1]] = ServerStat(row[1], row[17], sessions, row[36])
+            backup = row[20] == "1"
+            servers[row[1]] = ServerStat(row[1], row[17], sessions, row[36], backup, int(row[7] or 0))
         return servers
 
-    def add_server(self, server: Server, *, interval: float, rise: int, fall: int, backend: str = BACKEND):
+    def add_server(self, server: Server, checks: Checks, backend: str = BACKEND):
         ref = f"{backend}/{server.name}"
-        self.checked(
-            f"add server {ref} {server.address}:{server.port} check "
-            f"inter {int(interval * 1000)} rise {rise} fall {fall}"
-        )
+        backup = " backup" if server.backup else ""
+        self.checked(f"add server {ref} {server.address}:{server.port} {checks.keywords()}{backup}")
         # One line, so no check or request can see it UP before `rise` checks pass.
         self.checked(f"enable health {ref}; enable server {ref}; set server {ref} health down")
 
@@ -124,9 +140,7 @@ class RuntimeAPI:
             time.sleep(0.1)
 
 
-def render_config(
-    servers: list[Server], *, port: int, health_path: str, interval: float, rise: int, fall: int
-) -> str:
+def render_config(servers: list[Server], *, port: int, health_path: str, checks: Checks) -> str:
     """The whole config, listing exactly the servers in service, so a reload keeps them only."""
     lines = [
         "# Written by Kiln: the servers in service. Do not edit; Kiln rewrites it as they change.",
@@ -153,11 +167,11 @@ def render_config(
         "",
         f"backend {BACKEND}",
         "    balance roundrobin",
+        # with zone affinity, every backup server shares the load once the home zone is down
+        "    option allbackups",
         f"    option httpchk GET {health_path}",
         "    http-check expect status 200",
-        f"    default-server check inter {int(interval * 1000)} rise {rise} fall {fall}",
+        f"    default-server {checks.keywords()}",
     ]
-    lines += [f"    server {s.name} {s.address}:{s.port}" for s in servers]
+    lines += [f"    server {s.name} {s.address}:{s.port}{' backup' if s.backup else ''}" for s in servers]
     return "\n".join(lines) + "\n"
-
-

@@ -17,7 +17,11 @@ PROVIDERS = {
 }
 
 
-def get_provider(settings: Settings, env: Environment) -> Provider:
+def provider_class(name: str) -> type[Provider]:
     # environments.validate has refused any name not in PROVIDERS.
-    module, _, name = PROVIDERS[env.spec.provider].partition(":")
-    return getattr(importlib.import_module(module), name)(settings, env)
+    module, _, attribute = PROVIDERS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def get_provider(settings: Settings, env: Environment) -> Provider:
+    return provider_class(env.spec.provider)(settings, env)

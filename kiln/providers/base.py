@@ -43,12 +43,16 @@ class LbServer:
     state: str  # ready, drain or maint
     sessions: int  # connections still attached
     check: str  # the last check's status, for people
+    backup: bool = False  # serves only while no server of the home zone is up (frontend.home_zone)
 
 
 class Provider(abc.ABC):
     # Whether the load balancer is an instance of Kiln's `lb` image (local) rather than the
     # cloud's managed service (ELBv2, Octavia), which needs no image and no user-data.
     lb_from_image = True
+    # Whether the load balancer can keep other zones' instances as backup servers
+    # (`frontend.home_zone`): HAProxy can; ELBv2 has no such member state.
+    routes_by_zone = False
 
     def __init__(self, settings: Settings, env: Environment):
         self.settings = settings

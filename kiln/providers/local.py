@@ -49,6 +49,8 @@ def docker_errors_fail(method):
 
 
 class LocalProvider(Provider):
+    routes_by_zone = True
+
     def __init__(self, settings: Settings, env: Environment):
         super().__init__(settings, env)
         self.client = docker_client()
@@ -301,11 +303,20 @@ class LocalProvider(Provider):
 
     # ---- load balancer ----------------------------------------------------------------------
 
+    @property
+    def checks(self) -> haproxy.Checks:
+        h = self.env.spec.health
+        return haproxy.Checks(h.interval, h.rise, h.fall, h.slowstart)
+
+    def lb_server(self, instance: Instance) -> haproxy.Server:
+        """Outside the home zone (zone affinity) an instance is a backup server."""
+        home = self.env.spec.frontend.home_zone
+        backup = home is not None and self.env.zones[instance.zone] != home
+        return haproxy.Server(instance.name, instance.address, 80, backup)
+
     @docker_errors_fail
     def lb_register(self, instance: Instance) -> None:
-        h = self.env.spec.health
-        server = haproxy.Server(instance.name, instance.address, 80)
-        self.api.add_server(server, interval=h.interval, rise=h.rise, fall=h.fall)
+        self.api.add_server(self.lb_server(instance), self.checks)
         self.sync_lb_config()
 
     @docker_errors_fail
@@ -316,7 +327,7 @@ class LocalProvider(Provider):
     @docker_errors_fail
     def lb_servers(self) -> dict[str, LbServer]:
         return {
-            name: LbServer(name, s.healthy, s.lb_state, s.sessions, s.check)
+            name: LbServer(name, s.healthy, s.lb_state, s.sessions, s.check, s.backup)
             for name, s in self.api.stats().items()
         }
 
@@ -328,14 +339,13 @@ class LocalProvider(Provider):
     def sync_lb_config(self) -> None:
         """Rewrite haproxy.cfg with the servers in service now (none before the LB runs)."""
         stats = self.api.stats() if (self.lb_folder / "admin.sock").exists() and self.api.ready() else {}
-        addresses = {i.name: i.address for i in self.instances(self.env.spec.balanced_role)}
+        balanced = {i.name: i for i in self.instances(self.env.spec.balanced_role)}
         servers = [
-            haproxy.Server(name, addresses[name], 80)
+            self.lb_server(balanced[name])
             for name, s in sorted(stats.items())
-            if s.lb_state == "ready" and name in addresses
+            if s.lb_state == "ready" and name in balanced
         ]
-        h = self.env.spec.health
         text = haproxy.render_config(
-            servers, port=80, health_path=h.path, interval=h.interval, rise=h.rise, fall=h.fall
+            servers, port=80, health_path=self.env.spec.health.path, checks=self.checks
         )
         write_atomic(self.lb_folder / "haproxy.cfg", text)

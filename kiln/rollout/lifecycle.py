@@ -218,6 +218,8 @@ def status(provider: Provider) -> dict:
                 "health": health,
                 "ready": ready,
                 "lb_state": server.state if server else "absent",
+                # backup: takes traffic only while the home zone has no server up (zone affinity)
+                "lb_role": ("backup" if server.backup else "active") if server else "-",
             }
         )
     return {"environment": provider.env.name, "frontend": provider.frontend(), "instances": rows}

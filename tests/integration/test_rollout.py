@@ -1,12 +1,14 @@
 """Rollouts with the real HAProxy and containers, under bounded loopback load.
 
-One environment `it<pid>` (3 zones, 3 web instances) serves every test here; each test starts
-from whatever version runs and names its target image, so the order does not matter. The
-finalizer removes every container and network labelled with the environment, even on failure.
+One environment `it<pid>` (3 zones, 3 web instances) serves the rollout tests; each starts from
+whatever version runs and names its target image, so the order does not matter. The zone
+affinity test has an environment `za<pid>` of its own. Every container and network labelled
+with an environment is removed at the end, even on failure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +21,7 @@ import docker
 import pytest
 
 from benchmarks.load import Load
+from kiln import haproxy
 from kiln.images import DockerImageStore
 from kiln.settings import Settings
 
@@ -34,6 +37,14 @@ health: {path: /health, interval: 0.5, rise: 2, fall: 2, timeout: 60}
 rollout: {max_surge: 1, max_unavailable: 0, warmup: 0.5, drain_timeout: 5, canary: 1}
 """
 BAD_HEALTH = "    location = /health { return 503; }\n"
+ZONE_AFFINITY_ENV = f"za{os.getpid()}"
+ZONE_AFFINITY_FILE = """
+provider: local
+zones: [z0, z1]
+instances: {web: 2}
+frontend: {port: 0, home_zone: z0}
+health: {path: /health, interval: 0.5, rise: 2, fall: 2, timeout: 60, slowstart: 2}
+"""
 
 
 def bake(kiln, role: str, status: str = "verified") -> str:
@@ -63,11 +74,16 @@ def set_status(kiln, role: str, version: str, status: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def versions(kiln, tmp_path_factory) -> dict[str, str]:
+def v1(kiln) -> str:
+    """The project's lb and web, verified: what `up` deploys."""
+    bake(kiln, "lb")
+    return bake(kiln, "web")
+
+
+@pytest.fixture(scope="module")
+def versions(kiln, v1, tmp_path_factory) -> dict[str, str]:
     """v1 (the project's web), v2 (a changed app), both verified, and bad (/health answers 503),
     rejected as verification would: `up` takes the newest verified web, never the bad one."""
-    bake(kiln, "lb")
-    v1 = bake(kiln, "web")
     from tests.conftest import copy_project
 
     def changed_app(root: Path) -> None:
@@ -87,23 +103,30 @@ def versions(kiln, tmp_path_factory) -> dict[str, str]:
     return {"v1": v1, "v2": v2, "bad": bad}
 
 
-@pytest.fixture(scope="module")
-def env(kiln, versions, docker_client):
+@contextlib.contextmanager
+def running(kiln, docker_client, name: str, text: str):
+    """`environments/<name>.yml` from `text`, up; down and every labelled object gone after."""
     (kiln.project / "environments").mkdir(exist_ok=True)
-    (kiln.project / "environments" / f"{ENV}.yml").write_text(ENV_FILE)
+    (kiln.project / "environments" / f"{name}.yml").write_text(text)
     try:
-        kiln.invoke("up", ENV)
-        yield ENV
+        kiln.invoke("up", name)
+        yield name
     finally:
-        kiln.invoke("down", ENV, check=False)
-        for container in docker_client.containers.list(all=True, filters={"label": f"kiln.env={ENV}"}):
+        kiln.invoke("down", name, check=False)
+        for container in docker_client.containers.list(all=True, filters={"label": f"kiln.env={name}"}):
             container.remove(force=True)
-        for network in docker_client.networks.list(filters={"label": f"kiln.env={ENV}"}):
+        for network in docker_client.networks.list(filters={"label": f"kiln.env={name}"}):
             network.remove()
 
 
-def status(kiln) -> dict:
-    return json.loads(kiln.invoke("status", ENV, "--json").stdout)
+@pytest.fixture(scope="module")
+def env(kiln, versions, docker_client):
+    with running(kiln, docker_client, ENV, ENV_FILE):
+        yield ENV
+
+
+def status(kiln, name: str = ENV) -> dict:
+    return json.loads(kiln.invoke("status", name, "--json").stdout)
 
 
 def other_good(kiln, versions) -> str:
@@ -222,3 +245,40 @@ def test_user_data_failing_the_schema_stops_the_rollout_before_any_change(kiln, 
         and "users: [] is too short" in proc.stderr
     )
     assert status(kiln)["instances"] == before
+
+
+def sessions_served(kiln, name: str) -> dict[str, int]:
+    """Connections HAProxy has sent to each server, from its runtime API."""
+    api = haproxy.RuntimeAPI(kiln.project / ".kiln" / "envs" / name / "lb" / "admin.sock")
+    return {server.name: server.served for server in api.stats().values()}
+
+
+def test_zone_affinity_serves_the_home_zone_and_falls_back_to_the_other(kiln, v1, docker_client):
+    with running(kiln, docker_client, ZONE_AFFINITY_ENV, ZONE_AFFINITY_FILE) as name:
+        web = {i["zone"]: i for i in status(kiln, name)["instances"] if i["role"] == "web"}
+        assert {zone: i["lb_role"] for zone, i in web.items()} == {"z0": "active", "z1": "backup"}
+        home, other = web["z0"]["name"], web["z1"]["name"]
+        config = (kiln.project / ".kiln" / "envs" / name / "lb" / "haproxy.cfg").read_text()
+        servers = {
+            line.split()[1]: line for line in config.splitlines() if line.strip().startswith("server ")
+        }
+        assert servers[other].endswith(" backup") and not servers[home].endswith(" backup"), servers
+        assert "slowstart 2000" in config
+
+        frontend = status(kiln, name)["frontend"]
+        with Load(frontend, workers=2, max_requests=60, max_seconds=60) as load:
+            load.finish()
+        assert (load.requests, load.failed) == (60, 0), load.summary()
+        before = sessions_served(kiln, name)
+        assert before[home] > 0 and before[other] == 0, before  # the other zone stands by
+
+        docker_client.containers.get(f"kiln-{name}-{home}").kill()  # the home zone is lost
+        deadline = time.monotonic() + 30
+        while any(i["name"] == home and i["health"] == "healthy" for i in status(kiln, name)["instances"]):
+            assert time.monotonic() < deadline, "HAProxy never saw the home zone's instance down"
+            time.sleep(0.5)
+        with Load(frontend, workers=2, max_requests=60, max_seconds=60) as load:
+            load.finish()
+        assert (load.requests, load.failed) == (60, 0), load.summary()
+        after = sessions_served(kiln, name)
+        assert after[other] > 0 and after[home] == before[home], (before, after)

@@ -98,6 +98,16 @@ def test_bad_fields_name_file_and_field(project, extra, message):
         (GOOD.replace("web: 4", "web: -1"), r"field 'instances.web': -1 is too small: use 0 or more$"),
         (GOOD.replace("8480", "70000"), r"field 'frontend.port': 70000 is out of range: use 0 to 65535$"),
         (GOOD.replace("frontend: {port: 8480}\n", ""), r"field 'frontend': required field is missing"),
+        (
+            GOOD.replace("{port: 8480}", "{port: 8480, home_zone: d}"),
+            r"field 'frontend.home_zone': 'd' is not one of the zones: a, b, c$",
+        ),
+        (
+            GOOD.replace("local", "aws").replace("{port: 8480}", "{port: 8480, home_zone: a}"),
+            r"field 'frontend.home_zone': the aws provider's load balancer does not route by zone; "
+            r"remove it$",
+        ),
+        (GOOD + "health: {slowstart: -1}\n", r"field 'health.slowstart': -1 is too small: use 0 or more$"),
     ],
 )
 def test_bad_values_name_the_field(project, text, message):

@@ -9,17 +9,29 @@ from kiln import haproxy
 
 
 def test_config_lists_exactly_the_servers_in_service():
-    servers = [haproxy.Server("web4", "172.20.0.3", 80), haproxy.Server("web5", "172.21.0.3", 80)]
-    text = haproxy.render_config(servers, port=80, health_path="/health", interval=0.5, rise=2, fall=3)
+    servers = [
+        haproxy.Server("web4", "172.20.0.3", 80),
+        haproxy.Server("web5", "172.21.0.3", 80, backup=True),
+    ]
+    checks = haproxy.Checks(interval=0.5, rise=2, fall=3)
+    text = haproxy.render_config(servers, port=80, health_path="/health", checks=checks)
     lines = [line.strip() for line in text.splitlines()]
     assert [line for line in lines if line.startswith("server ")] == [
         "server web4 172.20.0.3:80",
-        "server web5 172.21.0.3:80",
+        "server web5 172.21.0.3:80 backup",  # zone affinity: another zone's instance
     ]
     assert "default-server check inter 500 rise 2 fall 3" in lines
+    assert "option allbackups" in lines
     assert "option httpchk GET /health" in lines
     assert "stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners" in lines
     assert "balance roundrobin" in lines  # dynamic servers need a dynamic algorithm
+
+
+def test_slowstart_is_a_check_keyword_only_when_asked_for():
+    assert (
+        haproxy.Checks(1.5, 3, 2, slowstart=10).keywords() == "check inter 1500 rise 3 fall 2 slowstart 10000"
+    )
+    assert "slowstart" not in haproxy.Checks(1.5, 3, 2).keywords()
 
 
 def test_server_states_from_show_stat_status():
