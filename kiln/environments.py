@@ -15,6 +15,7 @@ from kiln.backup.base import BackupSettings
 from kiln.channels.ssh import SshSettings
 from kiln.config import load_yaml, parse, spec
 from kiln.errors import KilnError
+from kiln.haproxy import DEFAULT_MAINTENANCE_PAGE, MAINTENANCE_PAGE_LIMIT
 from kiln.notify import NotifySettings
 from kiln.notify import check as check_notify
 from kiln.providers import PROVIDERS, provider_class
@@ -30,6 +31,11 @@ class Frontend:
         help="port the load balancer listens on (local: on 127.0.0.1; 0 picks a free one)",
         minimum=0,
         maximum=65535,
+    )
+    maintenance_page: str | None = spec(
+        None,
+        help="HTML file in the project answered (503, Retry-After) while no instance is up; "
+        "default: a short page of Kiln's",
     )
     home_zone: str | None = spec(
         None,
@@ -138,9 +144,26 @@ def load(settings: Settings, name: str) -> Environment:
     display = f"environments/{name}.yml"
     env_spec = parse(EnvironmentSpec, load_yaml(path, display), display)
     validate(name, env_spec, display)
+    if env_spec.frontend.maintenance_page:
+        check_maintenance_page(settings, env_spec.frontend.maintenance_page, display)
     if env_spec.notify:
         check_notify(env_spec.notify, display)
     return Environment(name, env_spec, display)
+
+
+def maintenance_page(settings: Settings, spec: EnvironmentSpec) -> str:
+    page = spec.frontend.maintenance_page
+    return (settings.project_root / page).read_text() if page else DEFAULT_MAINTENANCE_PAGE
+
+
+def check_maintenance_page(settings: Settings, page: str, display: str) -> None:
+    where = f"{display}: field 'frontend.maintenance_page'"
+    path = settings.project_root / page
+    if not path.is_file():
+        raise KilnError(f"{where}: no file {page} in the project; give a path like pages/maintenance.html")
+    size = len(path.read_bytes())
+    if size > MAINTENANCE_PAGE_LIMIT:
+        raise KilnError(f"{where}: {page} is {size} bytes; HAProxy serves at most {MAINTENANCE_PAGE_LIMIT}")
 
 
 def validate(name: str, s: EnvironmentSpec, display: str) -> None:

@@ -20,6 +20,14 @@ from pathlib import Path
 from kiln.errors import OperationFailed
 
 BACKEND = "web"
+# HAProxy reads an error file into one buffer (16 KiB by default) with its headers.
+MAINTENANCE_PAGE_LIMIT = 8192
+MAINTENANCE_FILE = "maintenance.http"
+DEFAULT_MAINTENANCE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Down for maintenance</title></head>
+<body><h1>Down for maintenance</h1><p>We will be back shortly. Please try again in a minute.</p></body>
+</html>
+"""
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,18 @@ class RuntimeAPI:
             time.sleep(0.1)
 
 
+def maintenance_response(page: str, retry_after: int = 30) -> bytes:
+    """What HAProxy answers when no server can take a request: the page as a whole 503 response."""
+    head = (
+        "HTTP/1.0 503 Service Unavailable\r\n"
+        "Cache-Control: no-cache\r\n"
+        "Connection: close\r\n"
+        "Content-Type: text/html; charset=utf-8\r\n"
+        f"Retry-After: {retry_after}\r\n\r\n"
+    )
+    return head.encode() + page.encode()
+
+
 def render_config(servers: list[Server], *, port: int, health_path: str, checks: Checks) -> str:
     """The whole config, listing exactly the servers in service, so a reload keeps them only."""
     lines = [
@@ -160,6 +180,8 @@ def render_config(servers: list[Server], *, port: int, health_path: str, checks:
         "    timeout client 30s",
         "    timeout server 30s",
         "    load-server-state-from-file global",
+        # no server up (nor a backup): the maintenance page, not HAProxy's bare 503
+        f"    errorfile 503 /run/haproxy/{MAINTENANCE_FILE}",
         "",
         "frontend web",
         f"    bind :{port}",

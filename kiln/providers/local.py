@@ -24,7 +24,7 @@ from kiln.backup.containers import instance_mounts, repo_volumes
 from kiln.channels import channel_class
 from kiln.channels.base import Channel
 from kiln.cloudinit import UserData
-from kiln.environments import Environment
+from kiln.environments import Environment, maintenance_page
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
 from kiln.images import DockerImageStore, ImageRecord, docker_client
@@ -345,6 +345,8 @@ class LocalProvider(Provider):
             for name, s in sorted(stats.items())
             if s.lb_state == "ready" and name in balanced
         ]
+        page = maintenance_page(self.settings, self.env.spec)
+        write_atomic(self.lb_folder / haproxy.MAINTENANCE_FILE, haproxy.maintenance_response(page))
         text = haproxy.render_config(
             servers, port=80, health_path=self.env.spec.health.path, checks=self.checks
         )

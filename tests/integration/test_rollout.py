@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import docker
@@ -42,7 +44,7 @@ ZONE_AFFINITY_FILE = """
 provider: local
 zones: [z0, z1]
 instances: {web: 2}
-frontend: {port: 0, home_zone: z0}
+frontend: {port: 0, home_zone: z0, maintenance_page: pages/down.html}
 health: {path: /health, interval: 0.5, rise: 2, fall: 2, timeout: 60, slowstart: 2}
 """
 
@@ -247,13 +249,27 @@ def test_user_data_failing_the_schema_stops_the_rollout_before_any_change(kiln, 
     assert status(kiln)["instances"] == before
 
 
+def lb_stats(kiln, name: str) -> dict[str, haproxy.ServerStat]:
+    return haproxy.RuntimeAPI(kiln.project / ".kiln" / "envs" / name / "lb" / "admin.sock").stats()
+
+
 def sessions_served(kiln, name: str) -> dict[str, int]:
-    """Connections HAProxy has sent to each server, from its runtime API."""
-    api = haproxy.RuntimeAPI(kiln.project / ".kiln" / "envs" / name / "lb" / "admin.sock")
-    return {server.name: server.served for server in api.stats().values()}
+    """Connections HAProxy has sent to each server."""
+    return {server.name: server.served for server in lb_stats(kiln, name).values()}
+
+
+def wait_until_down(kiln, name: str, instance: str) -> None:
+    """DOWN for HAProxy: `fall` checks failed (while "UP 1/2" it still sends requests there)."""
+    deadline = time.monotonic() + 30
+    while lb_stats(kiln, name)[instance].status != "DOWN":
+        assert time.monotonic() < deadline, f"HAProxy never marked {instance} down"
+        time.sleep(0.2)
 
 
 def test_zone_affinity_serves_the_home_zone_and_falls_back_to_the_other(kiln, v1, docker_client):
+    """Then, with no zone left, the environment's maintenance page."""
+    (kiln.project / "pages").mkdir(exist_ok=True)
+    (kiln.project / "pages" / "down.html").write_text("<p>za: back at six</p>\n")
     with running(kiln, docker_client, ZONE_AFFINITY_ENV, ZONE_AFFINITY_FILE) as name:
         web = {i["zone"]: i for i in status(kiln, name)["instances"] if i["role"] == "web"}
         assert {zone: i["lb_role"] for zone, i in web.items()} == {"z0": "active", "z1": "backup"}
@@ -273,12 +289,16 @@ def test_zone_affinity_serves_the_home_zone_and_falls_back_to_the_other(kiln, v1
         assert before[home] > 0 and before[other] == 0, before  # the other zone stands by
 
         docker_client.containers.get(f"kiln-{name}-{home}").kill()  # the home zone is lost
-        deadline = time.monotonic() + 30
-        while any(i["name"] == home and i["health"] == "healthy" for i in status(kiln, name)["instances"]):
-            assert time.monotonic() < deadline, "HAProxy never saw the home zone's instance down"
-            time.sleep(0.5)
+        wait_until_down(kiln, name, home)
         with Load(frontend, workers=2, max_requests=60, max_seconds=60) as load:
             load.finish()
         assert (load.requests, load.failed) == (60, 0), load.summary()
         after = sessions_served(kiln, name)
         assert after[other] > 0 and after[home] == before[home], (before, after)
+
+        docker_client.containers.get(f"kiln-{name}-{other}").kill()  # and then the other
+        wait_until_down(kiln, name, other)
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(frontend, timeout=5)
+        assert answer.value.code == 503 and answer.value.headers["Retry-After"] == "30"
+        assert answer.value.read() == b"<p>za: back at six</p>\n"

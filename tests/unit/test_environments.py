@@ -126,3 +126,20 @@ def test_malformed_yaml_names_the_line(project):
     write(project, "provider: local\nzones: [a\n")
     with pytest.raises(KilnError, match=r"environments/t.yml: line \d+, column \d+: malformed YAML"):
         environments.load(project, "t")
+
+
+def test_a_maintenance_page_must_be_a_project_file_haproxy_can_hold(project):
+    page = GOOD.replace("{port: 8480}", "{port: 8480, maintenance_page: pages/down.html}")
+    write(project, page)
+    with pytest.raises(KilnError, match=r"field 'frontend.maintenance_page': no file pages/down.html in the"):
+        environments.load(project, "t")
+    (project.project_root / "pages").mkdir()
+    (project.project_root / "pages" / "down.html").write_text("x" * 9000)
+    with pytest.raises(KilnError, match=r"pages/down.html is 9000 bytes; HAProxy serves at most 8192$"):
+        environments.load(project, "t")
+    (project.project_root / "pages" / "down.html").write_text("<p>back at six</p>")
+    env = environments.load(project, "t")
+    assert environments.maintenance_page(project, env.spec) == "<p>back at six</p>"
+    write(project, GOOD)
+    default = environments.maintenance_page(project, environments.load(project, "t").spec)
+    assert "Down for maintenance" in default

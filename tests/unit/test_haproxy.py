@@ -27,6 +27,15 @@ def test_config_lists_exactly_the_servers_in_service():
     assert "balance roundrobin" in lines  # dynamic servers need a dynamic algorithm
 
 
+def test_the_maintenance_page_is_a_whole_503_response_with_retry_after():
+    response = haproxy.maintenance_response("<p>back soon</p>", retry_after=45)
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 503 Service Unavailable\r\n") and b"\r\nRetry-After: 45" in head
+    assert body == b"<p>back soon</p>"
+    config = haproxy.render_config([], port=80, health_path="/health", checks=haproxy.Checks(1, 2, 2))
+    assert f"errorfile 503 /run/haproxy/{haproxy.MAINTENANCE_FILE}" in config
+
+
 def test_slowstart_is_a_check_keyword_only_when_asked_for():
     assert (
         haproxy.Checks(1.5, 3, 2, slowstart=10).keywords() == "check inter 1500 rise 3 fall 2 slowstart 10000"
