@@ -287,9 +287,10 @@ def backup_run(pipelines):
     return pipelines.run(CI_PIPELINE_SOURCE="schedule", KILN_SCHEDULE="backup")
 
 
-def test_a_backup_schedule_runs_only_the_backup(pipelines, backup_run):
+def test_a_backup_schedule_runs_only_the_backup(pipelines, backup_run, age_key):
     code, results, output = backup_run
     assert code == 0 and results == {"backup": "PASS"}, output[-4000:]
+    assert age_key not in output  # the job has the key (KILN_AGE_KEY, as CI provides it), never prints it
     listing = json.loads(pipelines.kiln.invoke("backups", pipelines.prod, "--json").stdout)
     assert {record["tool"] for record in listing} == {"pgbackrest", "restic"}, listing
     assert all(record["size"] > 0 for record in listing if record["tool"] == "pgbackrest"), listing
