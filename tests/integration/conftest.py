@@ -107,6 +107,16 @@ def baked_web(kiln: KilnRun) -> dict[str, str]:
     return dict(line.split("\t")[:2] for line in proc.stdout.splitlines() if "\t" in line)
 
 
+@pytest.fixture(scope="session")
+def baked_all(kiln: KilnRun, baked_web: dict[str, str]) -> dict[str, str]:
+    """Every role baked (and so verified) once for the session; role -> version."""
+    found = dict(baked_web)
+    for role in ("db", "lb"):
+        proc = kiln.invoke("bake", role)
+        found.update(line.split("\t")[:2] for line in proc.stdout.splitlines() if "\t" in line)
+    return found
+
+
 @pytest.fixture
 def scratch_project(tmp_path, kiln: KilnRun) -> KilnRun:
     """A private project copy (to change roles or provisioners) sharing the session's images."""

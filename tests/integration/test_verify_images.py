@@ -27,15 +27,6 @@ def leftover_verify_containers(kiln, docker_client) -> list[str]:
     return [c.name for c in containers if c.labels["kiln.verify"].startswith(kiln.prefix + "/")]
 
 
-@pytest.fixture(scope="session")
-def baked_all(kiln, baked_web) -> dict[str, str]:
-    """Every role baked (and so verified) once for the session; role -> version."""
-    found = dict(baked_web)
-    for role in ("db", "lb"):
-        found.update(versions(kiln.invoke("bake", role)))
-    return found
-
-
 def test_bake_verifies_every_role(kiln, baked_all, docker_client):
     assert set(baked_all) == {"base", "web", "db", "lb"}
     listed = images_json(kiln)
