@@ -58,7 +58,7 @@ def bake(c, role, all=False, target="docker", force=False, locked=False, verify=
     if verify and baker.local:
         roles = [(o.role, o.version) for o in outcomes]
         verification.report(verification.verify_chain(settings(), roles, target))
-        say(hints.after_bake(settings()))
+        say(hints.after_bake(settings(), target=target, role=role))
 
 
 @task(

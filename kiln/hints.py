@@ -29,8 +29,11 @@ def after(task: str, env: str) -> str:
     return "next: " + AFTER[task].format(env=env)
 
 
-def after_bake(settings: Settings, env: str = TOUR_ENV) -> str:
-    """After a bake: `invoke up`, or first the bakes `up` would ask for."""
+def after_bake(settings: Settings, env: str = TOUR_ENV, *, target: str = "docker", role: str = "") -> str:
+    """After a bake: `invoke up`, or first the bakes `up` would ask for. A VM disk is not deployed
+    on this machine (no environment runs qemu disks): its next step is the audit."""
+    if target == "qemu":
+        return f"next: `invoke audit {role} --target qemu` scores the disk with Lynis and OpenSCAP in a VM"
     from kiln.console import say
     from kiln.rollout import lifecycle  # the provider's image catalog: only once a bake succeeded
 

@@ -30,3 +30,9 @@ def test_each_step_names_the_next_one():
 
 def test_after_a_bake_without_the_tour_environment_the_hint_stays_general(settings):
     assert hints.after_bake(settings) == "next: `invoke up ENV` for an environment in environments/"
+
+
+def test_after_a_vm_bake_the_hint_is_its_audit_not_a_local_environment(settings):
+    assert hints.after_bake(settings, target="qemu", role="web") == (
+        "next: `invoke audit web --target qemu` scores the disk with Lynis and OpenSCAP in a VM"
+    )
