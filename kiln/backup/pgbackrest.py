@@ -102,9 +102,10 @@ def render_conf(settings: BackupSettings, key: str, s3: S3Access | None = None) 
             f"repo1-s3-key={s3.key_id}",
             f"repo1-s3-key-secret={s3.key_secret}",
             *([f"repo1-s3-ca-file={CA_PATH}"] if s3.ca else []),
-            # A dead server: each request is retried for io-timeout, then its job once more, so a
-            # backup fails after about twice the timeout (pgBackRest's own: 60 s, three times, with
-            # 15 s between). 2.45 calls job-retry internal; restore's --job-retry=0 relies on it too.
+            # A dead server: each request tries twice, each try retrying its connection for
+            # io-timeout, and a file's job is tried once more (pgBackRest's own: 60 s, three
+            # times): the error after about eight timeouts. 2.45 calls job-retry internal;
+            # restore's --job-retry=0 relies on it too.
             f"io-timeout={repo.timeout_seconds:g}",
             "job-retry=1",
         ]

@@ -30,12 +30,16 @@ STOP_GRACE = 10.0  # seconds from SIGINT to SIGKILL when a streamed command is s
 TICK = 1.0  # seconds: a streamed command's watch is asked at least this often, output or not
 MARKER = "KILN_STREAM"  # environment variable naming a streamed command inside the instance
 
-# The processes carrying a marker (in their environment, which survives exec), signalled. Run as
-# root: $0 is the marker's value, $1 the signal. Nothing else carries it: the marker is this
-# script's argument, not in its environment. The shell's own kill: an image may lack procps.
+# The process groups of the processes carrying a marker (in their environment, which survives
+# exec), signalled. Run as the command's user (root in a container may not read another user's
+# environ: no CAP_SYS_PTRACE): $0 is the marker's value, $1 the signal. Nothing else carries it:
+# the marker is this script's argument, not in its environment. The group, because `timeout` puts
+# the command and everything it starts in one (pgBackRest's workers, holding the output open,
+# outlived a signal to the marked processes alone); the shell's own kill: an image may lack procps.
 SIGNAL_MARKED = (
-    'for found in $(grep -lzx "$MARKER=$0" /proc/[0-9]*/environ 2>/dev/null); do '
-    'pid=${found#/proc/}; kill -s "$1" "${pid%/environ}"; done'
+    'signal=$1; for found in $(grep -lzx "$MARKER=$0" /proc/[0-9]*/environ 2>/dev/null); do '
+    'pid=${found#/proc/}; stat=$(cat "/proc/${pid%/environ}/stat" 2>/dev/null) || continue; '
+    'set -- ${stat##*) }; kill -s "$signal" -- "-$3"; done'
 ).replace("$MARKER", MARKER)
 
 # A watch sees each line a streamed command prints (None when a tick passes without one) and
@@ -170,10 +174,10 @@ class Channel(abc.ABC):
                     raise ChannelError(f"{self.name}: `{argv[0]}` did not finish within {timeout:g} s")
         except BaseException:  # Ctrl-C or a channel failure: nothing is left running inside
             with contextlib.suppress(Exception):
-                self.stop_marked(token, worker, grace)
+                self.stop_marked(token, worker, grace, user)
             raise
         if stopped is not None:
-            self.stop_marked(token, worker, grace)
+            self.stop_marked(token, worker, grace, user)
             while (item := chunks.get(timeout=TICK)) is not None:  # the worker ended: all is queued
                 lines.feed(*item)
         if "error" in outcome:
@@ -183,12 +187,12 @@ class Channel(abc.ABC):
         out, err = (self.scrub(lines.text(fd)) for fd in (1, 2))
         return Result(outcome["code"], out, err, stopped)
 
-    def stop_marked(self, token: str, worker: threading.Thread, grace: float) -> None:
+    def stop_marked(self, token: str, worker: threading.Thread, grace: float, user: str) -> None:
         """SIGINT to the marked command (a tool's chance to clean up), SIGKILL if it outlives grace."""
-        self.run(["sh", "-c", SIGNAL_MARKED, token, "INT"], timeout=30)
+        self.run(["sh", "-c", SIGNAL_MARKED, token, "INT"], user=user, timeout=30)
         worker.join(grace)
         if worker.is_alive():
-            self.run(["sh", "-c", SIGNAL_MARKED, token, "KILL"], timeout=30)
+            self.run(["sh", "-c", SIGNAL_MARKED, token, "KILL"], user=user, timeout=30)
             worker.join(30)
         if worker.is_alive():
             raise ChannelError(f"{self.name}: a stopped command did not end within {grace + 30:g} s")
