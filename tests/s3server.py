@@ -6,6 +6,8 @@ verified) forwards to it, so instances on that network (and on any other bridge 
 reach it and nothing outside this machine does. `stop()` closes the relay and drops its
 connections, which is what a client sees when the server stops; moto keeps its objects (in
 memory), so `start()` brings the same bucket back, as a restarted S3 server would.
+`stop_on(request, count)` stops it at a chosen moment of a backup: when the count-th request
+matching a pattern arrives, before that request reaches moto.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import re
 import select
 import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -88,8 +92,32 @@ class Relay:
         self.listener: socket.socket | None = None
         self.open: set[socket.socket] = set()
         self.lock = threading.Lock()
+        self.down = threading.Event()  # stopped: nothing more passes, either way
+        self.tripwire: tuple[re.Pattern[bytes], int] | None = None
+        self.tripped_at: float | None = None  # time.monotonic() when the tripwire stopped it
+
+    def trip_on(self, request: re.Pattern[bytes], count: int) -> None:
+        with self.lock:
+            self.tripwire, self.tripped_at = (request, count), None
+
+    def trips(self, data: bytes) -> bool:
+        """Whether this chunk from a client is the request the tripwire waits for. The relay ends
+        TLS, so it reads the HTTP request lines; both tools encrypt the bodies, so no body
+        matches by chance."""
+        with self.lock:
+            if self.tripwire is None:
+                return False
+            request, count = self.tripwire
+            count -= len(request.findall(data))
+            self.tripwire = (request, count) if count > 0 else None
+            if count <= 0:
+                self.tripped_at = time.monotonic()
+        if count <= 0:
+            self.stop()
+        return count <= 0
 
     def start(self) -> None:
+        self.down.clear()
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((self.host, self.port))
@@ -128,9 +156,11 @@ class Relay:
     def pump(self, client: ssl.SSLSocket, upstream: socket.socket) -> None:
         while True:
             ready = [client] if client.pending() else select.select([client, upstream], [], [], 30)[0]
+            # Checked before every forward: once stopped, a request in flight on another
+            # connection neither reaches moto nor gets its answer, as with a server that died.
             if client in ready:
                 data = client.recv(CHUNK)
-                if not data:
+                if not data or self.down.is_set() or self.trips(data):
                     return
                 upstream.sendall(data)
             if upstream in ready:
@@ -139,9 +169,12 @@ class Relay:
                     with contextlib.suppress(OSError):
                         client.unwrap()  # the close_notify
                     return
+                if self.down.is_set():
+                    return
                 client.sendall(data)
 
     def stop(self) -> None:
+        self.down.set()
         if self.listener is not None:
             self.listener.close()
             self.listener = None
@@ -201,6 +234,11 @@ class S3Server:
 
     def start(self) -> None:
         self.relay.start()
+
+    def stop_on(self, request: bytes, count: int = 1) -> None:
+        """Stop when the count-th request whose head matches `request` (a regular expression on
+        the plain HTTP, e.g. rb"^PUT /bucket/path/") arrives; `relay.tripped_at` tells when."""
+        self.relay.trip_on(re.compile(request, re.MULTILINE), count)
 
     def close(self) -> None:
         self.relay.stop()

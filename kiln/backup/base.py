@@ -53,6 +53,13 @@ class S3Repository:
     ca_file: str | None = spec(
         None, help="PEM file of the CA the tools trust for the endpoint (a private CA); default: the system's"
     )
+    timeout_seconds: float = spec(
+        30,
+        help="how long a tool waits for a silent or refusing server before the backup fails "
+        "(pgBackRest io-timeout, tried twice; restic stopped after retrying this long)",
+        above=0,
+        maximum=600,  # pgBackRest's db-timeout (1800 s) and protocol-timeout (1830 s) stay above it
+    )
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kiln import console, environments
 from kiln import secrets as sealed
 from kiln.backup import tool_class
-from kiln.backup.base import BackupRecord, BackupSettings, BackupTool, S3Access
+from kiln.backup.base import BackupFault, BackupRecord, BackupSettings, BackupTool, S3Access, S3Repository
 from kiln.backup.secrets import S3_NAMES, ensure_secrets, secret
 from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError
@@ -14,6 +14,7 @@ from kiln.providers.base import Instance, Provider
 from kiln.settings import Settings
 
 KINDS = ("full", "diff", "incr")
+SAID_MAX = 240  # characters of the tool's own words quoted in a one-line failure
 
 
 def backup_environment(settings: Settings, env: str, kind: str) -> list[BackupRecord]:
@@ -101,9 +102,27 @@ def take_backup(settings: Settings, env: str, kind: str, backup: BackupSettings)
     records = []
     for tool in tools(settings, env, backup):
         tool.configure()
-        tool.prepare_repository()
-        records.append(tool.backup(kind))
+        try:
+            tool.prepare_repository()
+            records.append(tool.backup(kind))
+        except BackupFault as fault:
+            if fault.cause != "repository-unreachable" or backup.s3 is None:
+                raise
+            raise unreachable(env, tool.name, backup.s3, fault) from None
     return records
+
+
+def unreachable(env: str, tool: str, s3: S3Repository, fault: BackupFault) -> BackupFault:
+    """A dead S3 server as one line: which environment and tool, what it said, what to check."""
+    said = fault.detail.removeprefix(f"{tool}: ")
+    said = said if len(said) <= SAID_MAX else said[: SAID_MAX - 3] + "..."
+    return BackupFault(
+        "repository-unreachable",
+        f"environment '{env}', {tool} backup: the S3 server {s3.endpoint} (bucket {s3.bucket}) stopped "
+        f"answering (timeout_seconds {s3.timeout_seconds:g}; {said}); check that it runs and that the "
+        f"instances reach it (backup.s3 in environments/{env}.yml), then back up again: the next backup "
+        "starts afresh",
+    )
 
 
 def list_backups(settings: Settings, env: str, backup: BackupSettings) -> list[BackupRecord]:

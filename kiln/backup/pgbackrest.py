@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
 
 from kiln.backup.base import CA_PATH, BackupFault, BackupRecord, BackupSettings, BackupTool, Result, S3Access
 
@@ -17,6 +19,7 @@ CONF_D = "/etc/pgbackrest/conf.d/kiln.conf"
 REPO_PATH = "/var/lib/pgbackrest"  # the docker volume standing for off-site storage
 SEGMENT = re.compile(r"(?:^|/)([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(?:-[0-9a-f]{40})?(?:\.\w+)?$")
 SEGMENTS_PER_LOG = 0x100  # 16 MiB segments: 4 GiB of WAL per log file number
+ERROR_SETTLE = 5.0  # seconds pgBackRest may take to exit after printing its error (see FailedWatch)
 
 # pgBackRest's words for each named cause, most specific first: a missing file is missing
 # whatever else is said; an info file present but unreadable means the key is wrong.
@@ -61,6 +64,26 @@ _CAUSES = (
 )
 
 
+class FailedWatch:
+    """Whether pgBackRest, having printed its ERROR, should be stopped: the backup has failed, and
+    what follows is the wait for its other workers to give up on their own jobs. Against a dead
+    S3 server each of them retries for as long again (measured with io-timeout 10: the error after
+    80 s, the exit 100 s later), which tells nothing more."""
+
+    def __init__(self, settle: float = ERROR_SETTLE, clock: Callable[[], float] = time.monotonic):
+        self.settle = settle
+        self.clock = clock
+        self.failed_at: float | None = None
+
+    def __call__(self, line: str | None) -> str | None:
+        now = self.clock()
+        if self.failed_at is None and line is not None and line.startswith("ERROR:"):
+            self.failed_at = now
+        if self.failed_at is not None and now - self.failed_at >= self.settle:
+            return f"pgbackrest still running {now - self.failed_at:.0f} s after its error"
+        return None
+
+
 def render_conf(settings: BackupSettings, key: str, s3: S3Access | None = None) -> str:
     """conf.d/kiln.conf: the repository, its retention and its cipher (the key is a secret)."""
     lines = ["[global]"]
@@ -79,6 +102,12 @@ def render_conf(settings: BackupSettings, key: str, s3: S3Access | None = None) 
             f"repo1-s3-key={s3.key_id}",
             f"repo1-s3-key-secret={s3.key_secret}",
             *([f"repo1-s3-ca-file={CA_PATH}"] if s3.ca else []),
+            # A dead server: each request tries twice, each try retrying its connection for
+            # io-timeout, and a file's job is tried once more (pgBackRest's own: 60 s, three
+            # times): the error after about eight timeouts. 2.45 calls job-retry internal;
+            # restore's --job-retry=0 relies on it too.
+            f"io-timeout={repo.timeout_seconds:g}",
+            "job-retry=1",
         ]
     else:
         lines += ["repo1-type=posix", f"repo1-path={REPO_PATH}"]
@@ -179,7 +208,13 @@ class PgBackRest(BackupTool):
         self.pgbackrest("stanza-create")
 
     def backup(self, kind: str) -> BackupRecord:
-        self.pgbackrest(f"--type={kind}", "backup")
+        if self.s3 is None:
+            self.pgbackrest(f"--type={kind}", "backup")
+        else:
+            command = ["pgbackrest", f"--stanza={STANZA}", f"--type={kind}", "backup"]
+            result = self.shell.stream(command, FailedWatch(), user="postgres")
+            if not result.ok or result.stopped:
+                raise self.fault(result, "tool-failed")
         return self.list()[-1]
 
     def info(self) -> tuple[int, str, list[BackupRecord], dict]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import time
+from collections.abc import Callable
 
 from kiln.backup.base import CA_PATH, BackupFault, BackupRecord, BackupTool, Result, S3Access
 
@@ -15,6 +17,10 @@ S3_CREDENTIALS_FILE = "/etc/kiln/restic-s3.credentials"  # read by restic's S3 c
 UPLOADS = "/srv/kiln-web/uploads"
 OWNER = "kiln-web:kiln-web"  # the app's user, which serves the uploads
 TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+# What restic 0.14 prints each time a repository request fails and it tries again, e.g.
+# `Save(<data/5e1f0a2b9c>) returned error, retrying after 552.330144ms: ... connection refused`.
+RETRY = re.compile(r"^\S+\(.*\) returned error, retrying after ")
+RECOVERED_AFTER = 120.0  # seconds without a retry line: the trouble is over (see RetryWatch)
 
 _CAUSES = (
     ("repository-unreachable", ("connection refused", "connection reset", "no route to host")),
@@ -87,6 +93,32 @@ def s3_options(s3: S3Access | None) -> list[str]:
     return [*(["--cacert", CA_PATH] if s3.ca else []), "-o", f"s3.bucket-lookup={lookup}"]
 
 
+class RetryWatch:
+    """Whether restic has been retrying its repository for longer than `bound` seconds.
+
+    restic 0.14 has no timeout: against a dead S3 server it retries each request (10 times, the
+    pause growing 1.5-fold from 0.5 s, then the next request does the same) for as long as it
+    runs. Retry lines closer together than RECOVERED_AFTER belong to one outage; a longer quiet
+    means the requests went through again and the next retry starts a new count."""
+
+    def __init__(self, bound: float, clock: Callable[[], float] = time.monotonic):
+        self.bound = bound
+        self.clock = clock
+        self.first: float | None = None  # this outage's first retry line
+        self.last = 0.0
+        self.latest = ""
+
+    def __call__(self, line: str | None) -> str | None:
+        now = self.clock()
+        if line is not None and RETRY.match(line):
+            if self.first is None or now - self.last > RECOVERED_AFTER:
+                self.first = now
+            self.last, self.latest = now, line.strip()
+        if self.first is not None and now - self.last <= RECOVERED_AFTER and now - self.first >= self.bound:
+            return f"retried the repository for {now - self.first:.0f} s, last: {self.latest}"
+        return None
+
+
 def parse_summary(text: str) -> dict:
     """The summary line of `restic backup --json`."""
     for line in reversed(text.splitlines()):
@@ -115,6 +147,19 @@ class Restic(BackupTool):
         command = [*niceness, "restic", "--quiet", *s3_options(self.s3), *lock, *args]
         return self.run(command, cause=cause, env=self.env)
 
+    def watched(self, *args: str) -> Result:
+        """restic writing to the repository: on S3, stopped once it has retried a dead server for
+        backup.s3.timeout_seconds (it would retry for ever); a volume needs no watch."""
+        if self.s3 is None:
+            return self.restic(*args)
+        command = ["restic", "--quiet", *s3_options(self.s3), *args]
+        result = self.shell.stream(command, RetryWatch(self.s3.repository.timeout_seconds), env=self.env)
+        if result.stopped:
+            raise BackupFault("repository-unreachable", f"restic {args[0]}: {result.stopped}")
+        if not result.ok:
+            raise self.fault(result, "tool-failed")
+        return result
+
     def configure(self) -> None:
         self.shell.put(PASSWORD_FILE, self.key.encode(), 0o600)
         if self.s3 is not None:
@@ -134,10 +179,13 @@ class Restic(BackupTool):
         self.restic("init")
 
     def backup(self, kind: str = "snapshot") -> BackupRecord:
-        result = self.restic("backup", "--json", "--tag", "kiln", UPLOADS)
+        # A restic that was stopped (by the watch, a dead machine) leaves its lock in the
+        # repository, which would refuse the `forget` below; unlock removes only stale locks.
+        self.watched("unlock")
+        result = self.watched("backup", "--json", "--tag", "kiln", UPLOADS)
         summary = parse_summary(result.out)
         retention = self.settings.retention
-        self.restic(
+        self.watched(
             "forget",
             "--prune",
             "--keep-last",

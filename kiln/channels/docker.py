@@ -11,7 +11,7 @@ import socket
 import docker.errors
 from docker.utils.socket import consume_socket_output, demux_adaptor, frames_iter
 
-from kiln.channels.base import TRANSFER_TIMEOUT, Channel, ChannelError
+from kiln.channels.base import TRANSFER_TIMEOUT, Channel, ChannelError, Deliver
 
 
 class DockerChannel(Channel):
@@ -35,6 +35,28 @@ class DockerChannel(Channel):
         except docker.errors.APIError as exc:
             raise ChannelError(self.scrub(f"{self.name}: {exc.explanation or exc}")) from exc
         return code, out or b"", err or b""
+
+    def execute_stream(
+        self, argv: list[str], user: str, env: dict[str, str], timeout: float, deliver: Deliver
+    ) -> int:
+        try:
+            exec_id = self.api.exec_create(self.container.id, argv, user=user, environment=env)["Id"]
+            stream = self.api.exec_start(exec_id, socket=True)
+        except docker.errors.APIError as exc:
+            raise ChannelError(self.scrub(f"{self.name}: {exc.explanation or exc}")) from exc
+        raw = getattr(stream, "_sock", stream)
+        try:
+            raw.settimeout(timeout + 10)  # the command is bounded inside; this bounds the engine
+            for fd, data in frames_iter(stream, tty=False):
+                deliver(fd, data)
+        except OSError as exc:
+            raise ChannelError(f"{self.name}: exec stream failed: {exc}") from exc
+        finally:
+            stream.close()
+        try:
+            return self.api.exec_inspect(exec_id)["ExitCode"]
+        except docker.errors.APIError as exc:
+            raise ChannelError(self.scrub(f"{self.name}: {exc.explanation or exc}")) from exc
 
     def feed(self, exec_id: str, stdin: bytes, timeout: float) -> tuple[bytes | None, bytes | None]:
         """Start the exec on a raw connection: write stdin, close our half (the command sees end

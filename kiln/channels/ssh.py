@@ -15,18 +15,20 @@ import os
 import re
 import shlex
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from kiln.channels.base import TRANSFER_TIMEOUT, Channel, ChannelError, bounded
+from kiln.channels.base import TRANSFER_TIMEOUT, Channel, ChannelError, Deliver, bounded
 from kiln.config import spec
 from kiln.errors import KilnError, require_tools
 
 HOST = r"[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?"
 ACCOUNT = r"[a-z_][a-z0-9_-]{0,31}"
 CONNECT_TIMEOUT = 30  # seconds for the TCP connection and sshd's banner, per hop (sshd forks per login)
+CHUNK = 1 << 16  # bytes read from ssh at a time while a command streams
 MUX_PERSIST = 60  # seconds an idle shared connection stays open for the next command
 KEY_NAME = "id_ed25519"
 CONSOLE_KEYS = re.compile(
@@ -220,6 +222,37 @@ class SshChannel(Channel):
         if done.returncode == 255:
             self.refuse_ssh_failure(done.stderr.decode(errors="replace"))
         return done.returncode, done.stdout, done.stderr
+
+    def execute_stream(
+        self, argv: list[str], user: str, env: dict[str, str], timeout: float, deliver: Deliver
+    ) -> int:
+        self.identity.public_key()
+        errors = bytearray()  # the tail of standard error, for OpenSSH's own failures
+
+        def pump(pipe, fd: int) -> None:
+            for chunk in iter(lambda: pipe.read1(CHUNK), b""):
+                if fd == 2:
+                    errors[:] = (errors + chunk)[-CHUNK:]
+                deliver(fd, chunk)
+
+        with subprocess.Popen(
+            self.ssh_argv(self.remote_command(argv, user, env)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as ssh:
+            reader = threading.Thread(target=pump, args=(ssh.stderr, 2), daemon=True)
+            reader.start()
+            pump(ssh.stdout, 1)  # to its end: the command ended, or ssh gave up on the connection
+            reader.join(CONNECT_TIMEOUT)
+            try:
+                code = ssh.wait(timeout=CONNECT_TIMEOUT)
+            except subprocess.TimeoutExpired as exc:
+                ssh.kill()
+                raise ChannelError(f"{self.name}: ssh did not end after its command's output did") from exc
+        if code == 255:
+            self.refuse_ssh_failure(errors.decode(errors="replace"))
+        return code
 
     def refuse_ssh_failure(self, err: str) -> None:
         """OpenSSH's own failure as one line; a remote command's exit 255 passes through."""

@@ -3,13 +3,16 @@
 One environment (`kiln-s3<pid>`, db and web, a little data) backs up to a bucket of an S3
 server the test starts (tests/s3server.py: TLS from a CA made for the run, handed to the tools;
 reached on the gateway of the environment's network): a backup and a drill restoring from the
-bucket; retention counted in the bucket. Everything is removed at the end, even on failure.
+bucket; retention counted in the bucket; the server stopped in the middle of each tool's backup.
+Everything is removed at the end, even on failure.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 
 import pytest
 import yaml
@@ -23,6 +26,7 @@ from tests.s3server import S3Server
 pytestmark = pytest.mark.integration
 
 PGBACKREST, RESTIC = "kiln/", "kiln-restic/"
+TIMEOUT = 10  # backup.s3.timeout_seconds: small, so that a dead server costs CI little time
 S3_KEY_ID, S3_KEY_SECRET = f"kilntest-s3-id-{os.getpid()}", f"kilntest-s3-secret-{os.getpid()}-never-shown"
 
 
@@ -43,7 +47,7 @@ def offsite(kiln, images, docker_client, tmp_path_factory):  # noqa: F811
                 "repository": "s3",
                 "retention": {"full": 2, "keep_last": 2, "keep_daily": 0},
                 "s3": {"endpoint": server.endpoint, "bucket": server.bucket, "uri_style": "path",
-                       "ca_file": str(server.ca)},
+                       "ca_file": str(server.ca), "timeout_seconds": TIMEOUT},
             },
         }  # fmt: skip
         (kiln.project / "environments").mkdir(exist_ok=True)
@@ -99,3 +103,72 @@ def test_retention_leaves_exactly_what_the_policy_says_in_the_bucket(offsite):
     assert len(snapshots) == 2  # keep_last
     listed = {r["id"] for r in listing if r["tool"] == "restic"}
     assert listed == {key.rsplit("/", 1)[1][:8] for key in snapshots}
+
+
+def backup_ids(src) -> dict[str, set[str]]:
+    """What the repositories hold: Kiln's listing per tool, and the snapshot files in the bucket
+    (a snapshot that landed after the server "stopped" would show there first)."""
+    listing = json.loads(src.kiln.invoke("backups", src.env, "--json").stdout)
+    ids = {tool: {r["id"] for r in listing if r["tool"] == tool} for tool in ("pgbackrest", "restic")}
+    return {**ids, "bucket": set(src.server.keys(RESTIC + "snapshots/"))}
+
+
+def backup_while_the_server_stops(src, kind: str, request: bytes, count: int):
+    """`invoke backup` with the server stopping at the count-th matching request; the server is
+    back afterwards. (the process, seconds from the stop to the failure)."""
+    src.server.stop_on(request, count)
+    try:
+        proc = src.kiln.invoke("backup", src.env, "--type", kind, check=False, timeout=600)
+        ended = time.monotonic()
+    finally:
+        src.server.start()
+    tripped = src.server.relay.tripped_at
+    assert tripped is not None, f"the backup ended before the server stopped: {proc.stdout}{proc.stderr}"
+    return proc, ended - tripped
+
+
+def assert_one_clear_line(proc, env: str, tool: str) -> None:
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [line] = proc.stderr.strip().splitlines()  # one line: no traceback, no tool chatter
+    assert line.startswith("kiln: the backup repository's server did not answer (repository-unreachable): ")
+    assert f"environment '{env}', {tool} backup: the S3 server " in line
+    assert f"stopped answering (timeout_seconds {TIMEOUT}; " in line and "check that it runs" in line
+
+
+def test_the_server_stopped_mid_backup_fails_in_one_line_and_the_next_backup_succeeds(offsite):
+    if offsite.kiln.invoke("backups", offsite.env, check=False).returncode != 0:
+        offsite.kiln.invoke("backup", offsite.env)  # run alone (-k): the repositories are empty yet
+    before = backup_ids(offsite)
+    label = rb"[0-9]{8}-[0-9]{6}F"
+    # pgBackRest: the server stops as the third file of a full backup is sent.
+    proc, pgbackrest_seconds = backup_while_the_server_stops(
+        offsite, "full", rb"^PUT /[^/ ]+/" + PGBACKREST.encode() + rb"backup/main/" + label + rb"/", 3
+    )
+    assert_one_clear_line(proc, offsite.env, "pgbackrest")
+    assert proc.stdout == ""  # restic did not start: the backup stopped at its first failure
+    assert backup_ids(offsite) == before
+
+    # restic: pgBackRest's backup goes through (an incremental one, quicker), then the server
+    # stops at restic's first pack, long before its snapshot file.
+    offsite.kiln.invoke("load-data", offsite.env, "--mb", "2")  # new files: restic has packs to send
+    first_pack = rb"^PUT /[^/ ]+/" + RESTIC.encode() + rb"data/"
+    proc, restic_seconds = backup_while_the_server_stops(offsite, "incr", first_pack, 1)
+    assert_one_clear_line(proc, offsite.env, "restic")
+    assert "retried the repository for" in proc.stderr
+    code, running = offsite.site.web[0].exec_run(["sh", "-c", "grep -lx restic /proc/[0-9]*/comm | wc -l"])
+    assert (code, running.strip()) == (0, b"0")  # stopped inside the instance, not just its exec
+    after_restic = backup_ids(offsite)
+    assert after_restic["restic"] == before["restic"] and after_restic["bucket"] == before["bucket"]
+    assert len(after_restic["pgbackrest"] - before["pgbackrest"]) == 1
+
+    # Both tools again, the server up: each adds exactly one (restic past its stale lock).
+    offsite.kiln.invoke("backup", offsite.env, "--type", "incr")
+    after = backup_ids(offsite)
+    for tool in ("pgbackrest", "restic", "bucket"):
+        assert len(after[tool] - after_restic[tool]) == 1, (tool, after_restic[tool], after[tool])
+    print(f"time to failure after the server stopped: pgbackrest {pgbackrest_seconds:.1f} s, "
+          f"restic {restic_seconds:.1f} s (timeout_seconds {TIMEOUT})")  # fmt: skip
+    # Bounded, not hung: pgBackRest's error comes after about 8 timeouts (each request tries twice,
+    # each try retries its connection for the timeout; the job once more), restic is stopped after
+    # its first retry line plus the timeout plus the stop's grace.
+    assert pgbackrest_seconds < 8 * TIMEOUT + 60 and restic_seconds < 2 * TIMEOUT + 30

@@ -178,6 +178,41 @@ def test_a_command_past_its_timeout_is_stopped_inside_the_instance(pair, identit
     assert ssh.run(["pgrep", "-x", "sleep"]).code == 1  # nothing left running
 
 
+# Ticks on both outputs and ignores SIGINT, so only the SIGKILL after the grace ends it; the
+# probe word finds what is left of it in the instance.
+TICKER = (
+    "trap '' INT; i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo \"tick $i\"; "
+    "echo \"s3cr3t-value-in-output $i\" >&2; sleep 0.2; done # kilnstreamprobe"
+)
+
+
+def assert_streams_and_stops_inside(channel) -> None:
+    """A streamed command's lines reach the watch as they come (scrubbed), quiet seconds as
+    ticks; the watch's stop reaches the command inside the instance."""
+    seen: list[str | None] = []
+
+    def watch(line: str | None) -> str | None:
+        seen.append(line)
+        return "seen enough" if line == "tick 3" else None
+
+    started = time.monotonic()
+    stopped = channel.stream(["sh", "-c", TICKER], watch, grace=2)
+    assert stopped.stopped == "seen enough" and stopped.out.startswith("tick 1\ntick 2\ntick 3\n")
+    assert "********" in stopped.err and "s3cr3t" not in stopped.err + "".join(filter(None, seen))
+    assert time.monotonic() - started < 30
+    left = channel.run(["sh", "-c", "grep -l kilnstreamprob[e] /proc/[0-9]*/cmdline | wc -l"])
+    assert left.out.strip() == "0"  # SIGINT ignored, so SIGKILL after the grace ended it inside
+
+    seen.clear()
+    ended = channel.stream(["sh", "-c", "sleep 2.5; echo out; echo err >&2; exit 3"], watch)
+    assert (ended.code, ended.out, ended.err, ended.stopped) == (3, "out\n", "err\n", None)
+    assert None in seen and {"out", "err"} <= set(seen)  # ticks through the quiet seconds, then lines
+
+
+def test_a_streamed_command_is_watched_and_stopped_inside_the_instance(pair, identity):
+    assert_streams_and_stops_inside(through(pair, identity))
+
+
 def test_the_target_is_out_of_reach_without_the_jump_host(pair, identity):
     _, target_ip, _ = pair
     direct = SshChannel("target", Endpoint(target_ip, 22, "kiln"), identity, host_key_alias="target-1")
@@ -221,5 +256,6 @@ def test_the_docker_channel_runs_with_stdin_env_user_and_moves_files(kiln, docke
             channel.run(["sleep", "60"], timeout=1)
         sleeping = channel.run(["sh", "-c", "grep -lx sleep /proc/[0-9]*/comm | wc -l"])
         assert sleeping.out.strip() == "1"  # only the container's own
+        assert_streams_and_stops_inside(channel)
     finally:
         box.remove(force=True)

@@ -14,7 +14,7 @@ from kiln.backup.base import (
     human_size,
 )
 from kiln.backup.dbcheck import TableSum, compare, parse_rows
-from kiln.backup.operations import backup_settings
+from kiln.backup.operations import backup_settings, unreachable
 from kiln.backup.secrets import ensure_secrets, secret, secrets_file
 from kiln.channels.base import Channel
 from kiln.config import parse
@@ -234,6 +234,9 @@ class _Echo(Channel):
     def execute(self, argv, user, env, stdin, timeout):
         return 1, b"", " ".join(argv).encode()
 
+    def execute_stream(self, argv, user, env, timeout, deliver):
+        raise AssertionError("not used")
+
     def put_tar(self, folder, archive, timeout=0):
         raise AssertionError("not used")
 
@@ -302,3 +305,113 @@ def test_an_s3_endpoint_with_a_scheme_is_refused_where_declared(settings):
     )
     with pytest.raises(KilnError, match=r"offsite.yml: field 'backup.s3': required when repository is 's3'"):
         backup_settings(settings, "offsite")
+
+
+def test_an_s3_repository_bounds_each_request_and_retries_a_job_once():
+    repo = S3Repository(bucket="b", endpoint="10.0.0.1:9000", timeout_seconds=12.5)
+    access = S3Access(repo, "A", "S")
+    conf = pgbackrest.render_conf(BackupSettings(repository="s3", s3=repo), "k" * 20, access)
+    assert {"io-timeout=12.5", "job-retry=1"} <= set(conf.splitlines())
+    assert "io-timeout=30" in pgbackrest.render_conf(
+        BackupSettings(repository="s3", s3=S3Repository(bucket="b", endpoint="h")), "k" * 20,
+        S3Access(S3Repository(bucket="b", endpoint="h"), "A", "S"),
+    )  # fmt: skip
+    volume = pgbackrest.render_conf(BackupSettings(), "k" * 20)
+    assert "io-timeout" not in volume and "job-retry" not in volume  # a volume keeps pgBackRest's own
+
+
+@pytest.mark.parametrize("value", [0, -1, 601, "soon"])
+def test_a_timeout_out_of_range_is_refused_where_declared(settings, value):
+    env_file = settings.project_root / "environments" / "offsite.yml"
+    env_file.parent.mkdir()
+    env_file.write_text(
+        "provider: local\nzones: [z0]\ninstances: {db: 1, web: 1}\nfrontend: {port: 0}\n"
+        f"backup: {{repository: s3, s3: {{bucket: b, endpoint: h, timeout_seconds: {value}}}}}\n"
+    )
+    with pytest.raises(KilnError, match=r"^environments/offsite.yml: field 'backup.s3.timeout_seconds': "):
+        backup_settings(settings, "offsite")
+
+
+RETRY_LINE = (
+    "Save(<data/5e1f0a2b9c>) returned error, retrying after 552.330144ms: Put "
+    '"https://10.0.0.1:9000/b/kiln-restic/data/5e/5e1f0a2b9c": '
+    "dial tcp 10.0.0.1:9000: connect: connection refused"
+)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_retry_watch_stops_restic_once_it_has_retried_for_the_bound():
+    clock = _Clock()
+    watch = restic.RetryWatch(10, clock)
+    assert watch('{"message_type":"summary"}') is None and watch(None) is None  # no trouble
+    assert watch(RETRY_LINE) is None
+    clock.now += 9.9
+    assert watch(None) is None  # a tick with no output, still within the bound
+    clock.now += 0.1
+    reason = watch(None)  # the bound reached between two retry lines: stop now, not at the next
+    assert reason == f"retried the repository for 10 s, last: {RETRY_LINE}"
+    clock.now += 5
+    later = watch(RETRY_LINE.replace("Save", "Load"))
+    assert later.startswith("retried the repository for 15 s, last: Load(")
+
+
+def test_the_retry_watch_forgets_an_outage_that_ended():
+    clock = _Clock()
+    watch = restic.RetryWatch(10, clock)
+    watch(RETRY_LINE)
+    clock.now += 5
+    watch(RETRY_LINE)
+    clock.now += restic.RECOVERED_AFTER + 1  # requests went through again: no retry line for long
+    assert watch(None) is None
+    assert watch(RETRY_LINE) is None  # a new outage counts from here
+    clock.now += 9
+    assert watch(None) is None
+    clock.now += 1
+    assert watch(None) is not None
+
+
+def test_the_retry_watch_reads_only_restic_retry_lines():
+    clock = _Clock()
+    watch = restic.RetryWatch(1, clock)
+    for line in ("Fatal: unable to save snapshot: connection refused", "a returned error, retrying after 1s"):
+        watch(line)
+        clock.now += 5
+        assert watch(None) is None
+
+
+def test_a_dead_s3_server_is_one_line_with_environment_tool_and_what_to_check():
+    repo = S3Repository(bucket="kiln-b", endpoint="10.0.0.1:9000", timeout_seconds=10)
+    said = "pgbackrest: ERROR: [104]: HostConnectError: unable to connect to '10.0.0.1:9000': [111] refused"
+    said += " | more words" * 20  # more than a line should quote
+    fault = unreachable("offsite", "pgbackrest", repo, BackupFault("repository-unreachable", said))
+    message = str(fault)
+    assert "\n" not in message and fault.cause == "repository-unreachable" and fault.exit_code == 1
+    assert message.startswith(
+        "the backup repository's server did not answer (repository-unreachable): environment 'offsite', "
+        "pgbackrest backup: the S3 server 10.0.0.1:9000 (bucket kiln-b) stopped answering "
+        "(timeout_seconds 10; ERROR: [104]: HostConnectError: unable to connect to"
+    )
+    assert message.endswith(
+        "...); check that it runs and that the instances reach it (backup.s3 in environments/offsite.yml), "
+        "then back up again: the next backup starts afresh"
+    )
+
+
+def test_pgbackrest_is_stopped_once_it_has_failed_and_only_waits_for_its_workers():
+    clock = _Clock()
+    watch = pgbackrest.FailedWatch(5, clock)
+    assert watch("WARN: a warning is no failure") is None
+    clock.now += 60
+    assert watch(None) is None
+    assert watch("ERROR: [049]: raised from local-2 protocol: unable to connect to '10.0.0.1:9000'") is None
+    clock.now += 4.9
+    assert watch("[HostConnectError] on retry after 0ms") is None
+    clock.now += 0.1
+    assert watch(None) == "pgbackrest still running 5 s after its error"
