@@ -226,6 +226,7 @@ class SshChannel(Channel):
     def execute_stream(
         self, argv: list[str], user: str, env: dict[str, str], timeout: float, deliver: Deliver
     ) -> int:
+        require_tools("reaching an instance over SSH", "ssh")
         self.identity.public_key()
         errors = bytearray()  # the tail of standard error, for OpenSSH's own failures
 
