@@ -175,10 +175,14 @@ def test_bad_image_is_rolled_back_by_itself_with_capacity_intact(kiln, env, vers
     (running,) = {i["version"] for i in before}
     refused = kiln.invoke("rollout", env, "--image", versions["bad"], check=False)
     assert refused.returncode == 2 and "was rejected by verification" in refused.stderr, refused.stderr
-    # As if verification had missed the fault: the rollout itself must catch it.
+    # As if verification had missed the fault: the rollout itself must catch it. Rejected again
+    # after, or the next test's `up` would deploy it as the newest verified web.
     set_status(kiln, "web", versions["bad"], "verified")
-    with Load(status(kiln)["frontend"], workers=4, max_seconds=400) as load:
-        proc = kiln.invoke("rollout", env, "--image", versions["bad"], check=False)
+    try:
+        with Load(status(kiln)["frontend"], workers=4, max_seconds=400) as load:
+            proc = kiln.invoke("rollout", env, "--image", versions["bad"], check=False)
+    finally:
+        set_status(kiln, "web", versions["bad"], "rejected")
     assert proc.returncode == 1, proc.stderr
     assert "did not pass the load balancer's health check" in proc.stderr
     assert f"rolled back to {running}" in proc.stderr
