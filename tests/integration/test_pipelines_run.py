@@ -32,11 +32,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from kiln.backup import containers
 from kiln.images import DockerImageStore
 from kiln.settings import Settings
 from tests.fake_gitlab import connection, serve_fake_gitlab
 from tests.integration.conftest import KilnRun, relabelled, remove_prefixed
+from tests.integration.test_backup_drill import remove_env
 
 pytestmark = pytest.mark.integration
 
@@ -204,18 +204,6 @@ def tag_session_images(client: docker.DockerClient, session_prefix: str, prefix:
         client.images.get(f"{session_prefix}/{role}:{version}").tag(f"{prefix}/{role}", version)
 
 
-def remove_environments(client: docker.DockerClient, project: Path, envs: list[str]) -> None:
-    """The environments, the DR environments their drills kept or left, and their repositories."""
-    for env in envs:
-        for report in (project / ".kiln" / "drills" / env).glob("*.json"):
-            containers.remove_site(client, f"kiln.env={json.loads(report.read_text())['dr_env']}")
-        containers.remove_site(client, f"kiln.env={env}")
-        for volume in containers.repo_volumes(env).values():
-            for found in client.volumes.list(filters={"name": volume}):
-                if found.name == volume:
-                    found.remove(force=True)
-
-
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory, kiln, baked_all, docker_client):
     """Staging and prod up on the previous images, then the session's images under the prefix."""
@@ -239,7 +227,8 @@ def pipelines(tmp_path_factory, kiln, baked_all, docker_client):
         tag_session_images(docker_client, kiln.prefix, prefix, baked_all)
         yield found
     finally:
-        remove_environments(docker_client, scratch, [found.staging, found.prod])
+        for env in (found.staging, found.prod):
+            remove_env(docker_client, scratch, env)
         remove_prefixed(docker_client, prefix)
         shutil.rmtree(scratch, ignore_errors=True)  # artifacts and job files: nothing is kept
 
