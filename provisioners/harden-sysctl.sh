@@ -34,7 +34,8 @@ net.core.bpf_jit_harden = 2
 net.ipv4.conf.all.accept_local = 0
 net.ipv4.conf.all.accept_redirects = 0
 net.ipv4.conf.all.accept_source_route = 0
-net.ipv4.conf.all.arp_filter = 1
+# arp_filter 0, the value ANSSI's SCAP profile checks: 1 only matters with two interfaces on one subnet.
+net.ipv4.conf.all.arp_filter = 0
 net.ipv4.conf.all.arp_ignore = 2
 net.ipv4.conf.all.drop_gratuitous_arp = 1
 net.ipv4.conf.all.log_martians = 1
@@ -80,10 +81,26 @@ CONF
 chmod 0644 /etc/sysctl.d/90-kiln-hardening.conf
 chmod 0755 /etc/sysctl.d
 
-# systemd-sysctl applies every sysctl.d file in name order across /usr/lib and /etc, so procps'
-# protect-links.conf (fs.protected_fifos = 1) came after ours and won on a booted VM; a file of
-# the same name in /etc replaces it.
-ln -sf 90-kiln-hardening.conf /etc/sysctl.d/protect-links.conf
+# systemd-sysctl applies the sysctl.d files of /usr/lib and /etc in name order, so a package's
+# file can undo ours at boot (procps' 99-protect-links.conf set fs.protected_fifos back to 1 on a
+# booted VM), and scanners read every file. A package file that sets one of our keys otherwise is
+# moved aside with dpkg-divert, which keeps it aside through upgrades; one that also sets keys we
+# do not set stops the bake, as moving it would drop them unseen.
+kiln_value() { awk -F' *= *' -v key="$1" '$1 == key { print $2 }' /etc/sysctl.d/90-kiln-hardening.conf; }
+for vendor in /usr/lib/sysctl.d/*.conf; do
+  [ -f "$vendor" ] || continue
+  differs="" others=""
+  while read -r key value; do
+    ours=$(kiln_value "$key")
+    if [ -z "$ours" ]; then others+=" $key"; elif [ "$ours" != "$value" ]; then differs+=" $key"; fi
+  done < <(sed -E -n 's/^-?([A-Za-z0-9_.*-]+)[[:space:]]*=[[:space:]]*(.*[^[:space:]])[[:space:]]*$/\1 \2/p' "$vendor")
+  [ -n "$differs" ] || continue
+  if [ -n "$others" ]; then
+    echo "harden-sysctl: $vendor sets$differs otherwise and also$others; add those to the list above" >&2
+    exit 1
+  fi
+  dpkg-divert --quiet --local --rename --divert "$vendor.kiln-diverted" --add "$vendor"
+done
 # No core dumps: they can hold secrets from any process's memory.
 install -d -m 0755 /etc/security/limits.d /etc/systemd/coredump.conf.d /etc/modprobe.d
 printf '* hard core 0\n* soft core 0\n' > /etc/security/limits.d/90-kiln-nocore.conf

@@ -251,6 +251,19 @@ def test_sysctl_persisted(read, key):
     assert persisted.get(key) == SYSCTL[key], f"{key} = {persisted.get(key)} in sysctl.d"
 
 
+def test_no_sysctl_file_contradicts_the_baseline(host, read):
+    """systemd-sysctl applies /usr/lib and /etc files in name order and scanners read them all: a
+    package's file that sets a baseline key otherwise must be diverted (harden-sysctl.sh)."""
+    ours = settings_file(read("/etc/sysctl.d/90-kiln-hardening.conf"), r"\s*=\s*")
+    contradictions = {}
+    folders = "/usr/lib/sysctl.d /etc/sysctl.d /run/sysctl.d"
+    for name in host.check_output(f"find {folders} -maxdepth 1 -name '*.conf' 2>/dev/null || true").split():
+        theirs = settings_file(read(name), r"\s*=\s*")  # "-key": a key whose absence is no error
+        wrong = {k.lstrip("-"): v for k, v in theirs.items() if ours.get(k.lstrip("-"), v) != v}
+        contradictions.update({f"{name}: {k}": v for k, v in wrong.items()})
+    assert not contradictions, f"sysctl files contradicting the baseline: {contradictions}"
+
+
 def test_network_sysctls_live(host):
     """net.* belongs to the container's own network namespace: the values must be live there
     (forwarding excepted: the engine sets it, see kiln/container_options.py NAMESPACED_SYSCTL)."""
@@ -285,6 +298,17 @@ def test_pam_uses_pwquality_and_faillock(host):
 
 def test_login_shell_umask_027(host):
     assert host.check_output("bash -lc umask") == "0027"
+
+
+def test_idle_login_shells_time_out(host):
+    shown = host.check_output("bash -lc 'echo $TMOUT; readonly -p | grep -c \" TMOUT=\"'")
+    assert shown.split() == ["600", "1"], "TMOUT is not 600 and read-only in a login shell"
+    assert host.run("sh -lc 'echo ok'").stdout.strip() == "ok"  # dash skips bash's typeset
+
+
+def test_new_accounts_start_with_private_shell_files(host):
+    skel = host.check_output("find /etc/skel -maxdepth 1 -type f -name '.*' -perm /o=rwx,g=wx")
+    assert skel == "", f"world-readable or group-writable start-up files in /etc/skel: {skel}"
 
 
 def test_core_dumps_disabled(host):
