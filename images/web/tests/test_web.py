@@ -5,11 +5,13 @@ import os
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-HEALTH = (
+FETCH = (
     'python3 -c "import urllib.request as u; '
-    "print(u.urlopen('http://127.0.0.1:{port}/health', timeout=2).read().decode())\""
+    "print(u.urlopen('http://127.0.0.1:{port}{path}', timeout=2).read().decode())\""
 )
+HEALTH = FETCH.replace("{path}", "/health")
 
 
 def wait_for(host, command: str, seconds: float = 20.0) -> str:
@@ -42,3 +44,22 @@ def test_nginx_config_valid_and_serving(host):
     assert host.run("nginx -t").rc == 0
     wait_for(host, HEALTH.format(port=80))
     assert host.socket("tcp://0.0.0.0:80").is_listening
+
+
+def test_metrics_parse_as_prometheus_exposition_format(host):
+    """What a Prometheus server scrapes through nginx: the reference parser reads every family."""
+    wait_for(host, HEALTH.format(port=80))
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(wait_for(host, FETCH.format(port=80, path="/metrics")))
+    }
+    info = families["kiln_app_info"]
+    assert info.type == "gauge" and [s.labels for s in info.samples] == [
+        {"role": "web", "version": os.environ["KILN_VERIFY_VERSION"]}
+    ]
+    requests = families["kiln_http_requests"]  # the parser names a counter without its _total
+    assert requests.type == "counter"
+    assert any(
+        s.name == "kiln_http_requests_total" and s.labels == {"path": "/metrics"} and s.value >= 1
+        for s in requests.samples
+    ), "the worker did not count the scrape itself"
