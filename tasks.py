@@ -66,12 +66,13 @@ def bake(c, role, all=False, target="docker", force=False, locked=False, verify=
         "role": "role whose image to verify",
         "version": "image version (default: the newest)",
         "target": "docker (a throwaway container, default) or qemu (a throwaway VM over SSH)",
+        "reuse": "skip an image these very suites already verified (a CI rerun of an unchanged image)",
     }
 )
 @kiln_task
-def verify(c, role, version=None, target="docker"):
+def verify(c, role, version=None, target="docker", reuse=False):
     """Run the role's testinfra suites in a throwaway container or VM; mark the image verified or rejected."""
-    verification.report([verification.verifier_for(settings(), target).verify(role, version)])
+    verification.report([verification.verifier_for(settings(), target).verify(role, version, reuse)])
 
 
 @task(

@@ -10,6 +10,7 @@ removed whatever happens. The outcome is the image's `kiln.status` label: `verif
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from kiln import console
+from kiln import __version__, console
 from kiln.container_options import run_options
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import DockerImageStore, ImageRecord, docker_client, require_image
@@ -33,6 +34,8 @@ from kiln.settings import Settings
 
 # Longest a suite run may take before the verification counts as failed.
 SUITE_TIMEOUT = 600
+# Which suites an image passed (their digest): a rerun of the same suites can skip it.
+SUITES_LABEL = "kiln.verified-suites"
 
 
 
@@ -54,8 +57,11 @@ class VerifyResult:
     failures: list[Failure] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # rejections that are not test failures
     junit: Path | None = None
+    reused: bool = False  # already verified by the same suites: nothing ran
 
     def summary(self) -> str:
+        if self.reused:
+            return f"{self.role} {self.version} verified: already verified by these suites, nothing ran"
         if self.status == "verified":
             return f"{self.role} {self.version} verified: {self.tests} checks passed in {self.seconds:.1f} s"
         problems = [
@@ -81,6 +87,17 @@ def control_name(test_name: str) -> str:
 def suite_files(chain: list[Role]) -> list[Path]:
     """The tests of every role in the chain, root first: a child must pass its parent's suites."""
     return [role.folder / "tests" / test for role in chain for test in role.spec.tests]
+
+
+def suites_digest(suites: list[Path], runtime: str) -> str:
+    """What a verification ran: Kiln's version, the runtime and every file of the suites' folders
+    (their helpers and conftest too), by name and bytes."""
+    digest = hashlib.sha256(f"{__version__}\0{runtime}\0".encode())
+    for folder in dict.fromkeys(path.parent for path in suites):
+        for path in sorted(folder.glob("*.py")):
+            data = path.read_bytes()
+            digest.update(f"{folder.parent.name}/{path.name}\0{len(data)}\0".encode() + data)
+    return digest.hexdigest()[:16]
 
 
 def security_pending_reason(role: Role, record: ImageRecord) -> str | None:
@@ -152,7 +169,9 @@ class Verifier:
     def suites(self, chain: list[Role]) -> list[Path]:
         return suite_files(chain)
 
-    def verify(self, role_name: str, version: str | None = None) -> VerifyResult:
+    def verify(self, role_name: str, version: str | None = None, reuse: bool = False) -> VerifyResult:
+        """Run the suites and label the image verified or rejected. With `reuse`, an image these
+        very suites already verified is left as it is (a CI rerun of an unchanged image)."""
         chain = self.catalog.chain(role_name)
         role = chain[-1]
         record = require_image(self.store, role_name, version)
@@ -165,6 +184,11 @@ class Verifier:
         result = VerifyResult(role.name, record.version, record.image)
         started = time.monotonic()
         reason = security_pending_reason(role, record)
+        digest = suites_digest(suites, self.runtime)
+        already = record.status in ("verified", "promoted") and record.labels.get(SUITES_LABEL) == digest
+        if reuse and already and not reason:
+            result.status, result.reused = "verified", True
+            return result
         if reason:
             result.reasons.append(reason)
         result.junit = self._junit_path(role.name, record.version)
@@ -178,7 +202,7 @@ class Verifier:
             result.reasons.append("no test ran (see the JUnit file)")
         result.status = "rejected" if result.failures or result.reasons else "verified"
         result.seconds = time.monotonic() - started
-        self.store.set_status(record, result.status)
+        self.store.update_labels(record, {"kiln.status": result.status, SUITES_LABEL: digest})
         return result
 
     @contextlib.contextmanager

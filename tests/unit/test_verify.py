@@ -11,6 +11,7 @@ from kiln.container_options import NAMESPACED_SYSCTL
 from kiln.errors import OperationFailed
 from kiln.images import ImageRecord
 from kiln.roles import RoleCatalog
+from kiln.settings import Settings
 from kiln.sysctl import parse_sysctl_conf
 from kiln.verify import (
     Failure,
@@ -21,8 +22,10 @@ from kiln.verify import (
     report,
     security_pending_reason,
     suite_files,
+    suites_digest,
 )
 from kiln.vmverify import SUITES
+from tests.conftest import copy_project
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" errors="1" failures="1" skipped="1" tests="5">
@@ -70,6 +73,18 @@ def test_a_role_runs_the_suites_of_its_whole_chain_root_first(settings):
     assert names[0] == "images/base/tests/test_hardening.py"
     assert "images/web/tests/test_web.py" in names
     assert all(settings.project_root.joinpath(n).is_file() for n in names)
+
+
+def test_the_suites_digest_follows_the_suites_and_runtime_not_the_checkout(settings, tmp_path: Path):
+    """`verify --reuse` skips an image whose label holds this digest: another checkout of the same
+    suites gives the same one; a changed helper beside a suite or another runtime does not."""
+    suites = suite_files(RoleCatalog(settings).chain("web"))
+    first = suites_digest(suites, "container")
+    elsewhere = RoleCatalog(Settings(project_root=copy_project(tmp_path / "another-checkout")))
+    assert suites_digest(suite_files(elsewhere.chain("web")), "container") == first
+    assert suites_digest(suites, "vm") != first
+    (settings.images_dir / "web" / "tests" / "helpers.py").write_text("EXPECTED = 1\n")
+    assert suites_digest(suites, "container") != first
 
 
 def test_every_role_has_its_own_suite(settings):
