@@ -94,7 +94,8 @@ def test_backup_to_s3_then_a_drill_restoring_from_it_is_green(offsite):
 
 
 def test_retention_leaves_exactly_what_the_policy_says_in_the_bucket(offsite):
-    for _ in range(3):  # one more than the policy keeps, whatever ran before
+    # Three full backups in all, one more than the policy keeps (the drill test above made one).
+    for _ in range(max(1, 3 - len(full_backups(offsite.server)))):
         offsite.kiln.invoke("backup", offsite.env)
     listing = yaml.safe_load(offsite.kiln.invoke("backups", offsite.env, "--json").stdout)
     newest_full = {r["id"] for r in listing if r["tool"] == "pgbackrest" and r["kind"] == "full"}
