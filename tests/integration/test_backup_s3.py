@@ -9,6 +9,7 @@ Everything is removed at the end, even on failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.integration
 
 PGBACKREST, RESTIC = "kiln/", "kiln-restic/"
 TIMEOUT = 10  # backup.s3.timeout_seconds: small, so that a dead server costs CI little time
+STOP_TIMEOUT = 4  # smaller still while the server is stopped: pgBackRest waits about 8 times
 S3_KEY_ID, S3_KEY_SECRET = f"kilntest-s3-id-{os.getpid()}", f"kilntest-s3-secret-{os.getpid()}-never-shown"
 
 
@@ -114,12 +116,27 @@ def backup_ids(src) -> dict[str, set[str]]:
     return {**ids, "bucket": set(src.server.keys(RESTIC + "snapshots/"))}
 
 
+@contextlib.contextmanager
+def s3_timeout(src, seconds: float):
+    """The environment file with another backup.s3.timeout_seconds, restored afterwards."""
+    path = src.kiln.project / "environments" / f"{src.env}.yml"
+    original = path.read_text()
+    spec = yaml.safe_load(original)
+    spec["backup"]["s3"]["timeout_seconds"] = seconds
+    path.write_text(yaml.safe_dump(spec))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
 def backup_while_the_server_stops(src, kind: str, request: bytes, count: int):
     """`invoke backup` with the server stopping at the count-th matching request; the server is
     back afterwards. (the process, seconds from the stop to the failure)."""
     src.server.stop_on(request, count)
     try:
-        proc = src.kiln.invoke("backup", src.env, "--type", kind, check=False, timeout=600)
+        with s3_timeout(src, STOP_TIMEOUT):
+            proc = src.kiln.invoke("backup", src.env, "--type", kind, check=False, timeout=600)
         ended = time.monotonic()
     finally:
         src.server.start()
@@ -133,7 +150,7 @@ def assert_one_clear_line(proc, env: str, tool: str) -> None:
     [line] = proc.stderr.strip().splitlines()  # one line: no traceback, no tool chatter
     assert line.startswith("kiln: the backup repository's server did not answer (repository-unreachable): ")
     assert f"environment '{env}', {tool} backup: the S3 server " in line
-    assert f"stopped answering (timeout_seconds {TIMEOUT}; " in line and "check that it runs" in line
+    assert f"stopped answering (timeout_seconds {STOP_TIMEOUT}; " in line and "check that it runs" in line
 
 
 def test_the_server_stopped_mid_backup_fails_in_one_line_and_the_next_backup_succeeds(offsite):
@@ -168,8 +185,8 @@ def test_the_server_stopped_mid_backup_fails_in_one_line_and_the_next_backup_suc
     for tool in ("pgbackrest", "restic", "bucket"):
         assert len(after[tool] - after_restic[tool]) == 1, (tool, after_restic[tool], after[tool])
     print(f"time to failure after the server stopped: pgbackrest {pgbackrest_seconds:.1f} s, "
-          f"restic {restic_seconds:.1f} s (timeout_seconds {TIMEOUT})")  # fmt: skip
+          f"restic {restic_seconds:.1f} s (timeout_seconds {STOP_TIMEOUT})")  # fmt: skip
     # Bounded, not hung: pgBackRest's error comes after about 8 timeouts (each request tries twice,
     # each try retries its connection for the timeout; the job once more), restic is stopped after
     # its first retry line plus the timeout plus the stop's grace.
-    assert pgbackrest_seconds < 8 * TIMEOUT + 60 and restic_seconds < 2 * TIMEOUT + 30
+    assert pgbackrest_seconds < 8 * STOP_TIMEOUT + 60 and restic_seconds < 2 * STOP_TIMEOUT + 30
