@@ -225,6 +225,11 @@ def pipelines(tmp_path_factory, kiln, baked_all, docker_client):
             relabelled(store, session_image, role, f"{role}-previous", PREVIOUS_BUILT, "promoted")
         for env in (found.staging, found.prod):
             found.kiln.invoke("up", env, timeout=300)
+        # Every session image verified by these suites, as the push test expects: an earlier test
+        # may have rebuilt one under the same version (test_package_locks' forced web bakes), and
+        # --reuse verifies only such an image again.
+        for role, version in baked_all.items():
+            kiln.invoke("verify", role, "--version", version, "--reuse")
         tag_session_images(docker_client, kiln.prefix, prefix, baked_all)
         yield found
     finally:
