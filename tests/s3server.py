@@ -141,6 +141,10 @@ class Relay:
             raw.close()
             return
         upstream.settimeout(None)
+        # The relay forwards each piece as it comes; under Nagle's algorithm, against the peer's
+        # delayed ACK, a head and body sent apart waited ~40 ms (a boto3 PUT: 79 ms, 9 ms without).
+        for sock in (client, upstream):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.lock:
             self.open |= {client, upstream}
         try:
