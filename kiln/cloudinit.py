@@ -54,8 +54,9 @@ def render(settings: Settings, role: str, variables: dict) -> str:
     if not (folder / name).is_file():
         raise KilnError(f"{display}: no such template; every role an environment runs needs one")
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(folder), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
-    )
+        loader=jinja2.FileSystemLoader(folder), undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+        trim_blocks=True, lstrip_blocks=True,  # a line holding only a tag leaves no blank line in the YAML
+    )  # fmt: skip
     try:
         return env.get_template(name).render(**variables)
     except jinja2.TemplateSyntaxError as exc:

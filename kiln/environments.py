@@ -72,6 +72,18 @@ class RolloutPolicy:
 
 
 @dataclass(frozen=True)
+class SyslogDestination:
+    host: str = spec(
+        help="the log host's name or address, as the instances reach it",
+        pattern=r"[A-Za-z0-9][A-Za-z0-9.:-]*", pattern_help="a host name or an IP address",
+    )  # fmt: skip
+    port: int = spec(514, help="the log host's syslog port", minimum=1, maximum=65535)
+    protocol: str = spec(
+        "tcp", help="tcp (messages wait in a queue while the host is away) or udp", choices=("tcp", "udp")
+    )
+
+
+@dataclass(frozen=True)
 class EnvironmentSpec:
     provider: str = spec(
         help="where instances run: local (Docker on this machine), aws or openstack", choices=tuple(PROVIDERS)
@@ -93,6 +105,9 @@ class EnvironmentSpec:
     backup: BackupSettings | None = spec(None, help="backup repositories, retention; `backup: {}` turns on")
     ssh: SshSettings = spec(
         SshSettings(), help="how Kiln logs in to VM and cloud instances (key pair made per environment)"
+    )
+    syslog: SyslogDestination | None = spec(
+        None, help="a log host every instance's rsyslog forwards all its messages to"
     )
     # where rollout and drill events are sent (kiln/notify.py)
     notify: NotifySettings | None = spec(None, help="where rollout and drill events go: webhooks, email")

@@ -10,6 +10,7 @@ policy's minimum. Providers turn their SDK's errors into Kiln's; the engine catc
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import secrets
 import threading
@@ -85,6 +86,7 @@ class Engine:
             "version": image.version,
             "db": db_settings(self.settings, self.env, self.provider),
             "app": self.env.spec.app,
+            "syslog": dataclasses.asdict(self.env.spec.syslog) if self.env.spec.syslog else None,
         }
         return cloudinit.render(self.settings, role, variables)
 

@@ -13,8 +13,9 @@ from kiln.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 VARIABLES = {
     "environment": "local", "zone": "z1", "zone_index": 1, "instance": "web4", "role": "web",
-    "version": "abc123def456", "db": None, "app": {"greeting": "hi"},
+    "version": "abc123def456", "db": None, "app": {"greeting": "hi"}, "syslog": None,
 }  # fmt: skip
+FORWARD = "/etc/rsyslog.d/90-kiln-forward.conf"
 
 
 def files_of(text: str) -> dict[str, dict]:
@@ -73,3 +74,19 @@ def test_syntax_error_names_the_line(project):
 def test_missing_template_says_which(project):
     with pytest.raises(KilnError, match=r"cloud-init/web.yml.j2: no such template"):
         cloudinit.render(project, "web", VARIABLES)
+
+
+@pytest.mark.parametrize("role", ["web", "db", "lb"])
+def test_every_role_forwards_its_syslog_only_when_the_environment_names_a_log_host(role):
+    db = {"host": "h", "port": 5432, "name": "kiln", "user": "kiln", "password": "p"}
+    variables = {**VARIABLES, "role": role, "db": db}
+    quiet = yaml.safe_load(cloudinit.render(Settings(project_root=REPO), role, variables))
+    assert FORWARD not in {f["path"] for f in quiet["write_files"]} and "runcmd" not in quiet
+
+    syslog = {"host": "logs.example.org", "port": 6514, "protocol": "udp"}
+    text = cloudinit.render(Settings(project_root=REPO), role, {**variables, "syslog": syslog})
+    forward = files_of(text)[FORWARD]
+    assert 'target="logs.example.org" port="6514" protocol="udp"' in forward["content"]
+    assert forward["content"].startswith("*.* action(type=\"omfwd\"")  # every facility and level
+    # A VM's rsyslog reads it again; the guard keeps a container (no systemd) from failing cloud-init.
+    assert "systemctl try-restart rsyslog.service" in yaml.safe_load(text)["runcmd"][0][2]

@@ -108,6 +108,16 @@ def test_bad_fields_name_file_and_field(project, extra, message):
             r"remove it$",
         ),
         (GOOD + "health: {slowstart: -1}\n", r"field 'health.slowstart': -1 is too small: use 0 or more$"),
+        (GOOD + "syslog: {port: 514}\n", r"field 'syslog.host': required field is missing"),
+        (  # a quote would end rsyslog's target string: only names and addresses pass
+            GOOD + "syslog: {host: 'logs\" x'}\n",
+            r"field 'syslog.host': 'logs\" x' must be a host name or an IP address$",
+        ),
+        (
+            GOOD + "syslog: {host: logs, protocol: tls}\n",
+            r"field 'syslog.protocol': 'tls' is not one of tcp, udp",
+        ),
+        (GOOD + "syslog: {host: logs, port: 0}\n", r"field 'syslog.port': 0 is out of range: use 1 to 65535"),
     ],
 )
 def test_bad_values_name_the_field(project, text, message):

@@ -1,0 +1,100 @@
+"""An environment's `syslog:` log host gets what its instances log: a local web instance, launched
+with the user-data the rollout engine renders (schema-checked by the image's cloud-init), forwards
+through its own rsyslog to a TCP receiver this test runs on the gateway of the instance's network."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+
+from kiln import environments
+from kiln.images import DockerImageStore
+from kiln.providers.local import LocalProvider
+from kiln.rollout.engine import Engine
+from kiln.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+ENVIRONMENT = """provider: local
+zones: [z0]
+instances: {{web: 1}}
+frontend: {{port: 0}}
+syslog: {{host: '{host}', port: {port}}}
+"""
+TAG = "kiln-forward-test"
+
+
+class Receiver:
+    """A syslog-over-TCP receiver: every line any client sends, kept in order."""
+
+    def __init__(self, host: str):
+        self.listener = socket.create_server((host, 0))
+        self.port = self.listener.getsockname()[1]
+        self.lines: list[str] = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self.read, args=(conn,), daemon=True).start()
+
+    def read(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("r", errors="replace") as stream:
+            for line in stream:
+                self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, seconds: float) -> str:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = [line for line in self.lines if text in line]
+            if found:
+                return found[0]
+            time.sleep(0.2)
+        raise AssertionError(f"no line with {text!r} within {seconds} s; got {self.lines[-5:]}")
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_an_instance_forwards_its_syslog_to_the_environments_log_host(kiln, baked_web, docker_client):
+    settings = Settings(project_root=kiln.project, state_dir=kiln.project / ".kiln", image_repo=kiln.prefix)
+    name = f"{kiln.prefix}-logs"
+    env_file = environments.env_dir(settings) / f"{name}.yml"
+    environments.env_dir(settings).mkdir(exist_ok=True)  # the session's project copy has none
+    env_file.write_text(ENVIRONMENT.format(host="192.0.2.1", port=514))  # until the network exists
+    provider = LocalProvider(settings, environments.load(settings, name))
+    receiver = None
+    try:
+        provider.ensure_networks()
+        network = docker_client.networks.get(provider.network_name(0))
+        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+        receiver = Receiver(gateway)
+        env_file.write_text(ENVIRONMENT.format(host=gateway, port=receiver.port))
+        env = environments.load(settings, name)
+        engine = Engine(settings, env, LocalProvider(settings, env), say=lambda _: None)
+        record = DockerImageStore(docker_client, settings).find("web", baked_web["web"])
+        engine.check_user_data("web", [1], record)  # the image's own cloud-init accepts it
+        instance = provider.launch("web", 1, record, engine.user_data("web", "web1", 0, record))
+        container = docker_client.containers.get(provider.container_name(instance.name))
+
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + 60
+        while container.exec_run(["test", "-S", "/dev/log"]).exit_code != 0:  # rsyslog listens
+            assert time.monotonic() < deadline, "rsyslog never opened /dev/log"
+            time.sleep(0.3)
+        assert container.exec_run(["logger", "-t", TAG, "-p", "auth.notice", token]).exit_code == 0
+        line = receiver.wait_for(token, 30)
+        assert f"{TAG}: {token}" in line
+        assert line.startswith("<37>")  # auth (4) * 8 + notice (5): facility and level kept
+    finally:
+        if receiver is not None:
+            receiver.close()
+        provider.destroy()
+        env_file.unlink()
