@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import uuid
 
 import pytest
 
 from kiln import environments
 from kiln.images import DockerImageStore
+from kiln.polling import poll
 from kiln.providers.local import LocalProvider
 from kiln.rollout.engine import Engine
 from kiln.settings import Settings
@@ -51,13 +51,10 @@ class Receiver:
                 self.lines.append(line.rstrip("\n"))
 
     def wait_for(self, text: str, seconds: float) -> str:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            found = [line for line in self.lines if text in line]
-            if found:
-                return found[0]
-            time.sleep(0.2)
-        raise AssertionError(f"no line with {text!r} within {seconds} s; got {self.lines[-5:]}")
+        return poll(
+            lambda: next((line for line in self.lines if text in line), None),
+            timeout=seconds, interval=0.2, what=f"a forwarded line with {text!r}",
+        )  # fmt: skip
 
     def close(self) -> None:
         self.listener.close()
@@ -78,17 +75,15 @@ def test_an_instance_forwards_its_syslog_to_the_environments_log_host(kiln, bake
         receiver = Receiver(gateway)
         env_file.write_text(ENVIRONMENT.format(host=gateway, port=receiver.port))
         env = environments.load(settings, name)
-        engine = Engine(settings, env, LocalProvider(settings, env), say=lambda _: None)
+        engine = Engine(settings, env, provider, say=lambda _: None)  # it renders with `env`
         record = DockerImageStore(docker_client, settings).find("web", baked_web["web"])
         engine.check_user_data("web", [1], record)  # the image's own cloud-init accepts it
         instance = provider.launch("web", 1, record, engine.user_data("web", "web1", 0, record))
         container = docker_client.containers.get(provider.container_name(instance.name))
 
         token = uuid.uuid4().hex
-        deadline = time.monotonic() + 60
-        while container.exec_run(["test", "-S", "/dev/log"]).exit_code != 0:  # rsyslog listens
-            assert time.monotonic() < deadline, "rsyslog never opened /dev/log"
-            time.sleep(0.3)
+        listening = lambda: container.exec_run(["test", "-S", "/dev/log"]).exit_code == 0  # noqa: E731
+        poll(listening, timeout=60, interval=0.3, what="rsyslog's /dev/log")
         assert container.exec_run(["logger", "-t", TAG, "-p", "auth.notice", token]).exit_code == 0
         line = receiver.wait_for(token, 30)
         assert f"{TAG}: {token}" in line
