@@ -9,7 +9,7 @@ from pathlib import Path
 from invoke import task
 
 from kiln import audit as audits
-from kiln import hints, lint
+from kiln import hints, lint, tls
 from kiln import images as image_catalog
 from kiln import verify as verification
 from kiln.bake import Baker, images_table
@@ -213,6 +213,8 @@ def status(c, env, json=False):
         print(dump_json(view))
         return
     print(f"frontend: {view['frontend'] or '(no load balancer)'}")
+    if "https" in view:
+        print(f"https: {view['https']} ({tls.describe(view['certificate'])})")
     columns = ["name", "zone", "role", "version", "health", "ready", "lb_state", "lb_role"]
     print_table(view["instances"], columns)
     say(hints.after("status", env))

@@ -26,6 +26,23 @@ ZONE_NAME = "[a-z0-9][a-z0-9-]*"
 
 
 @dataclass(frozen=True)
+class FrontendTls:
+    port: int = spec(
+        help="port HTTPS is served on (local: on 127.0.0.1; 0 picks a free one)", minimum=0, maximum=65535
+    )
+    names: list[str] = spec(
+        ["localhost", "127.0.0.1"],
+        help="host names and addresses the certificate is issued for, as clients reach the frontend",
+        pattern=r"[A-Za-z0-9*][A-Za-z0-9.:*-]*", pattern_help="a host name or an IP address",
+    )  # fmt: skip
+    days: int = spec(
+        90, help="lifetime of the certificates issued from the environment's CA (renewed at a third left)",
+        minimum=1, maximum=825,
+    )  # fmt: skip
+    redirect: bool = spec(True, help="answer plain HTTP with a redirect (301) to HTTPS")
+
+
+@dataclass(frozen=True)
 class Frontend:
     port: int = spec(
         help="port the load balancer listens on (local: on 127.0.0.1; 0 picks a free one)",
@@ -41,6 +58,9 @@ class Frontend:
         None,
         help="zone affinity: the zone whose instances take the traffic; the other zones' instances "
         "are backup servers, used only while none in this zone is up (default: all zones share it)",
+    )
+    tls: FrontendTls | None = spec(
+        None, help="HTTPS with a certificate from the environment's own CA (secrets/<env>.ca.pem)"
     )
 
 
@@ -203,6 +223,10 @@ def validate(name: str, s: EnvironmentSpec, display: str) -> None:
             "frontend.home_zone",
             f"the {s.provider} provider's load balancer does not route by zone; remove it",
         )
+    if s.frontend.tls is not None and not provider_class(s.provider).terminates_tls:
+        fail("frontend.tls", f"the {s.provider} provider's load balancer does not serve HTTPS yet; remove it")
+    if s.frontend.tls is not None and not s.frontend.tls.names:
+        fail("frontend.tls.names", "list at least one host name or address for the certificate")
     if s.provider == "local" and s.ssh.bastion is not None:
         fail("ssh.bastion", "the local provider reaches its containers without SSH; remove the bastion")
     p = s.rollout

@@ -23,6 +23,8 @@ BACKEND = "web"
 # HAProxy reads an error file into one buffer (16 KiB by default) with its headers.
 MAINTENANCE_PAGE_LIMIT = 8192
 MAINTENANCE_FILE = "maintenance.http"
+CERTIFICATE_FILE = "frontend.pem"  # the certificate, its CA's, then its key (kiln/tls.py)
+HTTPS_PORT = 443
 DEFAULT_MAINTENANCE_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Down for maintenance</title></head>
 <body><h1>Down for maintenance</h1><p>We will be back shortly. Please try again in a minute.</p></body>
@@ -130,6 +132,20 @@ class RuntimeAPI:
         # One line, so no check or request can see it UP before `rise` checks pass.
         self.checked(f"enable health {ref}; enable server {ref}; set server {ref} health down")
 
+    def replace_certificate(self, crt_file: str, bundle: bytes) -> None:
+        """Swap the certificate HAProxy serves from `crt_file` in memory (a transaction: set, then
+        commit), so no connection is dropped by a reload."""
+        answer = self.command(f"set ssl cert {crt_file} <<\n{bundle.decode().strip()}\n")
+        if "Transaction created" not in answer and "Transaction updated" not in answer:
+            raise OperationFailed(
+                f"HAProxy refused the new certificate for {crt_file}: {answer.strip()[:200]}"
+            )
+        answer = self.command(f"commit ssl cert {crt_file}")
+        if "Success" not in answer:
+            raise OperationFailed(
+                f"HAProxy did not commit the certificate {crt_file}: {answer.strip()[:200]}"
+            )
+
     def drain(self, name: str, backend: str = BACKEND) -> None:
         self.checked(f"set server {backend}/{name} state drain")
 
@@ -160,7 +176,31 @@ def maintenance_response(page: str, retry_after: int = 30) -> bytes:
     return head.encode() + page.encode()
 
 
-def render_config(servers: list[Server], *, port: int, health_path: str, checks: Checks) -> str:
+@dataclass(frozen=True)
+class Https:
+    """HTTPS on the frontend: where clients reach it (for redirects), and whether HTTP redirects."""
+
+    public_port: int
+    redirect: bool = True
+
+    def frontend_lines(self) -> list[str]:
+        lines = [
+            f"    bind :{HTTPS_PORT} ssl crt /run/haproxy/{CERTIFICATE_FILE}",
+            "    http-request set-header X-Forwarded-Proto https if { ssl_fc }",
+        ]
+        if self.redirect:
+            # the host as the client named it, on the port HTTPS is published on (it may not be 443)
+            port = "" if self.public_port == HTTPS_PORT else f":{self.public_port}"
+            lines.append(
+                "    http-request redirect location "
+                f"https://%[req.hdr(host),field(1,:)]{port}%[capture.req.uri] code 301 unless {{ ssl_fc }}"
+            )
+        return lines
+
+
+def render_config(
+    servers: list[Server], *, port: int, health_path: str, checks: Checks, https: Https | None = None
+) -> str:
     """The whole config, listing exactly the servers in service, so a reload keeps them only."""
     lines = [
         "# Written by Kiln: the servers in service. Do not edit; Kiln rewrites it as they change.",
@@ -185,6 +225,7 @@ def render_config(servers: list[Server], *, port: int, health_path: str, checks:
         "",
         "frontend web",
         f"    bind :{port}",
+        *(https.frontend_lines() if https else []),
         f"    default_backend {BACKEND}",
         "",
         f"backend {BACKEND}",

@@ -53,6 +53,8 @@ class Provider(abc.ABC):
     # Whether the load balancer can keep other zones' instances as backup servers
     # (`frontend.home_zone`): HAProxy can; ELBv2 has no such member state.
     routes_by_zone = False
+    # its load balancer serves HTTPS with a certificate from the environment's CA (kiln/tls.py)
+    terminates_tls = False
 
     def __init__(self, settings: Settings, env: Environment):
         self.settings = settings
@@ -77,6 +79,10 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def frontend(self) -> str | None:
         """The URL clients use, or None when there is no load balancer."""
+
+    def https_frontend(self) -> str | None:
+        """The HTTPS URL (`frontend.tls`), or None when the frontend serves none."""
+        return None
 
     @abc.abstractmethod
     def destroy(self) -> list[str]:

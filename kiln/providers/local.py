@@ -13,13 +13,14 @@ import contextlib
 import functools
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
 import docker
 import docker.errors
 
-from kiln import cloudinit, container_options, haproxy
+from kiln import cloudinit, container_options, haproxy, tls
 from kiln.backup.containers import instance_mounts, repo_volumes
 from kiln.channels import channel_class
 from kiln.channels.base import Channel
@@ -50,6 +51,7 @@ def docker_errors_fail(method):
 
 class LocalProvider(Provider):
     routes_by_zone = True
+    terminates_tls = True
 
     def __init__(self, settings: Settings, env: Environment):
         super().__init__(settings, env)
@@ -58,6 +60,7 @@ class LocalProvider(Provider):
         self.folder = settings.store_dir / "envs" / env.name
         self.lb_folder = self.folder / "lb"
         self.api = haproxy.RuntimeAPI(self.lb_folder / "admin.sock")
+        self._https_port: int | None = None  # see https_port()
         self.refuse_another_state_folder()
 
     @docker_errors_fail
@@ -111,10 +114,18 @@ class LocalProvider(Provider):
         except docker.errors.NotFound:
             container = None
         if container is not None and container.status == "running":
+            self.renew_certificate()
             return
         if container is not None:
             container.remove(force=True)
         self.lb_folder.mkdir(parents=True, exist_ok=True)
+        tls_spec = self.env.spec.frontend.tls
+        ports = {"80/tcp": ("127.0.0.1", self.env.spec.frontend.port or None)}
+        if tls_spec:
+            # chosen before HAProxy starts: its HTTP->HTTPS redirect names the published port
+            self._https_port = tls_spec.port or free_loopback_port()
+            ports[f"{haproxy.HTTPS_PORT}/tcp"] = ("127.0.0.1", self._https_port)
+            self.renew_certificate(force=True)
         self.sync_lb_config()
         seed = self._seed("lb", image, user_data)
         container = self.client.containers.create(
@@ -123,7 +134,7 @@ class LocalProvider(Provider):
             hostname="lb",
             labels={**self.labels, "kiln.role": "lb", "kiln.version": image.version},
             network=self.network_name(0),
-            ports={"80/tcp": ("127.0.0.1", self.env.spec.frontend.port or None)},
+            ports=ports,
             volumes={
                 str(self.lb_folder): {"bind": "/run/haproxy", "mode": "rw"},
                 str(seed): {"bind": "/var/lib/cloud/seed/nocloud", "mode": "ro"},
@@ -151,6 +162,40 @@ class LocalProvider(Provider):
             return None
         bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get("80/tcp") or []
         return f"http://127.0.0.1:{bindings[0]['HostPort']}/" if bindings else None
+
+    @docker_errors_fail
+    def https_frontend(self) -> str | None:
+        port = self.https_port()
+        return f"https://127.0.0.1:{port}/" if port else None
+
+    def https_port(self) -> int | None:
+        """Where HTTPS is published: chosen by ensure_lb, else read from the running LB."""
+        if self.env.spec.frontend.tls is None:
+            return None
+        if self._https_port is None:
+            try:
+                container = self.client.containers.get(self.container_name("lb"))
+            except docker.errors.NotFound:
+                return None
+            bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{haproxy.HTTPS_PORT}/tcp")
+            self._https_port = int(bindings[0]["HostPort"]) if bindings else None
+        return self._https_port
+
+    def renew_certificate(self, force: bool = False) -> bool:
+        """Issue the frontend a certificate from the environment's CA when it has none or it is due;
+        a running HAProxy takes it through the runtime API, with no reload. Whether one was issued."""
+        tls_spec = self.env.spec.frontend.tls
+        if tls_spec is None:
+            return False
+        ca = tls.authority(self.settings, self.env.name)
+        bundle = self.lb_folder / haproxy.CERTIFICATE_FILE
+        if not force and not tls.due(bundle, ca, tls_spec.names):
+            return False
+        issued = tls.issue(ca, tls_spec.names, tls_spec.days)
+        if not force and self.api.ready():
+            self.api.replace_certificate(f"/run/haproxy/{haproxy.CERTIFICATE_FILE}", issued)
+        tls.write_bundle(bundle, issued)
+        return True
 
     @docker_errors_fail
     def destroy(self) -> list[str]:
@@ -347,7 +392,18 @@ class LocalProvider(Provider):
         ]
         page = maintenance_page(self.settings, self.env.spec)
         write_atomic(self.lb_folder / haproxy.MAINTENANCE_FILE, haproxy.maintenance_response(page))
+        tls_spec = self.env.spec.frontend.tls
+        https = (
+            haproxy.Https(self.https_port() or haproxy.HTTPS_PORT, tls_spec.redirect) if tls_spec else None
+        )
         text = haproxy.render_config(
-            servers, port=80, health_path=self.env.spec.health.path, checks=self.checks
+            servers, port=80, health_path=self.env.spec.health.path, checks=self.checks, https=https
         )
         write_atomic(self.lb_folder / "haproxy.cfg", text)
+
+
+def free_loopback_port() -> int:
+    """A port free on 127.0.0.1 now (Docker publishes it a moment later)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

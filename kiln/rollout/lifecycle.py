@@ -7,12 +7,13 @@ benchmarks, tests) is serialised the same way. Whether a change needs approval i
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kiln import cloudinit, environments, readiness, versions
+from kiln import cloudinit, environments, readiness, tls, versions
 from kiln.environments import Environment
-from kiln.errors import KilnError
+from kiln.errors import KilnError, OperationFailed
 from kiln.images import ImageRecord
 from kiln.providers import get_provider
 from kiln.providers.base import Provider
@@ -222,4 +223,18 @@ def status(provider: Provider) -> dict:
                 "lb_role": ("backup" if server.backup else "active") if server else "-",
             }
         )
-    return {"environment": provider.env.name, "frontend": provider.frontend(), "instances": rows}
+    view = {"environment": provider.env.name, "frontend": provider.frontend(), "instances": rows}
+    https = provider.https_frontend()
+    if https:
+        view["https"] = https
+        view["certificate"] = served_certificate(https)
+    return view
+
+
+def served_certificate(url: str) -> dict:
+    """What the HTTPS frontend presents (expiry first of all), or why it could not be read."""
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        return tls.served(parsed.hostname or "", parsed.port or 443).as_json()
+    except OperationFailed as exc:
+        return {"error": str(exc)}

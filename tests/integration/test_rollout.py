@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,9 +22,10 @@ from pathlib import Path
 
 import docker
 import pytest
+from cryptography import x509
 
 from benchmarks.load import Load
-from kiln import haproxy
+from kiln import haproxy, tls
 from kiln.images import DockerImageStore
 from kiln.settings import Settings
 
@@ -37,6 +39,14 @@ instances: {web: 3}
 frontend: {port: 0}
 health: {path: /health, interval: 0.5, rise: 2, fall: 2, timeout: 60}
 rollout: {max_surge: 1, max_unavailable: 0, warmup: 0.5, drain_timeout: 5, canary: 1}
+"""
+TLS_ENV = f"tl{os.getpid()}"
+TLS_FILE = """
+provider: local
+zones: [z0]
+instances: {web: 1}
+frontend: {port: 0, tls: {port: 0, names: [127.0.0.1], days: 30}}
+health: {path: /health, interval: 0.5, rise: 2, fall: 2, timeout: 60}
 """
 BAD_HEALTH = "    location = /health { return 503; }\n"
 ZONE_AFFINITY_ENV = f"za{os.getpid()}"
@@ -307,3 +317,50 @@ def test_zone_affinity_serves_the_home_zone_and_falls_back_to_the_other(kiln, v1
             urllib.request.urlopen(frontend, timeout=5)
         assert answer.value.code == 503 and answer.value.headers["Retry-After"] == "30"
         assert answer.value.read() == b"<p>za: back at six</p>\n"
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the 301 itself is what is checked
+
+
+def test_https_from_the_environments_ca_http_redirected_and_renewed_without_a_restart(
+    kiln, v1, docker_client
+):
+    with running(kiln, docker_client, TLS_ENV, TLS_FILE) as name:
+        view = status(kiln, name)
+        https = view["https"]
+        port = int(https.rstrip("/").rsplit(":", 1)[1])
+        assert view["certificate"]["issuer"] == f"CN=Kiln CA {name},O=Kiln"
+        assert view["certificate"]["days_left"] in (29, 30), view["certificate"]
+        assert f"https: {https} (certificate CN=127.0.0.1" in kiln.invoke("status", name).stdout
+
+        ca_file = kiln.project / "secrets" / f"{name}.ca.pem"
+        trusted = ssl.create_default_context(cafile=str(ca_file))  # hostname checked: 127.0.0.1
+        with urllib.request.urlopen(f"{https}health", context=trusted, timeout=10) as answer:
+            assert answer.status == 200
+        with pytest.raises(urllib.error.URLError) as untrusted:  # the system's CAs do not know it
+            urllib.request.urlopen(f"{https}health", context=ssl.create_default_context(), timeout=10)
+        assert isinstance(untrusted.value.reason, ssl.SSLCertVerificationError)
+
+        opener = urllib.request.build_opener(NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as plain:
+            opener.open(f"{view['frontend']}health?from=http", timeout=10)
+        assert plain.value.code == 301
+        assert plain.value.headers["Location"] == f"https://127.0.0.1:{port}/health?from=http"
+
+        # A leaf the CA did not sign is due: `up` issues a new one and HAProxy takes it live.
+        lb = docker_client.containers.get(f"kiln-{name}-lb")
+        started = lb.attrs["State"]["StartedAt"]
+        before = tls.served("127.0.0.1", port).serial
+        bundle = kiln.project / ".kiln" / "envs" / name / "lb" / "frontend.pem"
+        assert bundle.stat().st_mode & 0o777 == 0o600
+        bundle.write_bytes(tls.issue(tls.new_authority(name), ["127.0.0.1"], days=30))  # same name
+        kiln.invoke("up", name)
+        now_served = tls.served("127.0.0.1", port).serial
+        assert now_served != before
+        assert now_served == f"{x509.load_pem_x509_certificate(bundle.read_bytes()).serial_number:X}"
+        lb.reload()
+        assert lb.attrs["State"]["StartedAt"] == started  # no restart
+        with urllib.request.urlopen(f"{https}health", context=trusted, timeout=10) as answer:
+            assert answer.status == 200

@@ -118,6 +118,22 @@ def test_bad_fields_name_file_and_field(project, extra, message):
             r"field 'syslog.protocol': 'tls' is not one of tcp, udp",
         ),
         (GOOD + "syslog: {host: logs, port: 0}\n", r"field 'syslog.port': 0 is out of range: use 1 to 65535"),
+        (
+            GOOD.replace("{port: 8480}", "{port: 8480, tls: {names: [localhost]}}"),
+            r"field 'frontend.tls.port': required field is missing",
+        ),
+        (
+            GOOD.replace("local", "aws").replace("{port: 8480}", "{port: 8480, tls: {port: 443}}"),
+            r"field 'frontend.tls': the aws provider's load balancer does not serve HTTPS yet; remove it$",
+        ),
+        (
+            GOOD.replace("{port: 8480}", "{port: 8480, tls: {port: 8443, names: []}}"),
+            r"field 'frontend.tls.names': list at least one host name or address",
+        ),
+        (
+            GOOD.replace("{port: 8480}", "{port: 8480, tls: {port: 8443, days: 3650}}"),
+            r"field 'frontend.tls.days': 3650 is out of range: use 1 to 825",
+        ),
     ],
 )
 def test_bad_values_name_the_field(project, text, message):

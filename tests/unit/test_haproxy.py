@@ -87,3 +87,21 @@ def test_client_reaches_a_socket_deeper_than_the_unix_path_limit(tmp_path: Path)
         thread.join(timeout=5)
         server.close()
     assert received == [b"show info\n"]
+
+
+def test_https_binds_443_with_the_bundle_and_redirects_to_the_published_port():
+    checks = haproxy.Checks(interval=0.5, rise=2, fall=3)
+    text = haproxy.render_config([], port=80, health_path="/health", checks=checks, https=haproxy.Https(8443))
+    lines = [line.strip() for line in text.splitlines()]
+    assert "bind :443 ssl crt /run/haproxy/frontend.pem" in lines
+    assert (
+        "http-request redirect location https://%[req.hdr(host),field(1,:)]:8443%[capture.req.uri] "
+        "code 301 unless { ssl_fc }"
+    ) in lines
+    on_443 = haproxy.render_config([], port=80, health_path="/", checks=checks, https=haproxy.Https(443))
+    assert "https://%[req.hdr(host),field(1,:)]%[capture.req.uri]" in on_443
+    quiet = haproxy.render_config(
+        [], port=80, health_path="/", checks=checks, https=haproxy.Https(443, False)
+    )
+    assert "redirect" not in quiet and "ssl crt" in quiet
+    assert "ssl" not in haproxy.render_config([], port=80, health_path="/", checks=checks)
