@@ -204,7 +204,7 @@ def up(c, env, bake=False):
     say(hints.after("up", env))
 
 
-@task(help={"env": "environment name", "json": "print JSON (frontend, instances) instead of a table"})
+@task(help={"env": "environment name", "json": "print JSON: frontend, https, certificate, instances"})
 @kiln_task
 def status(c, env, json=False):
     """Show an environment's instances: zone, role, version, health, readiness and load-balancer state."""
