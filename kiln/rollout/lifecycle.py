@@ -187,8 +187,15 @@ def fill(engine: Engine) -> None:
     if lb_image:
         provider.check_user_data(lb_image, [cloudinit.UserData("lb", lb_user_data)])
     provider.ensure_networks()
+    ca_file = tls.ca_file(engine.settings, env.name)
+    new_ca = env.spec.frontend.tls is not None and not ca_file.exists()
     provider.ensure_lb(lb_image, lb_user_data)
     engine.say(f"load balancer {provider.frontend()}")
+    if new_ca and ca_file.exists():  # a CI runner's workspace forgets it unless it is committed
+        engine.say(
+            f"made the certificate authority of {env.name}: commit secrets/{ca_file.name} and "
+            f"secrets/{env.name}.env.age (its key, sealed), or the next `up` elsewhere makes another"
+        )
     # Other roles first: the balanced role's user-data names them (the database).
     for role in sorted(plans, key=lambda r: r == engine.role):
         for n in plans[role]:

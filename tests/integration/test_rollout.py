@@ -117,12 +117,15 @@ def versions(kiln, v1, tmp_path_factory) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running(kiln, docker_client, name: str, text: str):
-    """`environments/<name>.yml` from `text`, up; down and every labelled object gone after."""
+def running(kiln, docker_client, name: str, text: str, said: list[str] | None = None):
+    """`environments/<name>.yml` from `text`, up (what it said appended to `said`); down and every
+    labelled object gone after."""
     (kiln.project / "environments").mkdir(exist_ok=True)
     (kiln.project / "environments" / f"{name}.yml").write_text(text)
     try:
-        kiln.invoke("up", name)
+        up = kiln.invoke("up", name)
+        if said is not None:
+            said.append(up.stdout + up.stderr)
         yield name
     finally:
         kiln.invoke("down", name, check=False)
@@ -327,7 +330,9 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
 def test_https_from_the_environments_ca_http_redirected_and_renewed_without_a_restart(
     kiln, v1, docker_client
 ):
-    with running(kiln, docker_client, TLS_ENV, TLS_FILE) as name:
+    said: list[str] = []
+    with running(kiln, docker_client, TLS_ENV, TLS_FILE, said) as name:
+        assert f"made the certificate authority of {name}: commit secrets/{name}.ca.pem" in said[0]
         view = status(kiln, name)
         https = view["https"]
         port = int(https.rstrip("/").rsplit(":", 1)[1])
@@ -356,7 +361,8 @@ def test_https_from_the_environments_ca_http_redirected_and_renewed_without_a_re
         bundle = kiln.project / ".kiln" / "envs" / name / "lb" / "frontend.pem"
         assert bundle.stat().st_mode & 0o777 == 0o600
         bundle.write_bytes(tls.issue(tls.new_authority(name), ["127.0.0.1"], days=30))  # same name
-        kiln.invoke("up", name)
+        renewed = kiln.invoke("up", name)
+        assert "made the certificate authority" not in renewed.stdout + renewed.stderr  # only once
         now_served = tls.served("127.0.0.1", port).serial
         assert now_served != before
         assert now_served == f"{x509.load_pem_x509_certificate(bundle.read_bytes()).serial_number:X}"
