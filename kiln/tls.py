@@ -72,10 +72,7 @@ def authority(settings: Settings, env: str) -> Authority:
             f"(clients trust that CA), or remove both to make a new one"
         )
     made = new_authority(env)
-    private = made.key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    sealed.write(settings, env, {**values, KEY_SECRET: base64.b64encode(private).decode()})
+    sealed.write(settings, env, {**values, KEY_SECRET: base64.b64encode(private_pem(made.key)).decode()})
     write_atomic(cert_path, made.pem)
     return made
 
@@ -94,11 +91,21 @@ def load_authority(sealed_key: str, cert_pem: bytes, shown_cert: str, env: str) 
     return Authority(key, certificate)
 
 
+def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def valid_from() -> datetime.datetime:
+    return now() - datetime.timedelta(minutes=5)  # tolerate clocks a little behind
+
+
 def new_authority(env: str) -> Authority:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Kiln"),
                       x509.NameAttribute(NameOID.COMMON_NAME, f"Kiln CA {env}")])  # fmt: skip
-    start = now() - datetime.timedelta(minutes=5)  # tolerate clocks a little behind
+    start = valid_from()
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -131,7 +138,7 @@ def issue(ca: Authority, names: list[str], days: int) -> bytes:
     """A server certificate for `names` (host names or addresses), valid `days`: HAProxy's `crt`
     file, the certificate, then the CA's, then the new private key."""
     key = ec.generate_private_key(ec.SECP256R1())
-    start = now() - datetime.timedelta(minutes=5)
+    start = valid_from()
     certificate = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
@@ -148,14 +155,7 @@ def issue(ca: Authority, names: list[str], days: int) -> bytes:
         )
         .sign(ca.key, hashes.SHA256())
     )
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM) + ca.pem + private
-
-
-def first_certificate(pem: bytes) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem)
+    return certificate.public_bytes(serialization.Encoding.PEM) + ca.pem + private_pem(key)
 
 
 def due(bundle: Path, ca: Authority, names: list[str]) -> bool:
@@ -163,7 +163,7 @@ def due(bundle: Path, ca: Authority, names: list[str]) -> bool:
     if not bundle.exists():
         return True
     try:
-        current = first_certificate(bundle.read_bytes())
+        current = x509.load_pem_x509_certificate(bundle.read_bytes())  # the first: the leaf
     except ValueError:
         return True
     try:  # signed by this CA, not merely by one of the same name (a CA made again)

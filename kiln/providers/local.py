@@ -181,21 +181,20 @@ class LocalProvider(Provider):
             self._https_port = int(bindings[0]["HostPort"]) if bindings else None
         return self._https_port
 
-    def renew_certificate(self, force: bool = False) -> bool:
+    def renew_certificate(self, force: bool = False) -> None:
         """Issue the frontend a certificate from the environment's CA when it has none or it is due;
-        a running HAProxy takes it through the runtime API, with no reload. Whether one was issued."""
+        a running HAProxy takes it through the runtime API, with no reload."""
         tls_spec = self.env.spec.frontend.tls
         if tls_spec is None:
-            return False
+            return
         ca = tls.authority(self.settings, self.env.name)
         bundle = self.lb_folder / haproxy.CERTIFICATE_FILE
         if not force and not tls.due(bundle, ca, tls_spec.names):
-            return False
+            return
         issued = tls.issue(ca, tls_spec.names, tls_spec.days)
         if not force and self.api.ready():
             self.api.replace_certificate(f"/run/haproxy/{haproxy.CERTIFICATE_FILE}", issued)
         tls.write_bundle(bundle, issued)
-        return True
 
     @docker_errors_fail
     def destroy(self) -> list[str]:
