@@ -64,8 +64,14 @@ class DiskImageStore:
                 path.unlink()
 
     def in_use(self) -> set[tuple[str, str]]:
-        """No provider runs disks yet, so no disk is held by an instance."""
-        return set()
+        """(role, version) of the disks qemu instances boot from: their overlays need them.
+        Read from the instances' records (kiln/providers/qemu.py), in every environment."""
+        found = set()
+        for record in (self.settings.store_dir / "envs").glob("*/vms/*/instance.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                data = json.loads(record.read_text())
+                found.add((data["role"], data["version"]))
+        return found
 
     @staticmethod
     def _record(disk: Path) -> ImageRecord:

@@ -106,7 +106,8 @@ class SyslogDestination:
 @dataclass(frozen=True)
 class EnvironmentSpec:
     provider: str = spec(
-        help="where instances run: local (Docker on this machine), aws or openstack", choices=tuple(PROVIDERS)
+        help="where instances run: local (containers here), qemu (VMs here), aws or openstack",
+        choices=tuple(PROVIDERS),
     )
     zones: list[str] = spec(
         help="zone names; instance N runs in zone N modulo the zone count", pattern=ZONE_NAME,
@@ -227,8 +228,11 @@ def validate(name: str, s: EnvironmentSpec, display: str) -> None:
         fail("frontend.tls", f"the {s.provider} provider's load balancer does not serve HTTPS yet; remove it")
     if s.frontend.tls is not None and not s.frontend.tls.names:
         fail("frontend.tls.names", "list at least one host name or address for the certificate")
-    if s.provider == "local" and s.ssh.bastion is not None:
-        fail("ssh.bastion", "the local provider reaches its containers without SSH; remove the bastion")
+    backup = s.backup
+    if backup is not None and backup.repository == "volume" and not provider_class(s.provider).keeps_volumes:
+        fail("backup.repository", f"the {s.provider} provider keeps no volume beside its instances; use 's3'")
+    if s.provider in ("local", "qemu") and s.ssh.bastion is not None:
+        fail("ssh.bastion", f"the {s.provider} provider's instances run on this machine; remove the bastion")
     p = s.rollout
     if p.max_surge + p.max_unavailable < 1:
         fail("rollout.max_surge", "max_surge + max_unavailable must be 1 or more, or nothing can change")

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 PROVIDERS = {
     "local": "kiln.providers.local:LocalProvider",
+    "qemu": "kiln.providers.qemu:QemuProvider",
     "aws": "kiln.providers.aws:AwsProvider",
     "openstack": "kiln.providers.openstack:OpenStackProvider",
 }

@@ -422,7 +422,7 @@ class AwsProvider(cloud.CloudProvider):
         # The AMI's own cloud-init cannot run here: YAML, header and EC2's size limit only.
         cloudinit.check_offline(documents, USER_DATA_LIMIT, "EC2 user-data")
 
-    def peer_address(self, instance: str) -> str:
+    def peer_address(self, instance: str, zone: int = 0) -> str:
         found = self.describe_instances(self.name_filter(instance, LIVE_STATES))
         if found:
             return found[0]["PrivateIpAddress"]

@@ -55,6 +55,9 @@ class Provider(abc.ABC):
     routes_by_zone = False
     # its load balancer serves HTTPS with a certificate from the environment's CA (kiln/tls.py)
     terminates_tls = False
+    # backup repositories can live beside the instances, off them (`backup.repository: volume`:
+    # local's docker volumes); elsewhere backups go to S3
+    keeps_volumes = False
 
     def __init__(self, settings: Settings, env: Environment):
         self.settings = settings
@@ -104,8 +107,8 @@ class Provider(abc.ABC):
         """`cloud-init schema` every document as the image would; KilnError naming the bad one."""
 
     @abc.abstractmethod
-    def peer_address(self, instance: str) -> str:
-        """How other instances of the environment reach this one (a name or an address)."""
+    def peer_address(self, instance: str, zone: int = 0) -> str:
+        """How the environment's instances in `zone` reach this one (a name or an address)."""
 
     @abc.abstractmethod
     def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:

@@ -165,7 +165,7 @@ class FakeProvider(Provider):
             if not doc.text.startswith("#cloud-config"):
                 raise KilnError(f"user-data of {doc.instance}: not a #cloud-config document")
 
-    def peer_address(self, instance: str) -> str:
+    def peer_address(self, instance: str, zone: int = 0) -> str:
         return f"{instance}.fake"
 
     def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:

@@ -30,6 +30,7 @@ from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
 from kiln.images import DockerImageStore, ImageRecord, docker_client
 from kiln.providers.base import Instance, LbServer, Provider
+from kiln.roles import RoleCatalog
 from kiln.settings import Settings
 
 STOP_TIMEOUT = 10  # seconds kiln-init gets to stop services before SIGKILL
@@ -52,6 +53,7 @@ def docker_errors_fail(method):
 class LocalProvider(Provider):
     routes_by_zone = True
     terminates_tls = True
+    keeps_volumes = True
 
     def __init__(self, settings: Settings, env: Environment):
         super().__init__(settings, env)
@@ -289,7 +291,7 @@ class LocalProvider(Provider):
     def check_user_data(self, image: ImageRecord, documents: list[UserData]) -> None:
         cloudinit.check(self.client, image.image, documents, f"kiln-{self.env.name}-schema")
 
-    def peer_address(self, instance: str) -> str:
+    def peer_address(self, instance: str, zone: int = 0) -> str:
         return self.container_name(instance)  # Docker's DNS on every zone network it joins
 
     @docker_errors_fail
@@ -352,11 +354,17 @@ class LocalProvider(Provider):
         h = self.env.spec.health
         return haproxy.Checks(h.interval, h.rise, h.fall, h.slowstart)
 
+    @functools.cached_property
+    def backend_port(self) -> int:
+        """Where the balanced role serves: the port of its `health` (role.yml), 80 without one."""
+        health = RoleCatalog(self.settings).get(self.env.spec.balanced_role).spec.health
+        return health.port if health else 80
+
     def lb_server(self, instance: Instance) -> haproxy.Server:
         """Outside the home zone (zone affinity) an instance is a backup server."""
         home = self.env.spec.frontend.home_zone
         backup = home is not None and self.env.zones[instance.zone] != home
-        return haproxy.Server(instance.name, instance.address, 80, backup)
+        return haproxy.Server(instance.name, instance.address, self.backend_port, backup)
 
     @docker_errors_fail
     def lb_register(self, instance: Instance) -> None:

@@ -306,7 +306,7 @@ class OpenStackProvider(cloud.CloudProvider):
         limit = USER_DATA_LIMIT * 3 // 4  # raw bytes that stay within the limit once base64-encoded
         cloudinit.check_offline(documents, limit, "Nova user-data")
 
-    def peer_address(self, instance: str) -> str:
+    def peer_address(self, instance: str, zone: int = 0) -> str:
         server = self.server(instance)
         if server is not None:
             return self.instance(server).address

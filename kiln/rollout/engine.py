@@ -36,8 +36,9 @@ class RolloutFailed(OperationFailed):
     """A step failed (health never passed, an instance died, a timeout): roll back."""
 
 
-def db_settings(settings: Settings, env: Environment, provider: Provider) -> dict | None:
-    """The application database's address and login; the password is made once, kept 0600."""
+def db_settings(settings: Settings, env: Environment, provider: Provider, zone: int = 0) -> dict | None:
+    """The application database's address (as instances in `zone` reach it) and login; the
+    password is made once, kept 0600."""
     if env.count("db") == 0:
         return None
     path = settings.state_dir / "envs" / env.name / "db-password"
@@ -48,7 +49,7 @@ def db_settings(settings: Settings, env: Environment, provider: Provider) -> dic
         os.write(fd, secrets.token_urlsafe(24).encode())
         os.close(fd)
     return {
-        "host": provider.peer_address("db1"),
+        "host": provider.peer_address("db1", zone),
         "port": 5432,
         "name": "kiln",
         "user": "kiln",
@@ -84,7 +85,7 @@ class Engine:
             "instance": instance,
             "role": role,
             "version": image.version,
-            "db": db_settings(self.settings, self.env, self.provider),
+            "db": db_settings(self.settings, self.env, self.provider, zone),
             "app": self.env.spec.app,
             "syslog": dataclasses.asdict(self.env.spec.syslog) if self.env.spec.syslog else None,
         }

@@ -8,6 +8,8 @@ even when tests fail. The bootstrap image is shared and kept: it is the slow, st
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ import pytest
 
 from kiln.images import DockerImageStore, ImageRecord
 from tests.conftest import copy_project
+from tests.integration.vm_chain import BAKE_TIMEOUT, SLOW_PACKER, make_project, versions, vm_processes
 
 pytestmark = pytest.mark.integration
 # A role's testinfra suite that only Kiln runs, against a VM (test_vm_fixture.py).
@@ -121,3 +124,20 @@ def baked_all(kiln: KilnRun, baked_web: dict[str, str]) -> dict[str, str]:
 def scratch_project(tmp_path, kiln: KilnRun) -> KilnRun:
     """A private project copy (to change roles or provisioners) sharing the session's images."""
     return kiln.with_project(copy_project(tmp_path / "project"))
+
+
+@pytest.fixture(scope="session")
+def vm_run(tmp_path_factory, kiln: KilnRun):
+    run = KilnRun(make_project(tmp_path_factory.mktemp("vmfixture")), kiln.prefix)
+    yield run
+    # Whatever failed: no VM of this run keeps running, no disk or overlay stays behind.
+    for pid in vm_processes(run.prefix):
+        os.kill(pid, signal.SIGTERM)
+    shutil.rmtree(run.project / ".kiln", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def baked(vm_run: KilnRun) -> dict[str, str]:
+    """The fixture's base, locked against the mirror, baked as a qcow2 disk and verified in a VM."""
+    vm_run.invoke("lock", "base", "--update")
+    return versions(vm_run.invoke("bake", "base", "--target", "qemu", timeout=BAKE_TIMEOUT, env=SLOW_PACKER))

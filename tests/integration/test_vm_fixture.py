@@ -11,73 +11,18 @@ shares it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, copy_project
 from tests.integration.conftest import KilnRun
+from tests.integration.vm_chain import BAKE_TIMEOUT, SLOW_PACKER, overlays, versions, vm_processes
 
 pytestmark = pytest.mark.integration
-
-FIXTURE = Path(__file__).parent / "vm_fixture"
-# What the fixture's services need in the image: Kiln's renderer of `services:`, as base ships it.
-SERVICE_FILES = ("usr/local/sbin/kiln-services", "usr/local/lib/kiln/kiln_services.py")
-# A bake and its verification took 18 and 10 min here under TCG with the load at 20-30.
-BAKE_TIMEOUT = 3600
-SLOW_PACKER = {"KILN_PACKER_TIMEOUT": "2400"}
-
-
-def versions(proc) -> dict[str, str]:
-    return dict(line.split("\t")[:2] for line in proc.stdout.splitlines() if "\t" in line)
-
-
-def vm_processes(prefix: str) -> dict[int, str]:
-    """QEMU processes of VMs named with the prefix (bake, verify): pid -> command line."""
-    found = subprocess.run(["pgrep", "-af", "--", f"-name {prefix}-"], capture_output=True, text=True)
-    return {int(pid): line for pid, _, line in (row.partition(" ") for row in found.stdout.splitlines())}
-
-
-def overlays(state_dir: Path, prefix: str) -> list[Path]:
-    """Scratch folders of throwaway VMs (overlay, seed, key): kiln.vm.booted makes them here."""
-    return sorted(state_dir.glob(f"{prefix}-*"))
-
-
-def make_project(dest: Path) -> Path:
-    project = copy_project(dest)
-    shutil.rmtree(project / "images")
-    shutil.copytree(FIXTURE / "images", project / "images")
-    for script in (FIXTURE / "provisioners").iterdir():
-        shutil.copy2(script, project / "provisioners" / script.name)
-    for path in SERVICE_FILES:
-        target = project / "images" / "base" / "files" / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / "images" / "base" / "files" / path, target)
-    return project
-
-
-@pytest.fixture(scope="module")
-def vm_run(tmp_path_factory, kiln: KilnRun):
-    run = KilnRun(make_project(tmp_path_factory.mktemp("vmfixture")), kiln.prefix)
-    yield run
-    # Whatever failed: no VM of this run keeps running, no disk or overlay stays behind.
-    for pid in vm_processes(run.prefix):
-        os.kill(pid, signal.SIGTERM)
-    shutil.rmtree(run.project / ".kiln", ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def baked(vm_run: KilnRun) -> dict[str, str]:
-    """The fixture's base, locked against the mirror, baked as a qcow2 disk and verified in a VM."""
-    vm_run.invoke("lock", "base", "--update")
-    return versions(vm_run.invoke("bake", "base", "--target", "qemu", timeout=BAKE_TIMEOUT, env=SLOW_PACKER))
 
 
 def junit_cases(run: KilnRun, role: str, version: str) -> dict[str, ET.Element]:

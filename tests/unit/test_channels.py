@@ -140,7 +140,9 @@ def test_the_ssh_section_loads_and_bad_input_is_one_line_naming_the_field(projec
             environments.load(project, "t")
         message = str(bad.value)
         assert message.startswith(f"environments/t.yml: field '{field}'") and "\n" not in message
-    local = VM.replace("aws", "local").replace("eu-west-1a", "a")
-    path.write_text(local + "ssh: {bastion: {host: j, user: k}}\n")
-    with pytest.raises(KilnError, match=r"^environments/t.yml: field 'ssh.bastion': the local provider"):
-        environments.load(project, "t")
+    for provider in ("local", "qemu"):  # both run their instances on this machine
+        here = VM.replace("aws", provider).replace("eu-west-1a", "a")
+        path.write_text(here + "ssh: {bastion: {host: j, user: k}}\n")
+        refused = rf"^environments/t.yml: field 'ssh.bastion': the {provider} provider"
+        with pytest.raises(KilnError, match=refused):
+            environments.load(project, "t")

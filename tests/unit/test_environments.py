@@ -87,7 +87,7 @@ def test_bad_fields_name_file_and_field(project, extra, message):
     [
         (
             GOOD.replace("local", "gce"),
-            r"field 'provider': 'gce' is not one of local, aws, openstack$",
+            r"field 'provider': 'gce' is not one of local, qemu, aws, openstack$",
         ),
         (GOOD.replace("[a, b, c]", "[]"), r"field 'zones': list at least one zone"),
         (GOOD.replace("[a, b, c]", "[a, a]"), r"field 'zones': zone names must be unique"),

@@ -1,0 +1,157 @@
+"""The qemu provider for real: VMs booted from the VM fixture's disks, behind HAProxy.
+
+The CI scenario: two zones with one VM each, serving the page their user-data wrote; `up`,
+a rollout under bounded loopback load with no failed request, a bad image rolled back by
+itself, `down`. The VMs run the fixture chain (vm_chain.py), not the hardened web and db: those
+take 30-40 min to bake under TCG (benchmarks/rollout.py --provider qemu runs them). Every VM, tap
+device, network and folder of the environment is gone at the end, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+
+import pytest
+
+from benchmarks.load import Load
+from kiln.diskimages import DiskImageStore
+from kiln.settings import Settings
+from tests.integration.conftest import KilnRun
+from tests.integration.vm_chain import BAKE_TIMEOUT, SLOW_PACKER, make_project, versions
+
+pytestmark = pytest.mark.integration
+
+ENV = f"vq{os.getpid()}"
+ENV_FILE = """
+provider: qemu
+zones: [z0, z1]
+instances: {base: 2}
+balanced_role: base
+frontend: {port: 0}
+health: {path: /health, interval: 1, rise: 2, fall: 2, timeout: 900}
+rollout: {max_surge: 1, max_unavailable: 0, warmup: 1, drain_timeout: 5, canary: 1}
+"""
+LOAD_SECONDS = 900  # the whole rollout: two VMs boot under TCG
+
+
+def set_status(run: KilnRun, version: str, status: str) -> None:
+    store = DiskImageStore(Settings(project_root=run.project, state_dir=run.project / ".kiln"))
+    record = store.find("base", version)
+    assert record is not None, f"base {version} was not baked"
+    store.set_status(record, status)
+
+
+@pytest.fixture(scope="module")
+def chain(vm_run: KilnRun, baked, baked_all, tmp_path_factory) -> dict[str, str]:
+    """v1 (the fixture's base, verified), v2 (a changed page) and bad (its /health unreadable),
+    baked from project copies into the same disk catalog, unverified, then marked as the tests
+    need: v2 verified, bad rejected."""
+    state = {"KILN_STATE_DIR": str(vm_run.project / ".kiln"), **SLOW_PACKER}
+
+    def variant(name: str, line: str, status: str) -> str:
+        project = make_project(tmp_path_factory.mktemp(name))
+        lock = "images/base/packages.lock"
+        (project / lock).write_text((vm_run.project / lock).read_text())
+        with (project / "provisioners" / "fixture-base.sh").open("a") as f:
+            f.write(line)
+        proc = vm_run.with_project(project).invoke(
+            "bake", "base", "--target", "qemu", "--no-verify", timeout=BAKE_TIMEOUT, env=state
+        )
+        version = versions(proc)["base"]
+        set_status(vm_run, version, status)
+        return version
+
+    return {
+        "v1": baked["base"],
+        "v2": variant("v2", "echo v2 > /srv/fixture/variant\n", "verified"),
+        "bad": variant("bad", "chmod 0000 /srv/fixture/health\n", "rejected"),
+    }
+
+
+def qemu_processes(env: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "--", f"-name kiln-{env}-"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def taps() -> set[str]:
+    links = json.loads(subprocess.check_output(["ip", "-j", "link", "show", "type", "tun"]))
+    return {link["ifname"] for link in links}
+
+
+@pytest.fixture(scope="module")
+def env(vm_run: KilnRun, chain, docker_client):
+    taps_before = taps()
+    (vm_run.project / "environments").mkdir(exist_ok=True)
+    (vm_run.project / "environments" / f"{ENV}.yml").write_text(ENV_FILE)
+    try:
+        yield ENV
+    finally:
+        down = vm_run.invoke("down", ENV, check=False)
+        left = qemu_processes(ENV)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for tap in taps() - taps_before:
+            subprocess.run(["ip", "link", "del", tap], check=False)
+        for container in docker_client.containers.list(all=True, filters={"label": f"kiln.env={ENV}"}):
+            container.remove(force=True)
+        for network in docker_client.networks.list(filters={"label": f"kiln.env={ENV}"}):
+            network.remove()
+    assert down.returncode == 0, down.stderr
+    assert not left, "down left QEMU running"
+    assert taps() <= taps_before, "down left tap devices"
+    assert not (vm_run.project / ".kiln" / "envs" / ENV / "vms").exists()
+
+
+def status(run: KilnRun) -> dict:
+    return json.loads(run.invoke("status", ENV, "--json").stdout)
+
+
+def assert_serving(run: KilnRun, version: str) -> None:
+    """One healthy VM per zone, all of `version`, each serving its own user-data's page."""
+    view = status(run)
+    rows = sorted((i["name"], i["zone"], i["version"], i["health"], i["lb_state"]) for i in view["instances"])
+    names = [row[0] for row in rows]
+    assert [row[1:] for row in rows] == [(zone, version, "healthy", "ready") for zone in ("z0", "z1")]
+    pages = set()
+    for _ in range(6):  # round robin: both servers answer within a few requests
+        with urllib.request.urlopen(view["frontend"], timeout=10) as response:
+            pages.add(response.read().decode().strip())
+    assert pages == {f"{name} {version} {zone}" for name, zone in zip(names, ("z0", "z1"), strict=True)}
+
+
+def test_up_boots_a_vm_per_zone_behind_the_load_balancer(vm_run, env, chain):
+    up = vm_run.invoke("up", env, timeout=1800)
+    assert "load balancer http://127.0.0.1:" in up.stdout, up.stdout
+    assert_serving(vm_run, chain["v1"])
+    assert len(qemu_processes(env)) == 2
+
+
+def test_rollout_under_load_fails_no_request(vm_run, env, chain):
+    with Load(status(vm_run)["frontend"], workers=2, max_seconds=LOAD_SECONDS) as load:
+        proc = vm_run.invoke("rollout", env, "--image", chain["v2"], timeout=1800)
+    assert "succeeded" in proc.stdout, proc.stdout + proc.stderr
+    assert load.failed == 0, load.summary()
+    assert chain["v2"] in load.versions and chain["v1"] in load.versions, load.summary()
+    assert_serving(vm_run, chain["v2"])
+    assert len(qemu_processes(env)) == 2, "the old VMs must be gone"
+
+
+def test_a_bad_image_is_rolled_back_by_itself(vm_run, env, chain):
+    set_status(vm_run, chain["bad"], "verified")  # as if verification had missed the fault
+    try:
+        with Load(status(vm_run)["frontend"], workers=2, max_seconds=LOAD_SECONDS) as load:
+            proc = vm_run.invoke("rollout", env, "--image", chain["bad"], check=False, timeout=1800)
+    finally:
+        set_status(vm_run, chain["bad"], "rejected")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"rolled back to {chain['v2']}" in proc.stderr, proc.stderr
+    assert load.failed == 0, load.summary()
+    assert chain["bad"] not in load.versions
+    assert_serving(vm_run, chain["v2"])
+    assert len(qemu_processes(env)) == 2

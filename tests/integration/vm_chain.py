@@ -1,0 +1,47 @@
+"""The small VM role chain of vm_fixture/ (see its README): making its project, reading bakes,
+finding a run's VMs. Its session fixtures (`vm_run`, `baked`) are in conftest.py, shared by
+test_vm_fixture.py (the image) and test_qemu_provider.py (instances booted from it)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.conftest import REPO, copy_project
+
+FIXTURE = Path(__file__).parent / "vm_fixture"
+# What the fixture's services need in the image: Kiln's renderer of `services:`, as base ships it.
+SERVICE_FILES = ("usr/local/sbin/kiln-services", "usr/local/lib/kiln/kiln_services.py")
+# A bake and its verification took 18 and 10 min here under TCG with the load at 20-30.
+BAKE_TIMEOUT = 3600
+SLOW_PACKER = {"KILN_PACKER_TIMEOUT": "2400"}
+
+
+def versions(proc) -> dict[str, str]:
+    return dict(line.split("\t")[:2] for line in proc.stdout.splitlines() if "\t" in line)
+
+
+def vm_processes(prefix: str) -> dict[int, str]:
+    """QEMU processes of VMs named with the prefix (bake, verify): pid -> command line."""
+    found = subprocess.run(["pgrep", "-af", "--", f"-name {prefix}-"], capture_output=True, text=True)
+    return {int(pid): line for pid, _, line in (row.partition(" ") for row in found.stdout.splitlines())}
+
+
+def overlays(state_dir: Path, prefix: str) -> list[Path]:
+    """Scratch folders of throwaway VMs (overlay, seed, key): kiln.vm.booted makes them here."""
+    return sorted(state_dir.glob(f"{prefix}-*"))
+
+
+def make_project(dest: Path) -> Path:
+    project = copy_project(dest)
+    shutil.rmtree(project / "images")
+    shutil.copytree(FIXTURE / "images", project / "images")
+    for script in (FIXTURE / "provisioners").iterdir():
+        shutil.copy2(script, project / "provisioners" / script.name)
+    shutil.copytree(FIXTURE / "cloud-init", project / "cloud-init", dirs_exist_ok=True)
+    for path in SERVICE_FILES:
+        target = project / "images" / "base" / "files" / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / "images" / "base" / "files" / path, target)
+    return project
