@@ -47,18 +47,26 @@ def bake_roles(
     settings: Settings, names: list[str] | None = None, *, force: bool = False, locked: bool = False,
     verify: bool = True, role: str | None = None, target: str = "docker",
 ) -> list[RoleRow]:  # fmt: skip
-    """Bake `names` (default: every role) on the docker target, parents first, one at a time
-    (see the module's note), verifying each unverified image; the summary, one row per role.
-    `role` and `target` are what the command line gave beside --all, refused when set."""
+    """`invoke bake --all`: every role (or `names`) on the docker target. `role` and `target` are
+    what the command line gave beside --all, refused when set."""
     if role or target != "docker":
         raise KilnError("--all bakes every role on the docker target: give no role and no --target")
-    baker = Baker(settings)
+    return bake_on(settings, "docker", names, force=force, locked=locked, verify=verify)
+
+
+def bake_on(
+    settings: Settings, target: str, names: list[str] | None = None, *, force: bool = False,
+    locked: bool = False, verify: bool = True,
+) -> list[RoleRow]:  # fmt: skip
+    """Bake `names` (default: every role) on `target`, parents first, one at a time (see the
+    module's note), verifying each unverified image; the summary, one row per role."""
+    baker = Baker(settings, target)
     order = parents_first(baker.catalog, names or baker.catalog.names())
     rows: list[RoleRow] = []
     for name in order:
         *_, outcome = baker.bake(name, force=force, locked=locked)
         if verify:
-            verification.verify_chain(settings, [(outcome.role, outcome.version)])
+            verification.verify_chain(settings, [(outcome.role, outcome.version)], target)
         record = baker.store.find(outcome.role, outcome.version)
         status = record.status if record else "missing"
         action = "baked" if outcome.baked else "up to date"

@@ -96,6 +96,7 @@ class AwsApi:
 
 class AwsProvider(cloud.CloudProvider):
     lb_service = "ELBv2"
+    image_target = "amazon-ebs"
 
     def __init__(self, settings: Settings, env: Environment):
         super().__init__(settings, env)

@@ -58,6 +58,12 @@ class Provider(abc.ABC):
     # backup repositories can live beside the instances, off them (`backup.repository: volume`:
     # local's docker volumes); elsewhere backups go to S3
     keeps_volumes = False
+    image_target = "docker"  # the bake target (kiln/targets) whose images its instances run
+
+    @classmethod
+    def target_of(cls, role: str) -> str:
+        """The bake target of `role`'s images here: a load balancer from an image is a container."""
+        return "docker" if role == "lb" and cls.lb_from_image else cls.image_target
 
     def __init__(self, settings: Settings, env: Environment):
         self.settings = settings

@@ -97,6 +97,7 @@ def connect(settings: Settings):
 
 class OpenStackProvider(cloud.CloudProvider):
     lb_service = "Octavia"
+    image_target = "openstack"
 
     def __init__(self, settings: Settings, env: Environment, connection=None):
         super().__init__(settings, env)

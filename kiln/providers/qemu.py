@@ -84,7 +84,9 @@ class VmRecord:
 
 
 class QemuProvider(LocalProvider):
+    image_target = "qemu"
     keeps_volumes = False  # a VM's disk goes with it: backups go to S3
+
     def __init__(self, settings: Settings, env: Environment):
         super().__init__(settings, env)
         check_zone_count(env)  # the address plan's 16 zones

@@ -134,12 +134,17 @@ def up(engine: Engine, bake: bool = False) -> str | None:
     Zones that already have instances keep the version they run: `up` fills, a rollout replaces.
     """
     missing = missing_images(engine)
+    target_of = engine.provider.target_of
     if missing and bake:
         from kiln import bakeall  # Packer and the image store: only when there is something to bake
 
-        bakeall.require_none_rejected(bakeall.bake_roles(engine.settings, missing))
+        rows = []
+        for target in sorted({target_of(role) for role in missing}):
+            roles = [role for role in missing if target_of(role) == target]
+            rows += bakeall.bake_on(engine.settings, target, roles)
+        bakeall.require_none_rejected(rows)
     elif missing:
-        commands = " && ".join(f"invoke bake {role}" for role in missing)
+        commands = " && ".join(bake_command(role, target_of(role)) for role in missing)
         raise KilnError(
             f"{engine.env.file}: no deployable image of {', '.join(missing)}: bake and verify "
             f"{'it' if len(missing) == 1 else 'them'} with `{commands}`, or run "
@@ -149,6 +154,10 @@ def up(engine: Engine, bake: bool = False) -> str | None:
         fill(engine)
         readiness.wait_ready(engine.provider, engine.say, engine.env.spec.health.timeout)
     return engine.provider.frontend()
+
+
+def bake_command(role: str, target: str) -> str:
+    return f"invoke bake {role}" + ("" if target == "docker" else f" --target {target}")
 
 
 def missing_images(engine: Engine) -> list[str]:

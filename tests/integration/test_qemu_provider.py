@@ -2,9 +2,10 @@
 
 The CI scenario: two zones with one VM each, serving the page their user-data wrote; `up`,
 a rollout under bounded loopback load with no failed request, a bad image rolled back by
-itself, `down`. The VMs run the fixture chain (vm_chain.py), not the hardened web and db: those
-take 30-40 min to bake under TCG (benchmarks/rollout.py --provider qemu runs them). Every VM, tap
-device, network and folder of the environment is gone at the end, even when a test fails.
+itself, `down`. The VMs run the fixture chain (vm_chain.py), not the hardened web and db, which
+take 30-40 min to bake under TCG. The rollout steps are the ones test_rollout.py runs on
+containers (provider_contract.py). Every VM, tap device, network and folder of the environment
+is gone at the end, even when a test fails.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import urllib.request
 
 import pytest
 
-from benchmarks.load import Load
 from kiln.diskimages import DiskImageStore
 from kiln.settings import Settings
+from tests.integration import provider_contract as contract
 from tests.integration.conftest import KilnRun
 from tests.integration.vm_chain import BAKE_TIMEOUT, SLOW_PACKER, make_project, versions
 
@@ -108,50 +109,35 @@ def env(vm_run: KilnRun, chain, docker_client):
     assert not (vm_run.project / ".kiln" / "envs" / ENV / "vms").exists()
 
 
-def status(run: KilnRun) -> dict:
-    return json.loads(run.invoke("status", ENV, "--json").stdout)
-
-
-def assert_serving(run: KilnRun, version: str) -> None:
-    """One healthy VM per zone, all of `version`, each serving its own user-data's page."""
-    view = status(run)
-    rows = sorted((i["name"], i["zone"], i["version"], i["health"], i["lb_state"]) for i in view["instances"])
-    names = [row[0] for row in rows]
-    assert [row[1:] for row in rows] == [(zone, version, "healthy", "ready") for zone in ("z0", "z1")]
+def assert_pages(run: KilnRun, version: str) -> None:
+    """Each zone's VM serves the page its own user-data wrote, through the load balancer."""
+    view = contract.status(run, ENV)
+    expected = {f"{i['name']} {version} {i['zone']}" for i in view["instances"]}
     pages = set()
     for _ in range(6):  # round robin: both servers answer within a few requests
         with urllib.request.urlopen(view["frontend"], timeout=10) as response:
             pages.add(response.read().decode().strip())
-    assert pages == {f"{name} {version} {zone}" for name, zone in zip(names, ("z0", "z1"), strict=True)}
+    assert pages == expected
 
 
 def test_up_boots_a_vm_per_zone_behind_the_load_balancer(vm_run, env, chain):
     up = vm_run.invoke("up", env, timeout=1800)
-    assert "load balancer http://127.0.0.1:" in up.stdout, up.stdout
-    assert_serving(vm_run, chain["v1"])
+    assert "load balancer http://127.0.0.1:" in up.stderr, up.stderr
+    contract.assert_all_serving(vm_run, env, "base", chain["v1"], ["z0", "z1"])
+    assert_pages(vm_run, chain["v1"])
     assert len(qemu_processes(env)) == 2
 
 
 def test_rollout_under_load_fails_no_request(vm_run, env, chain):
-    with Load(status(vm_run)["frontend"], workers=2, max_seconds=LOAD_SECONDS) as load:
-        proc = vm_run.invoke("rollout", env, "--image", chain["v2"], timeout=1800)
-    assert "succeeded" in proc.stdout, proc.stdout + proc.stderr
-    assert load.failed == 0, load.summary()
-    assert chain["v2"] in load.versions and chain["v1"] in load.versions, load.summary()
-    assert_serving(vm_run, chain["v2"])
+    contract.roll_out_under_load(vm_run, env, "base", chain["v2"], seconds=LOAD_SECONDS)
+    assert_pages(vm_run, chain["v2"])
     assert len(qemu_processes(env)) == 2, "the old VMs must be gone"
 
 
 def test_a_bad_image_is_rolled_back_by_itself(vm_run, env, chain):
-    set_status(vm_run, chain["bad"], "verified")  # as if verification had missed the fault
-    try:
-        with Load(status(vm_run)["frontend"], workers=2, max_seconds=LOAD_SECONDS) as load:
-            proc = vm_run.invoke("rollout", env, "--image", chain["bad"], check=False, timeout=1800)
-    finally:
-        set_status(vm_run, chain["bad"], "rejected")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert f"rolled back to {chain['v2']}" in proc.stderr, proc.stderr
-    assert load.failed == 0, load.summary()
-    assert chain["bad"] not in load.versions
-    assert_serving(vm_run, chain["v2"])
+    def mark(status: str) -> None:
+        set_status(vm_run, chain["bad"], status)
+
+    contract.bad_image_rolls_back(vm_run, env, "base", chain["bad"], mark, seconds=LOAD_SECONDS)
+    assert_pages(vm_run, chain["v2"])
     assert len(qemu_processes(env)) == 2

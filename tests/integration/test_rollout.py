@@ -28,6 +28,7 @@ from benchmarks.load import Load
 from kiln import haproxy, tls
 from kiln.images import DockerImageStore
 from kiln.settings import Settings
+from tests.integration import provider_contract as contract
 
 pytestmark = pytest.mark.integration
 
@@ -165,11 +166,7 @@ def test_rollout_across_three_zones_under_load_fails_no_request(kiln, env, versi
     target = other_good(kiln, versions)
     plan = kiln.invoke("rollout", env, "--image", target, "--plan").stdout
     assert "(canary)" in plan and plan.count("zone ") == 3
-    with Load(status(kiln)["frontend"], workers=4, max_seconds=400) as load:
-        proc = kiln.invoke("rollout", env, "--image", target)
-    assert load.failed == 0, load.summary()
-    assert load.requests > 100 and target in load.versions, load.summary()
-    assert f"-> {target}" in proc.stdout and "succeeded" in proc.stdout
+    proc = contract.roll_out_under_load(kiln, env, "web", target, seconds=400)
     timeline = Path(proc.stdout.split("timeline: ")[1].splitlines()[0])
     assert timeline.read_text().startswith("<svg")
     report = Path(proc.stdout.split("report: ")[1].splitlines()[0])
@@ -185,25 +182,13 @@ def test_rollout_across_three_zones_under_load_fails_no_request(kiln, env, versi
 
 
 def test_bad_image_is_rolled_back_by_itself_with_capacity_intact(kiln, env, versions):
-    before = status(kiln)["instances"]
-    (running,) = {i["version"] for i in before}
-    refused = kiln.invoke("rollout", env, "--image", versions["bad"], check=False)
-    assert refused.returncode == 2 and "was rejected by verification" in refused.stderr, refused.stderr
-    # As if verification had missed the fault: the rollout itself must catch it. Rejected again
-    # after, or the next test's `up` would deploy it as the newest verified web.
-    set_status(kiln, "web", versions["bad"], "verified")
-    try:
-        with Load(status(kiln)["frontend"], workers=4, max_seconds=400) as load:
-            proc = kiln.invoke("rollout", env, "--image", versions["bad"], check=False)
-    finally:
-        set_status(kiln, "web", versions["bad"], "rejected")
-    assert proc.returncode == 1, proc.stderr
-    assert "did not pass the load balancer's health check" in proc.stderr
-    assert f"rolled back to {running}" in proc.stderr
-    assert load.failed == 0, load.summary()
-    assert versions["bad"] not in load.versions, "the bad version must never serve a request"
+    (running,) = {i["version"] for i in status(kiln)["instances"]}
+
+    def mark(status: str) -> None:
+        set_status(kiln, "web", versions["bad"], status)
+
+    contract.bad_image_rolls_back(kiln, env, "web", versions["bad"], mark, seconds=400)
     assert_consistent(kiln, running)
-    assert sorted(i["name"] for i in status(kiln)["instances"]) == sorted(i["name"] for i in before)
 
 
 def test_concurrent_rollout_is_refused_and_a_killed_rollout_resumes(kiln, env, versions, docker_client):

@@ -60,3 +60,19 @@ def test_backups_of_vms_go_to_s3_not_a_volume(tmp_path: Path):
         environments.load(settings, "vm")
     env.write_text(head + "backup: {repository: s3, s3: {endpoint: '127.0.0.1:9000', bucket: b}}\n")
     assert environments.load(settings, "vm").spec.backup.repository == "s3"
+
+
+def test_each_provider_names_the_bake_target_of_its_images():
+    from kiln.providers import provider_class
+    from kiln.rollout.lifecycle import bake_command
+
+    targets = {name: (provider_class(name).target_of("web"), provider_class(name).target_of("lb"))
+               for name in ("local", "qemu", "aws", "openstack")}  # fmt: skip
+    assert targets == {
+        "local": ("docker", "docker"),
+        "qemu": ("qemu", "docker"),  # VMs behind a load balancer container
+        "aws": ("amazon-ebs", "amazon-ebs"),
+        "openstack": ("openstack", "openstack"),
+    }
+    assert bake_command("web", "qemu") == "invoke bake web --target qemu"
+    assert bake_command("lb", "docker") == "invoke bake lb"
