@@ -73,8 +73,9 @@ def age_key() -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The `vm` tests bake and boot the hardened chain as VM disks: 30-40 min under TCG on two
-    cores, more than CI's whole budget beside the rest, so they run only when asked for
+    """The `vm` tests bake and boot the hardened chain as VM disks (30-40 min under TCG on two
+    cores) or wait out a VM's whole health timeout: more than CI's budget beside the rest, so
+    they run only when asked for
     (KILN_TEST_VMS=1, `invoke test --vm`); test_vm_fixture.py's small chain runs every time.
     They are deselected, not skipped: the summary never counts them as passing."""
     if os.environ.get("KILN_TEST_VMS") == "1":

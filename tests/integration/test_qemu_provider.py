@@ -1,21 +1,29 @@
 """The qemu provider for real: VMs booted from the VM fixture's disks, behind HAProxy.
 
-The CI scenario: two zones with one VM each, serving the page their user-data wrote; `up`,
-a rollout under bounded loopback load with no failed request, a bad image rolled back by
-itself, `down`. The VMs run the fixture chain (vm_chain.py), not the hardened web and db, which
-take 30-40 min to bake under TCG. The rollout steps are the ones test_rollout.py runs on
-containers (provider_contract.py). Every VM, tap device, network and folder of the environment
-is gone at the end, even when a test fails.
+In CI: two zones with one VM each, serving the page their user-data wrote; `up`, a rollout
+under bounded loopback load with no failed request, `down`. With `--vm` (KILN_TEST_VMS=1) also
+a bad image rolled back by itself: the rollout waits the whole health timeout for it, too long
+for CI beside the rest. The rollout steps are the ones test_rollout.py runs on containers
+(provider_contract.py). The VMs run the fixture chain (vm_chain.py), not the hardened web and
+db, which take 30-40 min to bake under TCG. v2 is v1's disk under another version, as
+conftest.relabelled stands in for docker images: the rollout boots, checks, drains and replaces
+every VM all the same, and each new VM's page names the new version (from its user-data). The
+bad image is the fixture's `broken` disk (base with its health page unreadable) under a base
+version. Every VM, tap device, network and folder of the environment is gone at the end, even
+when a test fails.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -23,7 +31,7 @@ from kiln.diskimages import DiskImageStore
 from kiln.settings import Settings
 from tests.integration import provider_contract as contract
 from tests.integration.conftest import KilnRun
-from tests.integration.vm_chain import BAKE_TIMEOUT, SLOW_PACKER, make_project, versions
+from tests.integration.vm_chain import BAKE_TIMEOUT, SLOW_PACKER, versions
 
 pytestmark = pytest.mark.integration
 
@@ -34,44 +42,43 @@ zones: [z0, z1]
 instances: {base: 2}
 balanced_role: base
 frontend: {port: 0}
-health: {path: /health, interval: 1, rise: 2, fall: 2, timeout: 900}
+health: {path: /health, interval: 1, rise: 2, fall: 2, timeout: 300}
 rollout: {max_surge: 1, max_unavailable: 0, warmup: 1, drain_timeout: 5, canary: 1}
 """
 LOAD_SECONDS = 900  # the whole rollout: two VMs boot under TCG
 
 
+def disks(run: KilnRun) -> DiskImageStore:
+    return DiskImageStore(Settings(project_root=run.project, state_dir=run.project / ".kiln"))
+
+
 def set_status(run: KilnRun, version: str, status: str) -> None:
-    store = DiskImageStore(Settings(project_root=run.project, state_dir=run.project / ".kiln"))
-    record = store.find("base", version)
-    assert record is not None, f"base {version} was not baked"
-    store.set_status(record, status)
+    record = disks(run).find("base", version)
+    assert record is not None, f"base {version} is not in the catalog"
+    disks(run).set_status(record, status)
+
+
+def stand_in(run: KilnRun, role: str, version: str, name: str) -> str:
+    """A copy of a disk under a new base version (unverified); the version."""
+    store = disks(run)
+    source = store.find(role, version)
+    assert source is not None, f"{role} {version} is not in the catalog"
+    new = hashlib.sha256(f"{name}:{role}:{version}".encode()).hexdigest()[:12]
+    copy = run.project / ".kiln" / f"{name}.qcow2"
+    shutil.copyfile(source.image, copy)
+    labels = {**source.labels, "kiln.role": "base", "kiln.version": new, "kiln.status": "baked"}
+    store.add(copy, labels)
+    return new
 
 
 @pytest.fixture(scope="module")
-def chain(vm_run: KilnRun, baked, baked_all, tmp_path_factory) -> dict[str, str]:
-    """v1 (the fixture's base, verified), v2 (a changed page) and bad (its /health unreadable),
-    baked from project copies into the same disk catalog, unverified, then marked as the tests
-    need: v2 verified, bad rejected."""
-    state = {"KILN_STATE_DIR": str(vm_run.project / ".kiln"), **SLOW_PACKER}
-
-    def variant(name: str, line: str, status: str) -> str:
-        project = make_project(tmp_path_factory.mktemp(name))
-        lock = "images/base/packages.lock"
-        (project / lock).write_text((vm_run.project / lock).read_text())
-        with (project / "provisioners" / "fixture-base.sh").open("a") as f:
-            f.write(line)
-        proc = vm_run.with_project(project).invoke(
-            "bake", "base", "--target", "qemu", "--no-verify", timeout=BAKE_TIMEOUT, env=state
-        )
-        version = versions(proc)["base"]
-        set_status(vm_run, version, status)
-        return version
-
-    return {
-        "v1": baked["base"],
-        "v2": variant("v2", "echo v2 > /srv/fixture/variant\n", "verified"),
-        "bad": variant("bad", "chmod 0000 /srv/fixture/health\n", "rejected"),
-    }
+def chain(vm_run: KilnRun, baked, baked_all) -> Iterator[dict[str, str]]:
+    """v1, the fixture's base (verified), and v2, its stand-in (left unverified, or `up`
+    would take it as the newest verified base). Stand-ins leave the shared catalog after."""
+    yield {"v1": baked["base"], "v2": stand_in(vm_run, "base", baked["base"], "v2")}
+    for record in disks(vm_run).list("base"):
+        if record.version != baked["base"]:
+            disks(vm_run).remove(record.image)
 
 
 def qemu_processes(env: str) -> list[int]:
@@ -129,15 +136,24 @@ def test_up_boots_a_vm_per_zone_behind_the_load_balancer(vm_run, env, chain):
 
 
 def test_rollout_under_load_fails_no_request(vm_run, env, chain):
+    set_status(vm_run, chain["v2"], "verified")
     contract.roll_out_under_load(vm_run, env, "base", chain["v2"], seconds=LOAD_SECONDS)
     assert_pages(vm_run, chain["v2"])
     assert len(qemu_processes(env)) == 2, "the old VMs must be gone"
 
 
+@pytest.mark.vm
 def test_a_bad_image_is_rolled_back_by_itself(vm_run, env, chain):
-    def mark(status: str) -> None:
-        set_status(vm_run, chain["bad"], status)
+    # The broken child as a base version: baked here unless test_vm_fixture.py baked it already.
+    proc = vm_run.invoke(
+        "bake", "broken", "--target", "qemu", "--no-verify", timeout=BAKE_TIMEOUT, env=SLOW_PACKER
+    )
+    bad = stand_in(vm_run, "broken", versions(proc)["broken"], "bad")
 
-    contract.bad_image_rolls_back(vm_run, env, "base", chain["bad"], mark, seconds=LOAD_SECONDS)
+    def mark(status: str) -> None:
+        set_status(vm_run, bad, status)
+
+    mark("rejected")
+    contract.bad_image_rolls_back(vm_run, env, "base", bad, mark, seconds=LOAD_SECONDS)
     assert_pages(vm_run, chain["v2"])
     assert len(qemu_processes(env)) == 2
