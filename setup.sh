@@ -82,4 +82,11 @@ if ! docker info >/dev/null 2>&1; then
   done
   docker info >/dev/null 2>&1 || { log "dockerd did not come up; see /var/log/kiln-dockerd.log"; exit 2; }
 fi
+# The qemu provider's VMs join their zones through tap devices, made through the TUN device; a
+# container (a CI runner, ../shared/tools/fresh-machine) may have the kernel's driver but no node.
+if [ ! -c /dev/net/tun ]; then
+  log "creating /dev/net/tun (tap devices for VMs)"
+  "${sudo[@]}" mkdir -p /dev/net
+  "${sudo[@]}" mknod -m 0666 /dev/net/tun c 10 200
+fi
 log "ready"

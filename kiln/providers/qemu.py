@@ -42,7 +42,7 @@ from kiln.channels.ssh import Endpoint, SshIdentity, authorize, console_host_key
 from kiln.cloudinit import UserData
 from kiln.diskimages import DiskImageStore
 from kiln.environments import Environment
-from kiln.errors import OperationFailed, require_tools
+from kiln.errors import KilnError, OperationFailed, require_tools
 from kiln.files import write_atomic
 from kiln.images import ImageRecord
 from kiln.providers.base import INSTANCE_NAME, Instance
@@ -55,6 +55,7 @@ from kiln.vm import QEMU, machine_args
 NETWORK_OCTETS = range(64, 128)
 LB_RANGE = 15  # the /24 of each zone's /20 that Docker gives its containers (the LB)
 POWEROFF_SECONDS = 60  # a clean shutdown: services stopped by systemd
+TUN = Path("/dev/net/tun")
 PROBE_TIMEOUT = 20.0  # seconds for one readiness probe over SSH (a booting VM refuses at once)
 
 
@@ -103,6 +104,7 @@ class QemuProvider(LocalProvider):
     @docker_errors_fail
     def ensure_networks(self) -> None:
         """Each zone's bridge with a fixed subnet: VMs take addresses Docker does not hand out."""
+        require_vm_tools()  # before anything is made
         existing = {n.name for n in self.client.networks.list(filters={"label": f"kiln.env={self.env.name}"})}
         if len(existing) == len(self.env.zones):
             return
@@ -221,7 +223,7 @@ class QemuProvider(LocalProvider):
         return pid if vm.machine.encode() in command else None
 
     def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:
-        require_tools("booting a VM", QEMU, "qemu-img", "genisoimage", "ip", "ssh")
+        require_vm_tools()
         name = f"{role}{number}"
         folder = self.vms / name
         if folder.exists():
@@ -350,6 +352,12 @@ class QemuProvider(LocalProvider):
         removed += super().destroy()
         shutil.rmtree(self.vms, ignore_errors=True)
         return removed
+
+
+def require_vm_tools() -> None:
+    require_tools("booting a VM", QEMU, "qemu-img", "genisoimage", "ip", "ssh")
+    if not TUN.exists():
+        raise KilnError(f"no {TUN}: the qemu provider's tap devices need it; run ./setup.sh (it makes it)")
 
 
 def with_own_hostname(user_data: str) -> str:
