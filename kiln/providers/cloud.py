@@ -90,7 +90,9 @@ def check_zone_count(env: Environment) -> None:
         )
 
 
-def fixed_address(env: Environment, instance: str) -> str:
+def fixed_address(env: Environment, instance: str, zone: int | None = None, network: str = "10.42") -> str:
+    """The plan's address of `instance` in `network` (a /16's first two octets), on its own
+    zone's subnet or on `zone`'s (a shared role with a NIC in every zone, qemu)."""
     match = INSTANCE_NAME.match(instance)
     roles = sorted(env.spec.instances)
     if not match or match["role"] not in roles:
@@ -101,7 +103,8 @@ def fixed_address(env: Environment, instance: str) -> str:
             f"{env.file}: field 'instances': {instance} is past the address plan "
             f"({MAX_ROLES} roles, numbers up to {MAX_NUMBER})"
         )
-    return f"10.42.{env.zone_of(number) * 16 + role_index}.{number + 10}"
+    zone = env.zone_of(number) if zone is None else zone
+    return f"{network}.{zone * 16 + role_index}.{number + 10}"
 
 
 def wait_until(settings: Settings, what: str, done: Callable[[], bool]) -> None:

@@ -45,8 +45,8 @@ from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed, require_tools
 from kiln.files import write_atomic
 from kiln.images import ImageRecord
-from kiln.providers.base import INSTANCE_NAME, Instance
-from kiln.providers.cloud import check_zone_count, newest_deployable
+from kiln.providers.base import Instance
+from kiln.providers.cloud import check_zone_count, fixed_address, newest_deployable
 from kiln.providers.local import LocalProvider, docker_errors_fail
 from kiln.settings import Settings
 from kiln.vm import QEMU, machine_args
@@ -94,6 +94,7 @@ class QemuProvider(LocalProvider):
         self.disks = DiskImageStore(settings)
         self.vms = self.folder / "vms"
         self.identity = SshIdentity(self.folder / "ssh", f"kiln-{env.name}")
+        self._octet: int | None = None  # see network_octet()
 
     @property
     def poll_interval(self) -> float:
@@ -127,10 +128,12 @@ class QemuProvider(LocalProvider):
             )
 
     def network_octet(self) -> int | None:
-        """The second octet of this environment's /16, from its networks."""
-        for network in self.client.networks.list(filters={"label": f"kiln.env={self.env.name}"}):
-            return int(network.attrs["Labels"]["kiln.octet"])
-        return None
+        """The second octet of this environment's /16, from its networks (kept once found)."""
+        if self._octet is None:
+            for network in self.client.networks.list(filters={"label": f"kiln.env={self.env.name}"}):
+                self._octet = int(network.attrs["Labels"]["kiln.octet"])
+                break
+        return self._octet
 
     def free_network_octet(self) -> int:
         used = [
@@ -152,12 +155,11 @@ class QemuProvider(LocalProvider):
         network = self.client.networks.get(self.network_name(zone))
         return network.attrs["Options"].get("com.docker.network.bridge.name") or f"br-{network.id[:12]}"
 
-    def address(self, role: str, number: int, zone: int) -> str:
-        """<role><number>'s address on zone's network: the clouds' plan in this environment's /16."""
+    def address(self, instance: str, zone: int) -> str:
+        """The instance's address on zone's network: the clouds' plan in this environment's /16."""
         # Before the networks exist (user-data is checked first), the /16 they will get.
         octet = self.network_octet() or self.free_network_octet()
-        role_index = sorted(self.env.spec.instances).index(role)
-        return f"10.{octet}.{zone * 16 + role_index}.{number + 10}"
+        return fixed_address(self.env, instance, zone, network=f"10.{octet}")
 
     def zones_of(self, role: str, number: int) -> list[int]:
         """The balanced role lives in its own zone; shared roles (db) join every zone."""
@@ -169,14 +171,12 @@ class QemuProvider(LocalProvider):
         for vm in self.records():
             if vm.name == instance:
                 return next(nic.address.split("/")[0] for nic in vm.nics if nic.zone == zone)
-        match = INSTANCE_NAME.match(instance)
-        assert match, instance
-        return self.address(match["role"], int(match["number"]), zone)
+        return self.address(instance, zone)
 
     # ---- images -----------------------------------------------------------------------------
 
     def image(self, role: str, version: str | None = None) -> ImageRecord:
-        if role == "lb":  # the load balancer stays a container
+        if self.target_of(role) == "docker":  # the load balancer stays a container
             return super().image(role, version)
         records = [r for r in self.disks.list(role) if version is None or r.version == version]
         return newest_deployable(
@@ -185,7 +185,7 @@ class QemuProvider(LocalProvider):
         )  # fmt: skip
 
     def versions(self, role: str) -> list[str]:
-        if role == "lb":
+        if self.target_of(role) == "docker":
             return super().versions(role)
         return [record.version for record in self.disks.list(role)]
 
@@ -232,7 +232,7 @@ class QemuProvider(LocalProvider):
         nics = [
             Nic(zone, tap_name(machine, zone), mac_address(machine, zone), f"{address}/20")
             for zone in self.zones_of(role, number)
-            if (address := self.address(role, number, zone))
+            if (address := self.address(name, zone))
         ]
         vm = VmRecord(name, role, self.env.zone_of(number), image.version, machine, nics)
         folder.mkdir(parents=True, mode=0o700)
