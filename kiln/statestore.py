@@ -188,8 +188,6 @@ class S3Store(StateStore):
     @contextlib.contextmanager
     def lock(self, key: str, env: str, record: dict) -> Iterator[None]:
         """A conditional write: S3 creates the object only if no one holds it."""
-        import botocore.exceptions
-
         full = self.prefix + key
         try:
             with self.failing_clearly(key):
@@ -203,10 +201,27 @@ class S3Store(StateStore):
             raise refusal(env, self.get(key), self.where, hint) from None
         try:
             yield
-        finally:
-            # Only our own lock: If-Match on its ETag never removes a newer holder's.
-            with contextlib.suppress(botocore.exceptions.ClientError):
-                self.client.delete_object(Bucket=self.bucket, Key=full, IfMatch=etag)
+        except BaseException:
+            self.release(key, etag, failing=True)
+            raise
+        self.release(key, etag)
+
+    def release(self, key: str, etag: str, failing: bool = False) -> None:
+        """Only our own lock: If-Match on its ETag never removes a newer holder's. When the
+        store stops answering, the lock stays, and the user is told which object to delete;
+        unless the locked work failed already, which is then the error worth reading."""
+        import botocore.exceptions
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key, IfMatch=etag)
+        except botocore.exceptions.ClientError:
+            pass  # gone, or a newer holder's
+        except botocore.exceptions.BotoCoreError as exc:
+            if not failing:
+                raise OperationFailed(
+                    f"state store {self.where}{key}: the lock was not released ({exc}); "
+                    f"delete {self.where}{key} once the store answers"
+                ) from None
 
 
 def s3_client(access, verify: str | bool):

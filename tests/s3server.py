@@ -180,6 +180,8 @@ class Relay:
     def stop(self) -> None:
         self.down.set()
         if self.listener is not None:
+            with contextlib.suppress(OSError):  # wakes the thread blocked in accept(): the port is free again
+                self.listener.shutdown(socket.SHUT_RDWR)
             self.listener.close()
             self.listener = None
         with self.lock:

@@ -20,9 +20,10 @@ import pytest
 import yaml
 
 from kiln import secrets as sealed
-from kiln.errors import KilnError
+from kiln.backup.base import S3Access, S3Repository
+from kiln.errors import KilnError, OperationFailed
 from kiln.settings import Settings
-from kiln.statestore import FolderStore, S3Store, for_environment
+from kiln.statestore import FolderStore, S3Store, for_environment, s3_client
 from tests.conftest import copy_project
 from tests.s3server import S3Server
 
@@ -55,7 +56,7 @@ RECORD_DRILL = textwrap.dedent(
 RACE = textwrap.dedent(
     """
     import sys, time
-    from kiln.errors import KilnError
+    from kiln.errors import KilnError, OperationFailed
     from kiln.rollout.state import Store
     from kiln.settings import Settings
     store = Store(Settings.from_env(), sys.argv[1])
@@ -191,3 +192,28 @@ def test_moto_honours_if_none_match_so_the_lock_is_a_real_conditional_write(s3, 
     assert store.keys("") == []  # released
     no_bucket = Settings(project_root=tmp_path, state_dir=tmp_path)
     assert isinstance(for_environment(no_bucket, "local"), FolderStore)
+
+
+def test_a_store_gone_while_the_lock_is_held_is_one_clear_error(s3):
+    """Not botocore's traceback: the lock's object is named, to delete once the store answers;
+    and when the locked work failed first, its error is the one raised."""
+    repository = S3Repository(bucket=s3.bucket, endpoint=s3.endpoint, uri_style="path")
+    through_tls = s3_client(S3Access(repository, "kilntest", "kilntest"), verify=str(s3.ca))
+    store = S3Store(through_tls, s3.bucket, prefix=f"gone-{os.getpid()}/")
+
+    def held_while_the_store_stops(failure: Exception | None) -> None:
+        try:
+            with store.lock("lock", ENV, {"what": "work"}):
+                s3.stop()
+                if failure is not None:
+                    raise failure
+        finally:
+            s3.start()
+            assert store.keys("") == ["lock"]  # left for the user, as the message says
+            store.delete("lock")
+
+    gone = r"the lock was not released \(.*\); delete s3://.*/gone-\d+/lock once the store answers"
+    with pytest.raises(OperationFailed, match=gone):
+        held_while_the_store_stops(None)
+    with pytest.raises(KilnError, match=r"^the work failed$"):
+        held_while_the_store_stops(KilnError("the work failed"))
