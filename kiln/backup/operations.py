@@ -9,7 +9,7 @@ from kiln.backup.base import BackupFault, BackupRecord, BackupSettings, BackupTo
 from kiln.backup.secrets import S3_NAMES, ensure_secrets, secret
 from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError
-from kiln.providers import get_provider
+from kiln.providers import get_provider, provider_class
 from kiln.providers.base import Instance, Provider
 from kiln.settings import Settings
 
@@ -140,6 +140,11 @@ def backup_settings(settings: Settings, env: str) -> BackupSettings:
         return BackupSettings()
     loaded = environments.load(settings, env)
     backup = loaded.spec.backup
+    if backup is None and not provider_class(loaded.spec.provider).keeps_volumes:
+        raise KilnError(
+            f"{loaded.file}: field 'backup': missing; the {loaded.spec.provider} provider's backups go "
+            "to S3: add `backup: {repository: s3, s3: {endpoint: HOST:PORT, bucket: NAME}}`"
+        )
     if backup is None:
         raise KilnError(
             f"{loaded.file}: field 'backup': missing, so its instances have no repository "

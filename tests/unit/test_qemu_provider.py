@@ -1,5 +1,6 @@
-"""The qemu provider's pure parts: device names, MACs, instance records, and the image catalog
-seeing which disks instances boot from. Booting VMs: tests/integration/test_qemu_provider.py."""
+"""The qemu provider's pure parts: device names, MACs, instance records, network-config, and
+the image catalog seeing which disks instances boot from. Booting VMs:
+tests/integration/test_qemu_provider.py."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from kiln import environments
+from kiln.backup.operations import backup_settings
 from kiln.diskimages import DiskImageStore
 from kiln.errors import KilnError
-from kiln.providers.qemu import Nic, VmRecord, mac_address, tap_name
+from kiln.providers.qemu import Nic, VmRecord, mac_address, network_config, tap_name
 from kiln.settings import Settings
 
 
@@ -36,6 +38,16 @@ def test_a_record_reads_back_as_written(tmp_path: Path):
     assert VmRecord.read(path) == vm
 
 
+def test_a_vm_routes_through_its_own_zones_gateway_only():
+    """A db in zone 1 with a NIC on both zones' bridges: one default route, via zone 1's."""
+    nics = [Nic(0, "kiln0123456789a0", "52:54:00:00:00:01", "10.64.0.11/20"),
+            Nic(1, "kiln0123456789a1", "52:54:00:00:00:02", "10.64.16.11/20")]  # fmt: skip
+    ethernets = network_config(VmRecord("db1", "db", 1, "abc", "kiln-vm-db1-aa", nics))["ethernets"]
+    assert ethernets["z0"] == {"match": {"macaddress": "52:54:00:00:00:01"}, "set-name": "z0",
+                               "addresses": ["10.64.0.11/20"]}  # fmt: skip
+    assert ethernets["z1"]["gateway4"] == "10.64.16.1"
+
+
 def test_disks_booted_by_instances_are_in_use(tmp_path: Path):
     settings = Settings(project_root=tmp_path, state_dir=tmp_path / ".kiln")
     store = DiskImageStore(settings)
@@ -53,6 +65,9 @@ def test_backups_of_vms_go_to_s3_not_a_volume(tmp_path: Path):
     (tmp_path / "environments").mkdir()
     env = tmp_path / "environments" / "vm.yml"
     head = "provider: qemu\nzones: [z0]\ninstances: {web: 1, db: 1}\nfrontend: {port: 0}\n"
+    env.write_text(head)
+    with pytest.raises(KilnError, match=r"field 'backup': missing; .* add `backup: \{repository: s3, s3: "):
+        backup_settings(settings, "vm")
     env.write_text(head + "backup: {}\n")  # repository: volume, the default
     with pytest.raises(
         KilnError, match=r"^environments/vm.yml: field 'backup.repository': the qemu provider"
