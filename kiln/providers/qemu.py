@@ -10,8 +10,9 @@ image driven through its runtime API. The VMs join those bridges through tap dev
 (`kiln<hash><zone>`), so HAProxy reaches a VM as it reaches a container. Addresses follow the
 clouds' plan (kiln/providers/cloud.py) in a /16 of its own per environment; Docker hands out
 only the top /24 of each zone's /20 (the load balancer's). A shared role (db) has a NIC on
-every zone's network, so an instance reaches it on its own zone's (`peer_address`). VMs get
-no default route: nothing leaves the bridges.
+every zone's network, so an instance reaches it on its own zone's (`peer_address`). A VM's
+default route is its own zone's gateway, this machine, as a container's on the same bridge is:
+so it reaches a backup repository served here whichever environment (or DR drill) it is in.
 
 Each VM keeps its folder under <state store>/envs/<env>/vms/<instance>/: the overlay, the
 seed, the console log, QEMU's pid file and `instance.json`, which is what `instances()` reads.
@@ -19,6 +20,7 @@ seed, the console log, QEMU's pid file and `instance.json`, which is what `insta
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import ipaddress
@@ -253,19 +255,14 @@ class QemuProvider(LocalProvider):
 
     def write_seed(self, folder: Path, vm: VmRecord, user_data: str) -> None:
         """The NoCloud seed (a `cidata` ISO): user-data (secrets: only root reads the folder),
-        meta-data and static addresses matched by MAC."""
+        meta-data, static addresses matched by MAC and the home zone's default route."""
         seed = folder / "seed"
         seed.mkdir(mode=0o700)
         fd = os.open(seed / "user-data", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(user_data)
         (seed / "meta-data").write_text(f"instance-id: {vm.machine}\nlocal-hostname: {vm.name}\n")
-        ethernets = {
-            f"z{nic.zone}": {"match": {"macaddress": nic.mac}, "set-name": f"z{nic.zone}",
-                             "addresses": [nic.address]}
-            for nic in vm.nics
-        }  # fmt: skip
-        (seed / "network-config").write_text(yaml.safe_dump({"version": 2, "ethernets": ethernets}))
+        (seed / "network-config").write_text(yaml.safe_dump(network_config(vm)))
         files = [str(seed / name) for name in ("user-data", "meta-data", "network-config")]
         run(["genisoimage", "-quiet", "-output", str(folder / "seed.iso"), "-volid", "cidata",
              "-joliet", "-rock", *files])  # fmt: skip
@@ -345,11 +342,11 @@ class QemuProvider(LocalProvider):
             time.sleep(2)
 
     def destroy(self) -> list[str]:
-        removed = []
-        for vm in self.records():
-            self.terminate_folder(vm.name)
-            removed.append(vm.machine)
-        removed += super().destroy()
+        """Every VM powered off side by side (each may take POWEROFF_SECONDS), then the rest."""
+        vms = self.records()
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(vms))) as pool:
+            list(pool.map(self.terminate_folder, [vm.name for vm in vms]))
+        removed = [vm.machine for vm in vms] + super().destroy()
         shutil.rmtree(self.vms, ignore_errors=True)
         return removed
 
@@ -365,6 +362,22 @@ def with_own_hostname(user_data: str) -> str:
     document = yaml.safe_load(user_data)
     document.setdefault("manage_etc_hosts", "localhost")
     return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False)
+
+
+def network_config(vm: VmRecord) -> dict:
+    """cloud-init network-config v2: each NIC's static address, matched by MAC; the default route
+    through the home zone's gateway (the first address of its /20: this machine's bridge). As
+    `gateway4`: the disks' ifupdown gets it as its own `gateway`, where `routes` would become
+    net-tools `route` commands, which the disks do not have (and `|| true` would hide)."""
+    ethernets = {
+        f"z{nic.zone}": {"match": {"macaddress": nic.mac}, "set-name": f"z{nic.zone}",
+                         "addresses": [nic.address]}
+        for nic in vm.nics
+    }  # fmt: skip
+    home = next(nic for nic in vm.nics if nic.zone == vm.zone)
+    gateway = ipaddress.ip_interface(home.address).network.network_address + 1
+    ethernets[f"z{home.zone}"]["gateway4"] = str(gateway)
+    return {"version": 2, "ethernets": ethernets}
 
 
 def tap_name(machine: str, zone: int) -> str:
