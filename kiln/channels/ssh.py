@@ -199,9 +199,11 @@ class SshChannel(Channel):
         return [*argv, self.target.host, "--", remote]
 
     def remote_command(self, argv: list[str], user: str, env: dict[str, str]) -> str:
+        """In /, as `docker exec` runs: the login user's home is closed to the other users that
+        commands run as (`find`, for one, fails when it cannot go back to where it started)."""
         as_user = [] if user == self.target.user else ["sudo", "-n", "-H", "-u", user, "--"]
         with_env = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
-        return shlex.join([*as_user, *with_env, *argv])
+        return "cd / && " + shlex.join([*as_user, *with_env, *argv])
 
     def execute(
         self, argv: list[str], user: str, env: dict[str, str], stdin: bytes | None, timeout: float

@@ -86,9 +86,9 @@ def channel(tmp_path: Path) -> SshChannel:
 
 def test_commands_run_as_other_users_through_sudo_with_their_environment(tmp_path: Path):
     ssh = channel(tmp_path)
-    assert ssh.remote_command(["id"], "kiln", {}) == "id"
+    assert ssh.remote_command(["id"], "kiln", {}) == "cd / && id"
     assert ssh.remote_command(["psql", "-c", "SELECT 'a b'"], "postgres", {"KILN_SQL": "x y"}) == (
-        "sudo -n -H -u postgres -- env 'KILN_SQL=x y' psql -c 'SELECT '\"'\"'a b'\"'\"''"
+        "cd / && sudo -n -H -u postgres -- env 'KILN_SQL=x y' psql -c 'SELECT '\"'\"'a b'\"'\"''"
     )
 
 
