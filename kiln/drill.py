@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -49,12 +50,14 @@ from kiln.files import write_atomic
 from kiln.notify import notify
 from kiln.polling import wait_for_service
 from kiln.providers import get_provider
-from kiln.providers.base import Provider
+from kiln.providers.base import Instance, Provider
 from kiln.settings import Settings
 from kiln.stamps import new_id, utc_iso
 
 RECOVERY_TIMEOUT = 900  # seconds PostgreSQL may take to replay WAL and promote
 BOOT_TIMEOUT = 120  # seconds an instance may take to apply its user-data and start services
+# (at least: a slower instance, a VM under TCG, is given its source's health.timeout)
+REACH_TIMEOUT = 20.0  # seconds for one command that asks whether an instance answers
 
 
 @dataclass
@@ -204,6 +207,8 @@ class Drill:
         self.clock = 0.0
         self.db: Channel | None = None
         self.web: Channel | None = None
+        self.web_instance: Instance | None = None
+        self.boot_timeout = float(BOOT_TIMEOUT)
         self.provider: Provider | None = None
         self.provider_name = "local"
         self.notify_settings = None
@@ -242,6 +247,8 @@ class Drill:
             self.report.ok = bool(self.report.checks) and not self.report.failures
             if not self.keep and self.provider is not None:
                 self.provider.destroy()
+                # The DR environment's state (its SSH key pair among it) goes with it.
+                shutil.rmtree(self.settings.store_dir / "envs" / self.dr_env, ignore_errors=True)
             self.write_report()
             self.tell(stopped)
         return self.report
@@ -308,6 +315,7 @@ class Drill:
             ssh=source.env.spec.ssh,  # the same login and bastion reach the DR instances
         )
         self.provider = get_provider(self.settings, Environment(self.dr_env, spec, f"drill {self.id}"))
+        self.boot_timeout = max(self.boot_timeout, source.env.spec.health.timeout)
         self.provider.ensure_networks()
         db_image = self.provider.image("db", source_db.version)
         web_image = self.provider.image("web")
@@ -338,11 +346,10 @@ class Drill:
                 }
             ),
         )
-        self.db = self.provider.channel(db, self.secrets)
-        self.web = self.provider.channel(web, self.secrets)
-        self.web_address = web.address
-        self.tools()[0].configure()  # before the restore and its pre-check start side by side
-        # Both instances boot while the database restores (see restore).
+        self.db = self.answering(db)
+        self.web_instance, self.web_address = web, web.address
+        self.pg_tool().configure()  # before the restore and its pre-check start side by side
+        # The web instance boots while the database restores (see restore_files).
         return (
             f"{self.dr_env} ({self.provider_name}): db {db_image.version}, "
             f"web {web_image.version} ({web_image.status})"
@@ -353,11 +360,24 @@ class Drill:
         """kiln-init has applied the user-data (cloud-init's marker) and started the services."""
         return channel.run(["test", "-f", "/var/lib/cloud/instance/boot-finished"]).ok
 
-    def tools(self) -> tuple[PgBackRest, Restic]:
-        pg = PgBackRest(self.db, self.backup_settings, self.key, self.s3)
+    def answering(self, instance: Instance) -> Channel:
+        """The instance's channel once a command goes through it: a VM's sshd comes up with its
+        boot, and a channel made then pins the host keys the VM has printed to its console."""
+
+        def reached() -> Channel | None:
+            assert self.provider is not None
+            channel = self.provider.channel(instance, self.secrets)
+            return channel if channel.run(["true"], timeout=REACH_TIMEOUT).ok else None
+
+        return wait_for_service(reached, f"the DR {instance.role} instance to answer", self.boot_timeout, 1.0)
+
+    def pg_tool(self) -> PgBackRest:
+        return PgBackRest(self.db, self.backup_settings, self.key, self.s3)
+
+    def files_tool(self) -> Restic:
         files = Restic(self.web, self.backup_settings, self.key, self.s3)
         files.read_only = True
-        return pg, files
+        return files
 
     def restore_beside_precheck(self) -> None:
         """The pre-check runs beside the restore, not before it: it only reads the repositories,
@@ -374,27 +394,30 @@ class Drill:
             self.step("restore", restoring.result, started=started)
 
     def precheck(self) -> str:
-        pg, _ = self.tools()
+        pg = self.pg_tool()
         latest = pg.latest()
         self.report.backups["pgbackrest"] = latest.id
         self.backup_started = latest.started
         pg.continuity(latest)
         return f"pgbackrest {latest.id} ({latest.kind}); WAL continuous after it"
 
-    def restore_files(self, files: Restic) -> float:
+    def restore_files(self) -> float:
         """Seconds the files took, from the restore's start (the web instance's boot included)."""
         started = time.monotonic()
-        wait_for_service(lambda: self.booted(self.web), "the DR web instance's first boot", BOOT_TIMEOUT)
+        assert self.web_instance is not None
+        self.web = self.answering(self.web_instance)
+        wait_for_service(lambda: self.booted(self.web), "the DR web instance's first boot", self.boot_timeout)
+        files = self.files_tool()
         files.configure()
         self.report.backups["restic"] = files.latest().id
         files.restore()
         return time.monotonic() - started
 
     def restore(self) -> str:
-        pg, files = self.tools()
+        pg = self.pg_tool()
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            restored_files = pool.submit(self.restore_files, files)
+            restored_files = pool.submit(self.restore_files)
             try:
                 if self.target is None:
                     pg.restore(self.restore_point, "name")
@@ -406,8 +429,12 @@ class Drill:
                 raise BackupFault(exc.cause, f"{exc.detail}; {which_files(pg)}") from exc
             copied = time.monotonic()
             # The held cluster (KILN_DB_HOLD from the user-data) stays down until first boot is over.
-            wait_for_service(lambda: self.booted(self.db), "the DR db instance's first boot", BOOT_TIMEOUT)
-            start = self.db.run(["pg_ctlcluster", "15", "main", "start"])
+            wait_for_service(
+                lambda: self.booted(self.db), "the DR db instance's first boot", self.boot_timeout
+            )
+            start = self.db.run(app.RELEASE_HOLD)
+            if start.ok:
+                start = self.db.run(["pg_ctlcluster", "15", "main", "start"])
             if not start.ok:
                 raise recovery_fault(self.db)
             wait_for_service(self.promoted, "PostgreSQL promotion", RECOVERY_TIMEOUT, interval=0.1)
@@ -477,8 +504,7 @@ class Drill:
         return f"restore covers commits to {utc_iso(covered)}; newest in the source {utc_iso(source_newest)}"
 
     def verify_backups(self) -> str:
-        pg, files = self.tools()
-        return "; ".join(pg.check() + files.check())
+        return "; ".join(self.pg_tool().check() + self.files_tool().check())
 
     def amcheck(self) -> str:
         result = self.db.run(

@@ -14,6 +14,11 @@ def db_env(password: str, hold: bool = False) -> bytes:
     return ("\n".join([*lines, "KILN_DB_HOLD=1"] if hold else lines) + "\n").encode()
 
 
+# Drops the hold, so that the cluster may start: on a VM `pg_ctlcluster start` becomes
+# `systemctl start`, whose ExecCondition (images/db/role.yml) reads db.env.
+RELEASE_HOLD = ["sed", "-i", "/^KILN_DB_HOLD=1$/d", "/etc/kiln/db.env"]
+
+
 def web_env(db_host: str, password: str) -> bytes:
     return (
         f"KILN_DB_HOST={db_host}\nKILN_DB_NAME={DB_NAME}\nKILN_DB_USER={DB_USER}\n"

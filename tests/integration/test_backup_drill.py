@@ -142,6 +142,7 @@ def test_backup_then_drill_is_green_on_real_data(source):
     assert report["rto_seconds"] > 0 and report["rpo_seconds"] is not None
     assert report["backups"]["pgbackrest"].endswith("I")  # the incremental was the newest
     assert not source.client.containers.list(all=True, filters={"label": f"kiln.env={report['dr_env']}"})
+    assert not (source.kiln.project / ".kiln" / "envs" / report["dr_env"]).exists()  # nor its keys
 
     history = json.loads(source.kiln.invoke("drills", "--json").stdout)
     assert report["id"] in [r["id"] for r in history]
