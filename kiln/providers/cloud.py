@@ -141,6 +141,8 @@ def newest_deployable(
     if not records:
         raise KilnError(f"no {kind} of {which}{place} ({lookup}): {bake}")
     usable = [r for r in records if r.status in deployable]
+    if version and not usable and {r.status for r in records} == {"rejected"}:
+        raise KilnError(f"{which}{place} was rejected by verification: it may not be deployed")
     if not usable:
         statuses = ", ".join(sorted({r.status for r in records}))
         wanted = " or ".join(deployable)

@@ -385,6 +385,9 @@ def test_image_lookup_by_properties_refuses_unverified(conn, provider):
     refused = r"no verified or promoted Glance image of web version 1.2 \(found: baked\)"
     with pytest.raises(KilnError, match=refused):
         provider.image("web", "1.2")
+    glance(conn, "web", "1.3", "rejected", "2026-03-02T00:00:00Z")
+    with pytest.raises(KilnError, match=r"^web version 1.3 was rejected by verification: it may not be"):
+        provider.image("web", "1.3")
     with pytest.raises(KilnError, match=r"no Glance image of db .*`invoke bake db --target openstack`"):
         provider.image("db")
 
