@@ -31,9 +31,10 @@ def assert_all_serving(run: KilnRun, env: str, role: str, version: str, zones: l
     assert {(i["version"], i["health"], i["lb_state"]) for i in rows} == {(version, "healthy", "ready")}, rows
 
 
-def roll_out_under_load(run: KilnRun, env: str, role: str, target: str, seconds: float):
+def roll_out_under_load(run: KilnRun, env: str, role: str, target: str, seconds: float) -> tuple:
     """`invoke rollout --image target` under load: it succeeds with no failed request, both
-    versions answer on the way, and every zone serves the target after. The finished process."""
+    versions answer on the way, and every zone serves the target after. (The finished process,
+    the load's figures.)"""
     before = balanced(run, env, role)
     zones = [i["zone"] for i in before]
     (running,) = {i["version"] for i in before}
@@ -43,13 +44,14 @@ def roll_out_under_load(run: KilnRun, env: str, role: str, target: str, seconds:
     assert load.failed == 0, load.summary()
     assert load.requests > 100 and {running, target} <= set(load.versions), load.summary()
     assert_all_serving(run, env, role, target, zones)
-    return proc
+    return proc, load.summary()
 
 
 def bad_image_rolls_back(
     run: KilnRun, env: str, role: str, bad: str, mark: Callable[[str], None], seconds: float
-) -> None:
-    """`mark(status)` sets the bad image's status; it is left rejected whatever happens."""
+) -> dict:
+    """`mark(status)` sets the bad image's status; it is left rejected whatever happens. The
+    load's figures."""
     before = status(run, env)["instances"]
     zones = [i["zone"] for i in before if i["role"] == role]
     (running,) = {i["version"] for i in before if i["role"] == role}
@@ -68,3 +70,4 @@ def bad_image_rolls_back(
     assert bad not in load.versions, "the bad version must never serve a request"
     assert_all_serving(run, env, role, running, zones)
     assert sorted(i["name"] for i in status(run, env)["instances"]) == sorted(i["name"] for i in before)
+    return load.summary()

@@ -15,13 +15,9 @@ when a test fails.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import shutil
-import signal
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 
@@ -30,6 +26,7 @@ import pytest
 from kiln.diskimages import DiskImageStore
 from kiln.settings import Settings
 from tests.integration import provider_contract as contract
+from tests.integration import vm_chain
 from tests.integration.conftest import KilnRun
 from tests.integration.vm_chain import BAKE_TIMEOUT, SLOW_PACKER, versions
 
@@ -81,39 +78,21 @@ def chain(vm_run: KilnRun, baked, baked_all) -> Iterator[dict[str, str]]:
             disks(vm_run).remove(record.image)
 
 
-def qemu_processes(env: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", "--", f"-name kiln-{env}-"], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split()]
-
-
-def taps() -> set[str]:
-    links = json.loads(subprocess.check_output(["ip", "-j", "link", "show", "type", "tun"]))
-    return {link["ifname"] for link in links}
-
-
 @pytest.fixture(scope="module")
 def env(vm_run: KilnRun, chain, docker_client):
-    taps_before = taps()
+    taps_before = vm_chain.taps()
     (vm_run.project / "environments").mkdir(exist_ok=True)
     (vm_run.project / "environments" / f"{ENV}.yml").write_text(ENV_FILE)
     try:
         yield ENV
     finally:
-        down = vm_run.invoke("down", ENV, check=False)
-        left = qemu_processes(ENV)
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for tap in taps() - taps_before:
-            subprocess.run(["ip", "link", "del", tap], check=False)
-        for container in docker_client.containers.list(all=True, filters={"label": f"kiln.env={ENV}"}):
-            container.remove(force=True)
-        for network in docker_client.networks.list(filters={"label": f"kiln.env={ENV}"}):
-            network.remove()
+        down, left = vm_chain.tear_down(vm_run, ENV, docker_client, taps_before)
     assert down.returncode == 0, down.stderr
-    assert not left, "down left QEMU running"
-    assert taps() <= taps_before, "down left tap devices"
-    assert not (vm_run.project / ".kiln" / "envs" / ENV / "vms").exists()
+    assert not left, f"down left {left}"
+
+
+def qemu_processes(env: str) -> list[int]:
+    return list(vm_chain.vm_processes(f"kiln-{env}"))
 
 
 def assert_pages(run: KilnRun, version: str) -> None:

@@ -166,7 +166,7 @@ def test_rollout_across_three_zones_under_load_fails_no_request(kiln, env, versi
     target = other_good(kiln, versions)
     plan = kiln.invoke("rollout", env, "--image", target, "--plan").stdout
     assert "(canary)" in plan and plan.count("zone ") == 3
-    proc = contract.roll_out_under_load(kiln, env, "web", target, seconds=400)
+    proc, _ = contract.roll_out_under_load(kiln, env, "web", target, seconds=400)
     timeline = Path(proc.stdout.split("timeline: ")[1].splitlines()[0])
     assert timeline.read_text().startswith("<svg")
     report = Path(proc.stdout.split("report: ")[1].splitlines()[0])

@@ -1,10 +1,15 @@
 """The small VM role chain of vm_fixture/ (see its README): making its project, reading bakes,
-finding a run's VMs. Its session fixtures (`vm_run`, `baked`) are in conftest.py, shared by
-test_vm_fixture.py (the image) and test_qemu_provider.py (instances booted from it)."""
+finding a run's VMs, tearing a qemu environment down and saying what `down` left. Its session
+fixtures (`vm_run`, `baked`) are in conftest.py, shared by test_vm_fixture.py (the image) and
+test_qemu_provider.py (instances booted from it); benchmarks/vm_scenario.py tears down with it."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -26,6 +31,37 @@ def vm_processes(prefix: str) -> dict[int, str]:
     """QEMU processes of VMs named with the prefix (bake, verify): pid -> command line."""
     found = subprocess.run(["pgrep", "-af", "--", f"-name {prefix}-"], capture_output=True, text=True)
     return {int(pid): line for pid, _, line in (row.partition(" ") for row in found.stdout.splitlines())}
+
+
+def taps() -> set[str]:
+    links = json.loads(subprocess.check_output(["ip", "-j", "link", "show", "type", "tun"]))
+    return {link["ifname"] for link in links}
+
+
+def tear_down(
+    run, env: str, docker_client, taps_before: set[str]
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`invoke down` a qemu environment, then remove by force what it left: (down, what was left)."""
+    down = run.invoke("down", env, check=False)
+    left = []
+    for pid in vm_processes(f"kiln-{env}"):
+        left.append(f"QEMU process {pid}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for tap in sorted(taps() - taps_before):
+        left.append(f"tap device {tap}")
+        subprocess.run(["ip", "link", "del", tap], check=False)
+    for container in docker_client.containers.list(all=True, filters={"label": f"kiln.env={env}"}):
+        left.append(f"container {container.name}")
+        container.remove(force=True)
+    for network in docker_client.networks.list(filters={"label": f"kiln.env={env}"}):
+        left.append(f"network {network.name}")
+        network.remove()
+    vms = run.project / ".kiln" / "envs" / env / "vms"
+    if vms.exists():
+        left.append(f"folder {vms}")
+        shutil.rmtree(vms)
+    return down, left
 
 
 def overlays(state_dir: Path, prefix: str) -> list[Path]:
