@@ -138,9 +138,7 @@ class Scenario:
         network = self.client.networks.create(f"kiln-{ENV}-s3", driver="bridge", labels={"kiln.bench": ENV})
         network.reload()
         gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
-        self.server = S3Server(
-            gateway, Path(tempfile.mkdtemp(prefix="kiln-bench-s3-")), f"kilnbench{os.getpid()}"
-        )
+        self.server = S3Server(gateway, self.s3_folder, f"kilnbench{os.getpid()}")
         self.spec["backup"] = {
             "repository": "s3",
             "s3": {"endpoint": self.server.endpoint, "bucket": self.server.bucket, "uri_style": "path",
