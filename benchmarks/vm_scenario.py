@@ -44,7 +44,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kiln import secrets as sealed
+from kiln import vmdisk
 from kiln.diskimages import DiskImageStore
+from kiln.errors import KilnError
 from kiln.images import ImageRecord
 from kiln.settings import Settings
 from kiln.vmdisk import PARTITION_START
@@ -69,17 +71,13 @@ def copy_as_web(store: DiskImageStore, source: ImageRecord, name: str, status: s
     copy = store.root / f"{ENV}-{name}.qcow2"
     if restamp:
         with tempfile.TemporaryDirectory(prefix=f"kiln-{ENV}-", dir=store.root) as scratch:
-            raw, mount = Path(scratch) / "disk.raw", Path(scratch) / "root"
-            mount.mkdir()
+            raw = Path(scratch) / "disk.raw"
             on_host("qemu-img", "convert", "-O", "raw", source.image, str(raw))
             loop = on_host("losetup", "-f", "--show", "-o", str(PARTITION_START * 512), str(raw)).strip()
             try:
-                on_host("mount", loop, str(mount))
-                try:
-                    stamp = mount / "etc/kiln/image.json"
+                with vmdisk.mounted(loop, Path(scratch) / "root") as root:
+                    stamp = root / "etc/kiln/image.json"
                     stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "version": version}) + "\n")
-                finally:
-                    on_host("umount", str(mount))
             finally:
                 on_host("losetup", "-d", loop)
             on_host("qemu-img", "convert", "-O", "qcow2", str(raw), str(copy))
@@ -216,7 +214,7 @@ def main() -> int:
     failed = None
     try:
         scenario.steps(web, db)
-    except (AssertionError, subprocess.SubprocessError) as exc:
+    except (AssertionError, subprocess.SubprocessError, KilnError) as exc:
         failed = str(exc)[-3000:]
     finally:
         scenario.figures["left"] = scenario.clean_up(taps_before, dr_before)
