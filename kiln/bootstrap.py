@@ -7,9 +7,12 @@ snapshot, say) yields another bootstrap image and so new versions for every role
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -39,13 +42,27 @@ def bootstrap_ref(settings: Settings) -> str:
     return f"{BOOTSTRAP_REPOSITORY}:{settings.suite}-{digest}"
 
 
+@contextlib.contextmanager
+def one_builder(lock_file: Path) -> Iterator[None]:
+    """One process of this machine at a time builds a bootstrap root; the others wait, then find it
+    built (two bakes at once, a VM bake beside a container bake, would both run mmdebstrap)."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_bootstrap_image(client: docker.DockerClient, settings: Settings, say) -> str:
     """The bootstrap image's id, building and importing it first when it is absent."""
     ref = bootstrap_ref(settings)
-    try:
-        return client.images.get(ref).id
-    except docker.errors.ImageNotFound:
-        pass
+    with one_builder(settings.vm_cache_dir / "bootstrap-image.lock"):
+        try:
+            return client.images.get(ref).id
+        except docker.errors.ImageNotFound:
+            return build_bootstrap_image(client, settings, ref, say)
+
+
+def build_bootstrap_image(client: docker.DockerClient, settings: Settings, ref: str, say) -> str:
     require_tools("the bootstrap root", "mmdebstrap")
     say(f"bootstrapping {ref} with mmdebstrap from {settings.resolved_mirror()} (once)")
     with tempfile.TemporaryDirectory(prefix="kiln-bootstrap-") as scratch:

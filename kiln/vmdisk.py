@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from kiln.bootstrap import apt_sources
+from kiln.bootstrap import apt_sources, one_builder
 from kiln.errors import OperationFailed, require_tools
 from kiln.settings import Settings
 
@@ -73,8 +73,13 @@ def bootstrap_kernel_path(settings: Settings) -> Path:
 def ensure_bootstrap_disk(settings: Settings, say) -> Path:
     """The bootstrap disk, built once per mirror (about 2 minutes) and cached."""
     disk = bootstrap_disk_path(settings)
-    if disk.exists():
-        return disk
+    with one_builder(disk.with_suffix(".lock")):
+        if not disk.exists():
+            build_bootstrap_disk(settings, disk, say)
+    return disk
+
+
+def build_bootstrap_disk(settings: Settings, disk: Path, say) -> None:
     require_tools("building the VM bootstrap disk", *HOST_TOOLS)
     disk.parent.mkdir(parents=True, exist_ok=True)
     say(f"bootstrapping {disk.name} with mmdebstrap from {settings.resolved_mirror()} (once)")
@@ -116,7 +121,6 @@ def ensure_bootstrap_disk(settings: Settings, say) -> Path:
         partial = work / "disk.qcow2"
         run("qemu-img", "convert", "-O", "qcow2", str(raw), str(partial))
         partial.replace(disk)  # atomically: a half-made disk never carries the cached name
-    return disk
 
 
 def newest(root: Path, pattern: str) -> Path:
