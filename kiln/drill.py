@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from kiln import console, environments, statestore
+from kiln import console, environments, statestore, tls
 from kiln.backup import app, dbcheck
 from kiln.backup.base import BackupFault, BackupSettings
 from kiln.backup.operations import backup_settings, first_running, require_db, s3_access, source_environment
@@ -58,6 +58,7 @@ RECOVERY_TIMEOUT = 900  # seconds PostgreSQL may take to replay WAL and promote
 BOOT_TIMEOUT = 120  # seconds an instance may take to apply its user-data and start services
 # (at least: a slower instance, a VM under TCG, is given its source's health.timeout)
 REACH_TIMEOUT = 20.0  # seconds for one command that asks whether an instance answers
+CERT_MARGIN_DAYS = 30  # monthly drills: what expires before the next one is flagged by this one
 
 
 @dataclass
@@ -238,6 +239,7 @@ class Drill:
             self.step("pg_amcheck", self.amcheck, fatal=False)
             self.step("tables", self.compare_tables, fatal=False)
             self.step("files", self.compare_files, fatal=False)
+            self.step("certificates", self.check_certificates, fatal=False)
         except DrillFailed:
             pass
         except KilnError as exc:  # no drill at all (e.g. no source database): said, then raised
@@ -549,6 +551,13 @@ class Drill:
 
     # ---- history ----------------------------------------------------------------------------
 
+    def check_certificates(self) -> str:
+        """What a monthly drill would otherwise notice only once it is too late: the source's
+        HTTPS certificate or its CA expiring before the next drill."""
+        ca = tls.ca_file(self.settings, self.env)
+        ca_pem = ca.read_bytes() if ca.exists() else None
+        return tls.expiring(self.env, self.source().https_frontend(), ca_pem, CERT_MARGIN_DAYS)
+
     def write_report(self) -> None:
         """JSON (the history), Markdown, and the HTML page with the trend of this environment's drills."""
         from kiln import htmlreport  # matplotlib loads only when a picture is drawn
@@ -566,8 +575,15 @@ class Drill:
         console.say(f"report: {page}")
 
 
+STEP_CAUSES = {
+    "smoke test": "smoke-failed",
+    "restore": "restore-failed",
+    "certificates": "certificate-expiring",
+}
+
+
 def _cause_of(step: str) -> str:
-    return {"smoke test": "smoke-failed", "restore": "restore-failed"}.get(step, "tool-failed")
+    return STEP_CAUSES.get(step, "tool-failed")
 
 
 def recovery_fault(channel: Channel) -> BackupFault:

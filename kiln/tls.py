@@ -16,6 +16,7 @@ import datetime
 import ipaddress
 import socket
 import ssl
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,3 +233,28 @@ def describe(certificate: dict) -> str:
         f"certificate {certificate['subject']}, issued by {certificate['issuer']}, expires "
         f"{certificate['not_after']}: {certificate['days_left']} days left"
     )
+
+
+def expiring(env: str, url: str | None, ca_pem: bytes | None, margin_days: int) -> str:
+    """A drill's check: the HTTPS frontend's certificate (served at `url`) and the environment's CA
+    both outlive `margin_days`; what they have left, or OperationFailed naming what expires first
+    and how to replace it."""
+    left, fixes = {}, {}
+    if url:
+        parsed = urllib.parse.urlsplit(url)
+        left["the frontend's certificate"] = served(parsed.hostname or "", parsed.port or 443).days_left
+        fixes["the frontend's certificate"] = f"`invoke up {env}` issues a new one"
+    if ca_pem:
+        expires = x509.load_pem_x509_certificate(ca_pem).not_valid_after_utc
+        left["the certificate authority"] = (expires - now()).days
+        fixes["the certificate authority"] = (
+            f"Kiln does not rotate it yet: replace secrets/{env}.ca.pem and KILN_CA_KEY"
+        )
+    if not left:
+        return "no HTTPS frontend and no certificate authority"
+    short = [
+        f"{what} expires in {days} days ({fixes[what]})" for what, days in left.items() if days < margin_days
+    ]
+    if short:
+        raise OperationFailed(f"{'; '.join(short)}: before the next drill, {margin_days} days from now")
+    return ", ".join(f"{what}: {days} days left" for what, days in left.items())

@@ -134,7 +134,7 @@ def test_backup_then_drill_is_green_on_real_data(source):
     assert proc.returncode == 0, proc.stderr
     assert report["ok"] and report["failures"] == []
     names = [c["name"] for c in report["checks"]]
-    for step in ("restore", "smoke test", "verify backups", "pg_amcheck", "tables", "files"):
+    for step in ("restore", "smoke test", "verify backups", "pg_amcheck", "tables", "files", "certificates"):
         assert step in names
     records = int(source.sql("SELECT count(*) FROM records"))
     assert report["counts"]["records"] == records >= 10  # without the smoke test's own record

@@ -3,9 +3,12 @@ leaf certificates that verify against it with Python's own TLS verification, and
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import socket
 import ssl
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from cryptography import x509
 
 from kiln import secrets as sealed
 from kiln import tls
-from kiln.errors import KilnError
+from kiln.errors import KilnError, OperationFailed
 
 
 def bundle_parts(bundle: bytes) -> tuple[bytes, bytes, bytes]:
@@ -119,3 +122,47 @@ def test_status_line_names_expiry_or_why_not():
     )
     unreadable = tls.describe({"error": "TLS at 127.0.0.1:1: refused"})
     assert unreadable == "certificate unreadable: TLS at 127.0.0.1:1: refused"
+
+
+@contextlib.contextmanager
+def https_server(tmp_path: Path, bundle: bytes):
+    """A loopback TLS listener presenting `bundle` (leaf, CA, key) to every client; its URL."""
+    leaf, chained_ca, key = bundle_parts(bundle)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*write_pair(tmp_path, leaf + chained_ca, key))
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with contextlib.suppress(OSError), context.wrap_socket(raw, server_side=True):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_a_drill_flags_a_certificate_expiring_before_the_next_drill(settings, tmp_path: Path):
+    ca = tls.authority(settings, "prod")
+    with https_server(tmp_path, tls.issue(ca, ["127.0.0.1"], days=90)) as url:
+        checked = tls.expiring("prod", url, ca.pem, margin_days=30)
+    assert checked.startswith("the frontend's certificate: 89 days left, the certificate authority: ")
+    with (
+        https_server(tmp_path, tls.issue(ca, ["127.0.0.1"], days=20)) as url,
+        pytest.raises(
+            OperationFailed, match=r"the frontend's certificate expires in 19 days \(`invoke up prod`"
+        ),
+    ):
+        tls.expiring("prod", url, ca.pem, margin_days=30)
+    assert tls.expiring("dev", None, None, 30) == "no HTTPS frontend and no certificate authority"
