@@ -20,7 +20,7 @@ import pytest
 
 from kiln.images import DockerImageStore, ImageRecord
 from tests.conftest import copy_project
-from tests.integration.vm_chain import BAKE_TIMEOUT, SLOW_PACKER, make_project, versions, vm_processes
+from tests.integration.vm_chain import BackgroundBakes, make_project, versions, vm_processes
 
 pytestmark = pytest.mark.integration
 # A role's testinfra suite that only Kiln runs, against a VM (test_vm_fixture.py).
@@ -137,7 +137,24 @@ def vm_run(tmp_path_factory, kiln: KilnRun):
 
 
 @pytest.fixture(scope="session")
-def baked(vm_run: KilnRun) -> dict[str, str]:
+def vm_bakes(vm_run: KilnRun):
+    bakes = BackgroundBakes(vm_run)
+    bakes.start()
+    yield bakes
+    bakes.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vm_bakes_early(request):
+    """Start the fixture chain's bakes with the session when any collected test needs them."""
+    if any("vm_bakes" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("vm_bakes")
+
+
+@pytest.fixture(scope="session")
+def baked(vm_bakes: BackgroundBakes) -> dict[str, str]:
     """The fixture's base, locked against the mirror, baked as a qcow2 disk and verified in a VM."""
-    vm_run.invoke("lock", "base", "--update")
-    return versions(vm_run.invoke("bake", "base", "--target", "qemu", timeout=BAKE_TIMEOUT, env=SLOW_PACKER))
+    for step in ("lock", "base"):
+        proc = vm_bakes.result(step)
+        assert proc.returncode == 0, f"invoke {' '.join(proc.args)} exited {proc.returncode}:\n{proc.stderr}"
+    return versions(vm_bakes.result("base"))

@@ -11,6 +11,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 from tests.conftest import REPO, copy_project
@@ -21,6 +23,63 @@ SERVICE_FILES = ("usr/local/sbin/kiln-services", "usr/local/lib/kiln/kiln_servic
 # A bake and its verification took 18 and 10 min here under TCG with the load at 20-30.
 BAKE_TIMEOUT = 3600
 SLOW_PACKER = {"KILN_PACKER_TIMEOUT": "2400"}
+
+
+# What BackgroundBakes runs, in order: the lock first (its packages against the mirror).
+BACKGROUND_STEPS = {
+    "lock": ("lock", "base", "--update"),
+    "base": ("bake", "base", "--target", "qemu"),
+    "broken": ("bake", "broken", "--target", "qemu"),
+}
+
+
+class BackgroundBakes:
+    """The fixture chain's bakes, one after another in a thread started with the session: about
+    ten minutes of TCG (the VM root disk, base baked and verified in VMs, then `broken` baked and
+    rejected) overlap the container tests instead of following them. A test reads a step's
+    finished process with `result`, which waits for it; `stop` ends a step still running (SIGTERM:
+    the bake powers its VM off) when the session ends first."""
+
+    def __init__(self, run):
+        self.run = run
+        self.results: dict[str, subprocess.CompletedProcess] = {}
+        self.done = {step: threading.Event() for step in BACKGROUND_STEPS}
+        self.current: subprocess.Popen | None = None
+        self.stopping = False
+        self.thread = threading.Thread(target=self.bake_all, name="vm-chain", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def bake_all(self) -> None:
+        for step, args in BACKGROUND_STEPS.items():
+            if not self.stopping:
+                self.current = subprocess.Popen(
+                    [sys.executable, "-m", "invoke", *args],
+                    cwd=self.run.project,
+                    env={**self.run.env, **SLOW_PACKER},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                out, err = self.current.communicate()
+                self.results[step] = subprocess.CompletedProcess(args, self.current.returncode, out, err)
+            self.done[step].set()
+
+    def result(self, step: str) -> subprocess.CompletedProcess:
+        assert self.done[step].wait(BAKE_TIMEOUT), f"{step} did not finish in {BAKE_TIMEOUT} s"
+        assert step in self.results, f"{step} never ran: the session was ending"
+        return self.results[step]
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.current is not None and self.current.poll() is None:
+            self.current.send_signal(signal.SIGTERM)
+            try:
+                self.current.wait(120)
+            except subprocess.TimeoutExpired:
+                self.current.kill()
+        self.thread.join(150)
 
 
 def versions(proc) -> dict[str, str]:
