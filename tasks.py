@@ -223,17 +223,21 @@ def status(c, env, json=False):
 @task(
     help={
         "env": "environment name",
-        "role": "role to roll out (the load-balanced one, web by default)",
+        "role": "role to roll out: the load-balanced one (default) or one taking no traffic, e.g. worker",
         "image": "image version to roll out (default: the newest verified)",
         "plan": "print exactly what would change, change nothing",
         "resume": "continue an interrupted or paused rollout",
+        "release": "roll out releases/<name>.yml: every role it lists, in its order",
         "yes": "do not ask before changing a protected environment",
     }
 )
 @kiln_task
-def rollout(c, env, role=None, image=None, plan=False, resume=False, yes=False):
-    """Replace instances zone by zone behind the load balancer; roll back by itself on failure."""
+def rollout(c, env, role=None, image=None, plan=False, resume=False, release=None, yes=False):
+    """Replace a role's instances zone by zone, health-gated; roll back by itself on failure."""
     engine = lifecycle.open_engine(settings(), env, say)
+    if release:
+        roll_out_release(engine, release, plan, yes, other=role or image or resume)
+        return
     if plan:
         steps = lifecycle.plan_rollout(engine, role, image)
         if not steps.steps:
@@ -260,6 +264,46 @@ def rollback(c, env, yes=False):
     result = lifecycle.rollback(lifecycle.open_engine(settings(), env, say), confirm(yes))
     print_finished(f"rollback {result.id} {result.status}: {result.role} back to {result.from_version}",
                    result, "rollback")
+
+
+def roll_out_release(engine, name: str, plan: bool, yes: bool, other) -> None:
+    from kiln import release as manifests
+    from kiln.rollout import releases
+
+    if other:
+        raise KilnError("--release names every role and version itself: drop --role, --image and --resume")
+    manifest = manifests.load(settings(), name)
+    steps = releases.plan_release(engine, manifest)
+    about = f": {manifest.spec.description}" if manifest.spec.description else ""
+    print(f"release {name} to {engine.env.name}{about}")
+    print("\n".join(f"  {step.line()}" for step in steps))
+    if plan:
+        return
+    done = releases.deploy_release(engine, confirm(yes), manifest)
+    print(f"release {name} succeeded: " + ", ".join(f"{s.role} {s.status}" for s in done))
+
+
+@task(
+    help={
+        "action": "diff",
+        "first": "a release name (releases/<name>.yml)",
+        "second": "the release to compare it with",
+    }
+)
+@kiln_task
+def release(c, action, first, second):
+    """Compare two release manifests: `invoke release diff <a> <b>` says which role versions changed."""
+    from kiln import release as manifests
+
+    if action != "diff":
+        raise KilnError(f"unknown release action '{action}': use `invoke release diff <a> <b>`")
+    changes = manifests.diff(manifests.load(settings(), first), manifests.load(settings(), second))
+    for change in changes:
+        versions = {"added": change.after, "removed": change.before, "unchanged": change.after}
+        shown = versions.get(change.kind) or f"{change.before} -> {change.after}"
+        print(f"{change.role:<10} {change.kind:<9} {shown}")
+    changed = [c.role for c in changes if c.kind != "unchanged"]
+    say(f"{len(changed)} of {len(changes)} roles differ" + (f": {', '.join(changed)}" if changed else ""))
 
 
 def print_finished(headline: str, result, task_name: str) -> None:
@@ -375,9 +419,9 @@ def publish(c, dotenv=None):
     """Promote the newest image of every role (each must be verified) and print their versions."""
     from pathlib import Path
 
-    from kiln import release
+    from kiln import publish
 
-    versions = release.publish(settings(), DockerImageStore(docker_client(), settings()),
+    versions = publish.publish(settings(), DockerImageStore(docker_client(), settings()),
                                Path(dotenv) if dotenv else None)
     for role, version in versions.items():
         print(f"{role}\t{version}")

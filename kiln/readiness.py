@@ -1,26 +1,31 @@
 """Whether each instance of an environment is ready to serve, per role.
 
 The balanced role is ready when the load balancer counts it healthy and in service. Other roles
-have no load balancer looking at them: a role listed in PROBES is ready when its probe command
-succeeds inside the instance (db: the application's database answers a query, not merely a
-running PostgreSQL); any other role when it runs. Providers that cannot run a command inside
-their instances (the clouds) report those as "unknown", and `up` does not wait for them.
+have no load balancer looking at them: a role whose role.yml declares `health_command` is ready
+when that command succeeds inside the instance (db: the application's database answers a query,
+not merely a running PostgreSQL; a worker: its heartbeat is fresh); any other role when it runs.
+Providers that cannot run a command inside their instances (the clouds) report those as
+"unknown", and `up` does not wait for them.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 
-from kiln.backup.app import DB_NAME
 from kiln.errors import OperationFailed
 from kiln.polling import poll
 from kiln.providers.base import Instance, LbServer, Provider
+from kiln.roles import RoleCatalog
+from kiln.settings import Settings
 
-# role -> command that exits 0 inside a ready instance
-PROBES: dict[str, tuple[str, ...]] = {
-    "db": ("runuser", "-u", "postgres", "--", "psql", "-X", "-qAt", "-d", DB_NAME, "-c", "SELECT 1"),
-}
 READY, UNKNOWN = "ready", "unknown"
+
+
+def health_command(settings: Settings, role: str) -> tuple[str, ...] | None:
+    """The role's `health_command` as argv, or None when it declares none."""
+    command = RoleCatalog(settings).get(role).spec.health_command
+    return tuple(shlex.split(command)) if command else None
 
 
 def state_of(provider: Provider, instance: Instance, servers: dict[str, LbServer]) -> str:
@@ -30,9 +35,10 @@ def state_of(provider: Provider, instance: Instance, servers: dict[str, LbServer
     if instance.role == provider.env.spec.balanced_role:
         server = servers.get(instance.name)
         return READY if server and server.healthy and server.state == "ready" else "starting"
-    if instance.role not in PROBES:
+    command = health_command(provider.settings, instance.role)
+    if command is None:
         return READY
-    answered = provider.probe(instance, PROBES[instance.role])
+    answered = provider.probe(instance, command)
     return UNKNOWN if answered is None else READY if answered else "starting"
 
 

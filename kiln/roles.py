@@ -15,7 +15,7 @@ from pathlib import Path
 from kiln import __version__
 from kiln.config import load_yaml, parse, spec
 from kiln.errors import KilnError
-from kiln.services import Service
+from kiln.services import Service, check_command
 from kiln.services import validate as validate_services
 from kiln.settings import Settings
 
@@ -52,6 +52,11 @@ class RoleSpec:
     cloud_init: str | None = spec(None, help="user-data template in cloud-init/ applied at boot")
     ports: list[int] = spec([], help="TCP ports the role serves (exposed, opened in the firewall)")
     health: Health | None = spec(None, help="health endpoint the load balancer checks")
+    health_command: str | None = spec(
+        None,
+        help="command (absolute path first) that exits 0 inside a healthy instance: how Kiln judges "
+        "instances no load balancer checks (`up` waits for it; a worker rolls out on it)",
+    )
     tests: list[str] = spec([], help="testinfra files in images/<role>/tests/ that verify it")
     env: dict[str, str] = spec({}, help="extra environment for this role's provisioners")
     services: list[Service] = spec(
@@ -165,6 +170,11 @@ class RoleCatalog:
                 return chain
             role = self.get(role.parent)
 
+    def stop_grace(self, name: str) -> int:
+        """Seconds an instance of the role may need to stop cleanly: its services stop one after
+        another, in reverse order, each within its own stop_timeout."""
+        return sum(s.stop_timeout for role in self.chain(name) for s in role.spec.services if not s.oneshot)
+
     def _load(self, name: str) -> Role:
         known = self.names()
         if name not in known:
@@ -217,6 +227,7 @@ class RoleCatalog:
         for key in s.env:
             if not ENV_NAME.match(key):
                 fail(f"env.{key}", "use upper-case letters, digits and '_', like APP_WORKERS")
+        check_command(s.health_command, "health_command", fail)
         validate_services(s.services, fail)
 
 

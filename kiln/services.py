@@ -74,7 +74,7 @@ def validate(services: list[Service], fail: Callable[[str, str], None]) -> None:
         seen.add(service.name)
         _check_runtimes(service, where, fail)
         for field in ("command", "condition"):
-            _check_command(getattr(service, field), f"{where}.{field}", fail)
+            check_command(getattr(service, field), f"{where}.{field}", fail)
         if service.readiness:
             _check_readiness(service.readiness, f"{where}.readiness", fail)
         if not USER_NAME.match(service.user):
@@ -114,7 +114,7 @@ def _check_runtimes(service: Service, where: str, fail: Callable[[str, str], Non
         fail(f"{where}.readiness", "a oneshot step is ready when it exits: drop `readiness`")
 
 
-def _check_command(command: str | None, where: str, fail: Callable[[str, str], None]) -> None:
+def check_command(command: str | None, where: str, fail: Callable[[str, str], None]) -> None:
     if command is None:
         return
     if AMBIGUOUS in command:
@@ -137,7 +137,7 @@ def _check_readiness(ready: Readiness, where: str, fail: Callable[[str, str], No
         fail(f"{where}.port", f"{ready.port} is not a TCP port (1-65535)")
     if ready.path is not None and not ready.path.startswith("/"):
         fail(f"{where}.path", f"'{ready.path}' must start with /")
-    _check_command(ready.command, f"{where}.command", fail)
+    check_command(ready.command, f"{where}.command", fail)
     if not 1 <= ready.timeout <= 600:
         fail(f"{where}.timeout", f"{ready.timeout}: give 1 to 600 seconds")
 

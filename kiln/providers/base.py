@@ -58,6 +58,9 @@ class Provider(abc.ABC):
     # backup repositories can live beside the instances, off them (`backup.repository: volume`:
     # local's docker volumes); elsewhere backups go to S3
     keeps_volumes = False
+    # `probe` runs a command inside its instances (local: docker exec, qemu: SSH); the clouds'
+    # instances are judged by their load balancer and API states instead
+    probes_instances = False
     image_target = "docker"  # the bake target (kiln/targets) whose images its instances run
 
     @classmethod

@@ -57,6 +57,7 @@ class Script:
 
 class FakeProvider(Provider):
     lb_from_image = False  # like a cloud's managed load balancer: no image, no user-data
+    probes_instances = True
 
     def __init__(self, settings: Settings, env: Environment, script: Script | None = None):
         super().__init__(settings, env)
@@ -193,8 +194,10 @@ class FakeProvider(Provider):
         with self._lock:
             self._alive()
             self.probes[instance.name] = self.probes.get(instance.name, 0) + 1
-            return instance.name in self.running and self.probes[instance.name] > self.script.starting.get(
-                instance.role, 0
+            return (
+                instance.name in self.running
+                and instance.version not in self.script.never_healthy
+                and self.probes[instance.name] > self.script.starting.get(instance.role, 0)
             )
 
     def channel(self, instance: Instance, secrets: list[str] | None = None) -> Channel:

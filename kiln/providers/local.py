@@ -33,7 +33,8 @@ from kiln.providers.base import Instance, LbServer, Provider
 from kiln.roles import RoleCatalog
 from kiln.settings import Settings
 
-STOP_TIMEOUT = 10  # seconds kiln-init gets to stop services before SIGKILL
+# Seconds kiln-init gets to stop its services before SIGKILL, beyond their own stop timeouts.
+STOP_MARGIN = 5
 LB_START_TIMEOUT = 120  # first boot runs cloud-init, slow on a busy machine
 
 
@@ -50,10 +51,18 @@ def docker_errors_fail(method):
     return wrapper
 
 
+def stop(container) -> None:
+    """SIGTERM to kiln-init, which stops the services within their own timeouts (a worker finishes
+    its job); SIGKILL only after all of them. The LB and containers made before this label: 10 s."""
+    with contextlib.suppress(docker.errors.APIError):
+        container.stop(timeout=int(container.labels.get("kiln.stop-timeout", 10)))
+
+
 class LocalProvider(Provider):
     routes_by_zone = True
     terminates_tls = True
     keeps_volumes = True
+    probes_instances = True
 
     def __init__(self, settings: Settings, env: Environment):
         super().__init__(settings, env)
@@ -204,8 +213,7 @@ class LocalProvider(Provider):
         for container in self.client.containers.list(
             all=True, filters={"label": f"kiln.env={self.env.name}"}
         ):
-            with contextlib.suppress(docker.errors.APIError):
-                container.stop(timeout=STOP_TIMEOUT)
+            stop(container)
             container.remove(force=True)
             removed.append(container.name)
         for network in self.client.networks.list(filters={"label": f"kiln.env={self.env.name}"}):
@@ -251,6 +259,7 @@ class LocalProvider(Provider):
             "kiln.instance": name,
             "kiln.zone": str(zone),
             "kiln.version": image.version,
+            "kiln.stop-timeout": str(RoleCatalog(self.settings).stop_grace(role) + STOP_MARGIN),
         }
         # Shared roles (no load-balanced traffic of their own, e.g. db) join every zone.
         container = self.client.containers.create(
@@ -328,8 +337,7 @@ class LocalProvider(Provider):
     def terminate(self, instance: Instance) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             container = self.client.containers.get(self.container_name(instance.name))
-            with contextlib.suppress(docker.errors.APIError):
-                container.stop(timeout=STOP_TIMEOUT)
+            stop(container)
             container.remove(force=True)
         shutil.rmtree(self.folder / "seeds" / instance.name, ignore_errors=True)
 

@@ -26,6 +26,7 @@ from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
 from kiln.images import ImageRecord
 from kiln.providers.base import Instance, Provider
+from kiln.rollout.gates import gate_for
 from kiln.rollout.planning import describe, majority_version, next_step, plan, require_deployable
 from kiln.rollout.state import RolloutState, Store
 from kiln.settings import Settings
@@ -63,12 +64,14 @@ class Engine:
     env: Environment
     provider: Provider
     say: Callable[[str], None]
+    role: str = ""  # the role it rolls out: the load-balanced one unless named
     samples: list[dict] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.store = Store(self.settings, self.env.name)
-        self.role = self.env.spec.balanced_role
+        self.role = self.role or self.env.spec.balanced_role
+        self.gate = gate_for(self.provider, self.env, self.role)
         self.state: RolloutState | None = None
         self._lock = threading.Lock()  # events come from launch and terminate threads too
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kiln-rollout")
@@ -132,8 +135,8 @@ class Engine:
 
     def sample(self) -> dict[str, object]:
         """Healthy instances per zone and version, for the timeline; the servers as a bonus."""
-        servers = self.provider.lb_servers()
         instances = self.instances(self.role)
+        servers = self.gate.servers(instances)
         t = self.elapsed()
         for zone in range(len(self.env.zones)):
             healthy = collections.Counter(
@@ -158,8 +161,8 @@ class Engine:
         self.event(
             "launched", instance=instance.name, version=image.version, zone=self.env.zones[instance.zone]
         )
-        if register:
-            self.provider.lb_register(instance)
+        if register and self.gate.takes_traffic:
+            self.gate.register(instance)
             self.event("registered", instance=instance.name)
         return instance
 
@@ -180,9 +183,7 @@ class Engine:
                 checks = ", ".join(
                     f"{n}: {servers[n].check if n in servers else 'unregistered'}" for n in waiting
                 )
-                raise RolloutFailed(
-                    f"{checks} did not pass the load balancer's health check in {timeout:g} s"
-                )
+                raise RolloutFailed(f"{checks} did not pass {self.gate.judge} in {timeout:g} s")
             time.sleep(self.provider.poll_interval)
 
     def pause(self, seconds: float) -> None:
@@ -192,14 +193,26 @@ class Engine:
             time.sleep(min(self.provider.poll_interval, max(0.0, end - time.monotonic())))
 
     def retire(self, names: list[str]) -> None:
-        """Drain them together, wait for their sessions to end (or the drain timeout), remove."""
+        """Take them out of service together and stop them. Behind the load balancer they are
+        drained first, until their sessions end (or the drain timeout); a role that takes no
+        traffic drains by stopping: its services get their stop signal and stop timeouts."""
         if not names:
             return
-        servers = self.provider.lb_servers()
         by_name = {i.name: i for i in self.instances()}
+        if self.gate.takes_traffic:
+            self.drain(names, by_name)
+        for name in names:
+            if name in by_name:
+                # Out of service it serves nobody: stop it while the next step runs.
+                with self._lock:
+                    self._retiring.add(name)
+                self._stopping.append(self._pool.submit(self.terminate, by_name[name]))
+
+    def drain(self, names: list[str], by_name: dict[str, Instance]) -> None:
+        servers = self.gate.servers([i for i in by_name.values() if i.role == self.role])
         for name in names:
             if name in servers and servers[name].state == "ready":
-                self.provider.lb_drain(by_name[name])
+                self.gate.drain(by_name[name])
                 self.event("draining", instance=name, **self.placement(by_name[name]))
         deadline = time.monotonic() + self.env.spec.rollout.drain_timeout
         while time.monotonic() < deadline:
@@ -209,13 +222,8 @@ class Engine:
             time.sleep(self.provider.poll_interval)
         for name in names:
             if name in servers:
-                self.provider.lb_deregister(name)
+                self.gate.deregister(name)
                 self.event("deregistered", instance=name, **self.placement(by_name.get(name)))
-            if name in by_name:
-                # Out of the load balancer it serves nobody: stop it while the next step runs.
-                with self._lock:
-                    self._retiring.add(name)
-                self._stopping.append(self._pool.submit(self.terminate, by_name[name]))
 
     def terminate(self, instance: Instance) -> None:
         self.provider.terminate(instance)
@@ -239,18 +247,18 @@ class Engine:
 
     def reconcile(self, zone: int, version: str) -> None:
         """Finish what a crash left half done in this zone, before planning the next step."""
-        servers = self.provider.lb_servers()
         instances = self.instances()
+        servers = self.gate.servers([i for i in instances if i.role == self.role])
         names = {i.name for i in instances}
         for name in servers:
             if name not in names:
-                self.provider.lb_deregister(name)
+                self.gate.deregister(name)
                 self.event("deregistered", instance=name, reason="no such instance")
         pending, leftovers = [], []
         for inst in (i for i in instances if i.role == self.role and i.zone == zone):
             server = servers.get(inst.name)
             if server is None and inst.version == version and inst.running:
-                self.provider.lb_register(inst)
+                self.gate.register(inst)
                 self.event("registered", instance=inst.name, reason="launched before an interruption")
                 pending.append(inst.name)
             elif server is None or server.state != "ready" or not inst.running:
@@ -327,8 +335,8 @@ class Engine:
         try:
             for zone in state.zones:
                 if zone in state.done:
-                    if resumed:  # an instance may have been stopping when the rollout died
-                        self.reconcile(zone, target.version)
+                    if resumed:  # an old instance may have been stopping when the rollout died
+                        self.converge_zone(zone, target)
                     continue
                 began = self.elapsed()
                 canary = self.env.spec.rollout.canary if zone == state.zones[0] else 0

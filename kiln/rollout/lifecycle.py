@@ -26,9 +26,30 @@ from kiln.settings import Settings
 Approve = Callable[[Environment, str], None]
 
 
+# Roles whose instances hold the data they serve: replacing one would start an empty one.
+NOT_ROLLED_OUT = {
+    "db": "a database is replaced through a standby, which Kiln does not build yet; bake db and "
+    "restore into a new environment (`invoke dr-drill`) instead",
+}
+
+
 def open_engine(settings: Settings, env_name: str, say: Callable[[str], None]) -> Engine:
     env = environments.load(settings, env_name)
     return Engine(settings, env, get_provider(settings, env), say)
+
+
+def engine_for(engine: Engine, role: str | None) -> Engine:
+    """The engine that rolls out `role` (the load-balanced one when None), after refusing, before
+    anything changes, a role the environment does not run or that cannot roll out."""
+    if not role or role == engine.role:
+        return engine
+    env = engine.env
+    if not env.count(role):
+        running = ", ".join(r for r, n in sorted(env.spec.instances.items()) if n)
+        raise KilnError(f"{env.file} runs no {role} instances (it runs {running}): nothing to roll out")
+    if role in NOT_ROLLED_OUT:
+        raise KilnError(f"{role} does not roll out: {NOT_ROLLED_OUT[role]}")
+    return Engine(engine.settings, env, engine.provider, engine.say, role=role)
 
 
 def approve_change(engine: Engine, approve: Approve, what: str) -> None:
@@ -55,14 +76,9 @@ class Deployment:
     state: RolloutState | None
 
 
-def check_role(engine: Engine, role: str | None) -> None:
-    if role and role != engine.role:
-        raise KilnError(f"only {engine.role}, the load-balanced role, rolls out; not '{role}'")
-
-
 def plan_rollout(engine: Engine, role: str | None = None, image: str | None = None) -> RolloutPlan:
     """Exactly what a rollout would change, changing nothing (so no lock)."""
-    check_role(engine, role)
+    engine = engine_for(engine, role)
     state = engine.start(target_image(engine, image))
     instances = engine.provider.instances(engine.role)
     steps = plan(engine.env, engine.role, instances, state.to_version, state.zones)
@@ -72,21 +88,26 @@ def plan_rollout(engine: Engine, role: str | None = None, image: str | None = No
 
 def target_image(engine: Engine, image: str | None) -> ImageRecord:
     """The image `--image` names (a version, a prefix of one, a reference), or the newest deployable."""
-    role = engine.role
-    return engine.provider.image(role, versions.resolve(role, image, engine.provider.versions(role)))
+    return image_of(engine.provider, engine.role, image)
+
+
+def image_of(provider: Provider, role: str, image: str | None) -> ImageRecord:
+    return provider.image(role, versions.resolve(role, image, provider.versions(role)))
 
 
 def deploy(
     engine: Engine, approve: Approve, role: str | None = None, image: str | None = None, resume: bool = False
 ) -> Deployment:
-    """Roll out `image` (default: the newest deployable), or continue an interrupted rollout."""
-    check_role(engine, role)
+    """Roll out `image` of `role` (default: the newest deployable of the load-balanced role), or
+    continue an interrupted rollout, whichever role it was rolling out."""
+    engine = engine_for(engine, role)
     approve_change(engine, approve, "roll out to")
     with engine.store.lock("rollout"):
         if resume:
             state = engine.store.load()
             if state is None or not state.active:
                 raise KilnError(f"no interrupted or paused rollout of {engine.env.name} to resume")
+            engine = engine_for(engine, state.role)
             engine.state = state
             if state.status == "rolling-back":
                 return Deployment(
@@ -112,6 +133,7 @@ def rollback(engine: Engine, approve: Approve) -> RolloutState:
             raise KilnError(f"no rollout of {engine.env.name} is recorded: nothing to roll back")
         if last.status == "rolled-back":
             raise KilnError(f"rollout {last.id} is already rolled back to {last.from_version}")
+        engine = engine_for(engine, last.role)
         engine.state = last if last.status == "rolling-back" else last.rollback()
         return engine.roll_back(engine.state.from_version)
 
@@ -208,7 +230,7 @@ def fill(engine: Engine) -> None:
     # Other roles first: the balanced role's user-data names them (the database).
     for role in sorted(plans, key=lambda r: r == engine.role):
         for n in plans[role]:
-            engine.launch(n, images[role], register=role == engine.role)
+            engine.launch(n, images[role], register=role == env.spec.balanced_role)
     if engine.role in images:
         for zone in range(len(env.zones)):
             engine.reconcile(zone, images[engine.role].version)

@@ -23,13 +23,13 @@ ACTIVE = ("running", "paused", "rolling-back")
 # Fields a finished rollout leaves in the audit log (the events stay in rollout.json).
 AUDITED = (
     "id", "environment", "role", "from", "to", "user", "started_at", "ended_at", "seconds", "status",
-    "failure", "zone_timings", "rollback_timings", "timeline", "report", "action",
+    "failure", "zone_timings", "rollback_timings", "timeline", "report", "action", "release",
 )  # fmt: skip
 
 
 @dataclass
 class RolloutState:
-    """One rollout (or rollback) of an environment's balanced role, as rollout.json keeps it."""
+    """One rollout (or rollback) of one of an environment's roles, as rollout.json keeps it."""
 
     environment: str
     role: str
@@ -52,6 +52,7 @@ class RolloutState:
     timeline: str | None = None
     report: str | None = None  # the HTML report
     samples: list[dict] = field(default_factory=list)  # healthy counts per zone, when they change
+    release: str | None = None  # the release manifest this rollout is part of
 
     @property
     def active(self) -> bool:
@@ -109,6 +110,10 @@ class Store:
     def append_audit(self, state: RolloutState) -> None:
         """One line per finished rollout; concurrent writers never interleave."""
         self.backing.append(self.prefix + "audit.jsonl", json.dumps(state.audit_record(), sort_keys=True))
+
+    def append_record(self, record: dict) -> None:
+        """An audit line of another kind than a rollout's (a release's)."""
+        self.backing.append(self.prefix + "audit.jsonl", json.dumps(record, sort_keys=True))
 
     def read_audit(self) -> list[dict]:
         return [json.loads(line) for line in self.backing.lines(self.prefix + "audit.jsonl")]

@@ -114,7 +114,7 @@ def baked_web(kiln: KilnRun) -> dict[str, str]:
 def baked_all(kiln: KilnRun, baked_web: dict[str, str]) -> dict[str, str]:
     """Every role baked (and so verified) once for the session; role -> version."""
     found = dict(baked_web)
-    for role in ("db", "lb"):
+    for role in ("db", "lb", "worker"):
         proc = kiln.invoke("bake", role)
         found.update(line.split("\t")[:2] for line in proc.stdout.splitlines() if "\t" in line)
     return found

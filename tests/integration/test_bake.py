@@ -130,7 +130,7 @@ def test_unknown_role_names_the_known_ones(kiln):
     proc = kiln.invoke("bake", "nope", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "kiln: unknown role 'nope'; known roles: base, db, lb, web. "
+        "kiln: unknown role 'nope'; known roles: base, db, lb, web, worker. "
         "To add one, create images/nope/role.yml (see README: Adding a role)."
     )
 

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 GITLAB_CI_LOCAL = REPO / ".venv" / "npm" / "node_modules" / ".bin" / "gitlab-ci-local"
-ROLES = ("base", "web", "db", "lb")
+ROLES = ("base", "web", "db", "lb", "worker")
 RESULT = re.compile(r"^\s*(PASS|FAIL|WARN)\s+(\S.*?)\s*$")
 PREVIOUS_BUILT = "2026-01-01T00:00:00Z"  # older than any real bake: `up` takes the previous images
 ENV_FILE = """provider: local

@@ -9,6 +9,7 @@ with an environment is removed at the end, even on failure.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ from kiln import haproxy, tls
 from kiln.images import DockerImageStore
 from kiln.settings import Settings
 from tests.integration import provider_contract as contract
+from tests.integration.conftest import relabelled
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +60,17 @@ instances: {web: 2}
 frontend: {port: 0, home_zone: z0, maintenance_page: pages/down.html}
 health: {path: /health, interval: 0.5, rise: 2, fall: 2, timeout: 60, slowstart: 2}
 """
+WORKER_ENV = f"wk{os.getpid()}"
+WORKER_FILE = """
+provider: local
+zones: [z0, z1]
+instances: {web: 1, db: 1, worker: 2}
+frontend: {port: 0}
+health: {path: /health, interval: 0.5, rise: 2, fall: 2, timeout: 45}
+rollout: {max_surge: 1, max_unavailable: 0, warmup: 1, drain_timeout: 5, canary: 1}
+"""
+OLDER = "2000-01-01T00:00:00Z"  # a stand-in's build time: never the newest
+JOBS, JOB_SECONDS = 300, 0.2  # about 30 s of work for two workers: the rollout runs through it
 
 
 def bake(kiln, role: str, status: str = "verified") -> str:
@@ -355,3 +368,110 @@ def test_https_from_the_environments_ca_http_redirected_and_renewed_without_a_re
         assert lb.attrs["State"]["StartedAt"] == started  # no restart
         with urllib.request.urlopen(f"{https}health", context=trusted, timeout=10) as answer:
             assert answer.status == 200
+
+
+def psql(docker_client, env: str, sql: str) -> str:
+    db = docker_client.containers.get(f"kiln-{env}-db1")
+    code, out = db.exec_run(["runuser", "-u", "postgres", "--", "psql", "-XqAt", "-d", "kiln", "-c", sql])
+    assert code == 0, out.decode()
+    return out.decode().strip()
+
+
+@pytest.fixture(scope="module")
+def worker_env(kiln, baked_all, docker_client):
+    """web 1, db 1 and two workers over two zones, from the session's verified images; worker
+    v2 is the same image under another version (built earlier, so `up` takes v1): a rollout
+    replaces every instance all the same."""
+    store = DockerImageStore(docker_client, Settings(project_root=kiln.project, image_repo=kiln.prefix))
+    v2 = f"{baked_all['worker']}-v2"
+    relabelled(store, store.find("worker", baked_all["worker"]), "worker", v2, OLDER, "verified")
+    with running(kiln, docker_client, WORKER_ENV, WORKER_FILE):
+        yield {"v1": baked_all["worker"], "v2": v2, "sql": functools.partial(psql, docker_client, WORKER_ENV)}
+
+
+def roles_at(kiln, role: str) -> dict[str, str]:
+    return {i["name"]: i["version"] for i in status(kiln, WORKER_ENV)["instances"] if i["role"] == role}
+
+
+def test_a_worker_rollout_loses_no_job_of_the_queue_it_drains(kiln, worker_env):
+    """Workers take no traffic: the rollout judges them by their health_command and stops the old
+    ones with their stop signal, which lets the job in hand finish. A queue filled before the
+    rollout is drained during and after it; every job is done once, old and new workers did some,
+    and every old worker recorded a clean stop (SIGTERM, not the SIGKILL after the grace)."""
+    sql, v1, v2 = worker_env["sql"], worker_env["v1"], worker_env["v2"]
+    view = status(kiln, WORKER_ENV)["instances"]
+    assert {(i["ready"], i["lb_state"]) for i in view if i["role"] == "worker"} == {("ready", "absent")}
+    old = set(roles_at(kiln, "worker"))
+    sql(f"INSERT INTO kiln_jobs (seconds) SELECT {JOB_SECONDS} FROM generate_series(1, {JOBS})")
+    proc = kiln.invoke("rollout", WORKER_ENV, "--role", "worker", "--image", v2, timeout=600)
+    assert f"worker {v1} -> {v2}" in proc.stdout and "succeeded" in proc.stdout, proc.stdout
+    left_during = int(sql("SELECT count(*) FROM kiln_jobs WHERE done_at IS NULL"))
+    deadline = time.monotonic() + 120
+    while int(sql("SELECT count(*) FROM kiln_jobs WHERE done_at IS NULL")):
+        assert time.monotonic() < deadline, "the new workers did not drain the queue in 120 s"
+        time.sleep(1)
+    done = dict(
+        line.split("|")
+        for line in sql("SELECT done_by, count(*) FROM kiln_jobs GROUP BY done_by").splitlines()
+    )
+    stops = sql("SELECT instance FROM kiln_worker_stops").splitlines()
+    new = roles_at(kiln, "worker")
+    assert set(new.values()) == {v2} and len(new) == 2 and not set(new) & old
+    print(f"worker rollout: {JOBS} jobs by instance {done}; {left_during} were left when it ended")
+    assert sum(int(n) for n in done.values()) == JOBS  # none lost, none done twice (one row each)
+    assert old <= set(done) and set(new) & set(done), "old and new workers both took jobs"
+    assert sorted(stops) == sorted(old), "every replaced worker stops cleanly on SIGTERM within its grace"
+
+
+def write_release(kiln, name: str, versions: dict[str, str]) -> None:
+    """releases/<name>.yml listing `versions` (role -> version) in order (JSON is YAML)."""
+    (kiln.project / "releases").mkdir(exist_ok=True)
+    roles = [{"role": role, "version": version} for role, version in versions.items()]
+    (kiln.project / "releases" / f"{name}.yml").write_text(json.dumps({"roles": roles}))
+
+
+def other(current: dict[str, str], a: str, b: str) -> str:
+    """Whichever of two versions the instances do not all run."""
+    return b if set(current.values()) == {a} else a
+
+
+def test_a_two_role_release_rolls_out_and_a_failing_one_stops_rolled_back(kiln, worker_env, versions):
+    """releases/<name>.yml: a release of worker and web rolls both out in its order; a release whose
+    web never turns healthy is stopped there and that role rolled back, the worker after it untouched."""
+    web = roles_at(kiln, "web")
+    worker = other(roles_at(kiln, "worker"), worker_env["v1"], worker_env["v2"])
+    new_web = other(web, versions["v2"], versions["v1"])
+    write_release(kiln, "r1", {"worker": worker, "web": new_web})
+    write_release(
+        kiln,
+        "r2",
+        {"web": versions["bad"], "worker": other({"w": worker}, worker_env["v1"], worker_env["v2"])},
+    )
+    plan = kiln.invoke("rollout", WORKER_ENV, "--release", "r1", "--plan").stdout
+    assert f"-> {worker}" in plan and f"web: {next(iter(web.values()))} -> {new_web}" in plan, plan
+    proc = kiln.invoke("rollout", WORKER_ENV, "--release", "r1", timeout=600)
+    assert "release r1 succeeded: worker succeeded, web succeeded" in proc.stdout, proc.stdout
+    assert (set(roles_at(kiln, "worker").values()), set(roles_at(kiln, "web").values())) == (
+        {worker},
+        {new_web},
+    )
+    diff = [line.split()[:2] for line in kiln.invoke("release", "diff", "r1", "r2").stdout.splitlines()]
+    assert diff == [["web", "changed"], ["worker", "changed"]]
+
+    set_status(kiln, "web", versions["bad"], "verified")
+    try:
+        failed = kiln.invoke("rollout", WORKER_ENV, "--release", "r2", check=False, timeout=600)
+    finally:
+        set_status(kiln, "web", versions["bad"], "rejected")
+    assert failed.returncode == 1 and "release r2 stopped at web" in failed.stderr, failed.stderr
+    assert f"rolled back to {new_web}" in failed.stderr and "not started: worker" in failed.stderr
+    assert (set(roles_at(kiln, "worker").values()), set(roles_at(kiln, "web").values())) == (
+        {worker},
+        {new_web},
+    )
+    audit = (kiln.project / ".kiln" / "envs" / WORKER_ENV / "audit.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in audit]
+    assert [(r["release"], r["status"]) for r in records if r["action"] == "release"] == [
+        ("r1", "succeeded"),
+        ("r2", "stopped"),
+    ]

@@ -28,7 +28,7 @@ def leftover_verify_containers(kiln, docker_client) -> list[str]:
 
 
 def test_bake_verifies_every_role(kiln, baked_all, docker_client):
-    assert set(baked_all) == {"base", "web", "db", "lb"}
+    assert set(baked_all) == {"base", "web", "db", "lb", "worker"}
     listed = images_json(kiln)
     for role, version in baked_all.items():
         assert listed[f"{role}:{version}"]["status"] == "verified", role

@@ -13,7 +13,7 @@ def test_every_role_comes_after_its_parent_and_once(settings):
     catalog = RoleCatalog(settings)
     order = parents_first(catalog, ["web", "lb", "db"])
     assert order == ["base", "web", "lb", "db"]
-    assert parents_first(catalog, catalog.names()) == ["base", "db", "lb", "web"]
+    assert parents_first(catalog, catalog.names()) == ["base", "db", "lb", "web", "worker"]
 
 
 def test_a_rejected_image_fails_after_the_summary_naming_it():

@@ -42,7 +42,7 @@ def test_web_user_data_carries_the_database_login_readable_by_the_app_only():
     assert "KILN_DB_HOST=kiln-local-db1\n" in env["content"] and "KILN_DB_PASSWORD=s3cret\n" in env["content"]
 
 
-@pytest.mark.parametrize("role", ["web", "db", "lb"])
+@pytest.mark.parametrize("role", ["web", "db", "lb", "worker"])
 def test_every_role_template_renders(role):
     db = {"host": "h", "port": 5432, "name": "kiln", "user": "kiln", "password": "p"}
     files = files_of(
@@ -76,7 +76,7 @@ def test_missing_template_says_which(project):
         cloudinit.render(project, "web", VARIABLES)
 
 
-@pytest.mark.parametrize("role", ["web", "db", "lb"])
+@pytest.mark.parametrize("role", ["web", "db", "lb", "worker"])
 def test_every_role_forwards_its_syslog_only_when_the_environment_names_a_log_host(role):
     db = {"host": "h", "port": 5432, "name": "kiln", "user": "kiln", "password": "p"}
     variables = {**VARIABLES, "role": role, "db": db}

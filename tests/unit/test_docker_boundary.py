@@ -30,7 +30,7 @@ KNOWS_DOCKER = {
     "kiln.containerfiles": "files into and out of throwaway containers before they start",
     "kiln.cloudinit": "checks user-data with the image's own cloud-init, in a throwaway container",
     "kiln.catalogs": "opens the docker target's image catalog",
-    "kiln.release": "publishes the docker target's images",
+    "kiln.publish": "publishes the docker target's images",
 }
 DOCKER_MODULES = {"docker", "kiln.providers.local", "kiln.channels.docker", "kiln.backup.containers",
                   "kiln.container_options"}  # fmt: skip

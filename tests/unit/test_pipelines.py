@@ -14,12 +14,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 GITLAB_CI_LOCAL = REPO / ".venv" / "npm" / "node_modules" / ".bin" / "gitlab-ci-local"
-ROLES = ("base", "web", "db", "lb")
+ROLES = ("base", "web", "db", "lb", "worker")
 SCHEDULES = {
     "backup": {"backup"},
     "drill": {"drill"},
     "refresh": {"refresh:lock:base", "refresh:merge-request"}
-    | {f"refresh:{step}: [{role}]" for step in ("lock:role", "bake") for role in ("web", "db", "lb")},
+    | {f"refresh:{step}: [{role}]" for step in ("lock:role", "bake") for role in ROLES[1:]},
 }
 
 

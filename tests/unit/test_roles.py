@@ -12,13 +12,13 @@ def digest(settings, name, parent="bootstrap@1", template=b"T"):
 
 def test_shipped_roles_load_and_chain(settings):
     catalog = RoleCatalog(settings)
-    assert catalog.names() == ["base", "db", "lb", "web"]
+    assert catalog.names() == ["base", "db", "lb", "web", "worker"]
     assert [r.name for r in catalog.chain("web")] == ["base", "web"]
     assert catalog.get("web").spec.health.path == "/health"
 
 
 def test_unknown_role_names_the_known_ones(settings):
-    with pytest.raises(KilnError, match=r"unknown role 'wbe'; known roles: base, db, lb, web\."):
+    with pytest.raises(KilnError, match=r"unknown role 'wbe'; known roles: base, db, lb, web, worker\."):
         RoleCatalog(settings).get("wbe")
 
 

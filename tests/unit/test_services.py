@@ -150,7 +150,7 @@ def test_db_units_carry_condition_and_template_instance(settings, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze comes with systemd")
-@pytest.mark.parametrize("role", ["web", "db", "lb"])
+@pytest.mark.parametrize("role", ["web", "db", "lb", "worker"])
 def test_systemd_analyze_verifies_every_unit_and_drop_in(settings, tmp_path, role):
     """systemd's own checker, on a scratch root holding this host's systemd units, the rendered
     units and stand-in executables (their programs are the image's, not this host's)."""

@@ -34,7 +34,8 @@ def test_bake_of_unknown_role_exits_2_with_one_line(monkeypatch, project):
     with pytest.raises(Exit) as exc:
         tasks.bake(MockContext(), "nope")
     assert exc.value.code == 2
-    assert str(exc.value.message).startswith("kiln: unknown role 'nope'; known roles: base, db, lb, web")
+    known = "base, db, lb, web, worker"
+    assert str(exc.value.message).startswith(f"kiln: unknown role 'nope'; known roles: {known}")
 
 
 def test_bake_with_unknown_target_exits_2(monkeypatch, project):
