@@ -299,9 +299,7 @@ def release(c, action, first, second):
         raise KilnError(f"unknown release action '{action}': use `invoke release diff <a> <b>`")
     changes = manifests.diff(manifests.load(settings(), first), manifests.load(settings(), second))
     for change in changes:
-        versions = {"added": change.after, "removed": change.before, "unchanged": change.after}
-        shown = versions.get(change.kind) or f"{change.before} -> {change.after}"
-        print(f"{change.role:<10} {change.kind:<9} {shown}")
+        print(f"{change.role:<10} {change.kind:<9} {change.versions()}")
     changed = [c.role for c in changes if c.kind != "unchanged"]
     say(f"{len(changed)} of {len(changes)} roles differ" + (f": {', '.join(changed)}" if changed else ""))
 

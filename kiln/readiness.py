@@ -17,25 +17,27 @@ from kiln.errors import OperationFailed
 from kiln.polling import poll
 from kiln.providers.base import Instance, LbServer, Provider
 from kiln.roles import RoleCatalog
-from kiln.settings import Settings
 
 READY, UNKNOWN = "ready", "unknown"
 
 
-def health_command(settings: Settings, role: str) -> tuple[str, ...] | None:
+def health_command(catalog: RoleCatalog, role: str) -> tuple[str, ...] | None:
     """The role's `health_command` as argv, or None when it declares none."""
-    command = RoleCatalog(settings).get(role).spec.health_command
+    command = catalog.get(role).spec.health_command
     return tuple(shlex.split(command)) if command else None
 
 
-def state_of(provider: Provider, instance: Instance, servers: dict[str, LbServer]) -> str:
-    """ready, starting, stopped, or unknown (a probe this provider cannot run)."""
+def state_of(
+    provider: Provider, instance: Instance, servers: dict[str, LbServer], catalog: RoleCatalog
+) -> str:
+    """ready, starting, stopped, or unknown (a probe this provider cannot run). `catalog` reads
+    each role.yml once for a whole look at the environment."""
     if not instance.running:
         return "stopped"
     if instance.role == provider.env.spec.balanced_role:
         server = servers.get(instance.name)
         return READY if server and server.healthy and server.state == "ready" else "starting"
-    command = health_command(provider.settings, instance.role)
+    command = health_command(catalog, instance.role)
     if command is None:
         return READY
     answered = provider.probe(instance, command)
@@ -45,7 +47,8 @@ def state_of(provider: Provider, instance: Instance, servers: dict[str, LbServer
 def states(provider: Provider) -> dict[str, str]:
     """Every instance's readiness, by name."""
     servers = provider.lb_servers() if provider.frontend() else {}
-    return {i.name: state_of(provider, i, servers) for i in provider.instances()}
+    catalog = RoleCatalog(provider.settings)
+    return {i.name: state_of(provider, i, servers, catalog) for i in provider.instances()}
 
 
 def wait_ready(provider: Provider, say: Callable[[str], None], timeout: float) -> dict[str, str]:

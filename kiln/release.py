@@ -85,6 +85,10 @@ class Change:
             return "removed"
         return "unchanged" if self.before == self.after else "changed"
 
+    def versions(self) -> str:
+        """The version(s) a person reads beside the kind: `a -> b` only when it changed."""
+        return f"{self.before} -> {self.after}" if self.kind == "changed" else str(self.after or self.before)
+
 
 def diff(a: Release, b: Release) -> list[Change]:
     """Every role of either release, in b's deploy order then a's leftovers."""

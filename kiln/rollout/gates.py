@@ -16,6 +16,7 @@ from kiln.environments import Environment
 from kiln.errors import KilnError
 from kiln.providers.base import Instance, LbServer, Provider
 from kiln.readiness import health_command
+from kiln.roles import RoleCatalog
 
 
 class Gate(abc.ABC):
@@ -64,7 +65,7 @@ class CommandGate(Gate):
 
     def __init__(self, provider: Provider, env: Environment, role: str):
         super().__init__(provider, env, role)
-        command = health_command(provider.settings, role)
+        command = health_command(RoleCatalog(provider.settings), role)
         if command is None:
             raise KilnError(
                 f"images/{role}/role.yml declares no health_command: a rollout of {role} could not tell "

@@ -17,6 +17,7 @@ from kiln.errors import KilnError, OperationFailed
 from kiln.images import ImageRecord
 from kiln.providers import get_provider
 from kiln.providers.base import Provider
+from kiln.roles import RoleCatalog
 from kiln.rollout.engine import Engine
 from kiln.rollout.planning import describe, majority_version, missing_numbers, plan, require_deployable
 from kiln.rollout.state import RolloutState
@@ -238,9 +239,9 @@ def fill(engine: Engine) -> None:
 
 def status(provider: Provider) -> dict:
     servers = provider.lb_servers() if provider.frontend() else {}
-    rows = []
+    rows, catalog = [], RoleCatalog(provider.settings)
     for inst in provider.instances():
-        ready = readiness.state_of(provider, inst, servers)
+        ready = readiness.state_of(provider, inst, servers, catalog)
         server = servers.get(inst.name)
         if not inst.running:
             health = "stopped"

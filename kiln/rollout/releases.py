@@ -44,7 +44,8 @@ def plan_release(engine: Engine, release: Release) -> list[ReleaseStep]:
         if not env.count(role):
             steps.append(ReleaseStep(role, None, wanted, f"skip: {env.file} runs no {role} instances"))
             continue
-        running = majority_version(engine.provider.instances(role))
+        instances = engine.provider.instances(role)
+        running = majority_version(instances)
         if role in NOT_ROLLED_OUT:
             target = image_of(engine.provider, role, wanted)
             if target.version != running:
@@ -57,13 +58,10 @@ def plan_release(engine: Engine, release: Release) -> list[ReleaseStep]:
         role_engine = engine_for(engine, role)
         target = image_of(role_engine.provider, role, wanted)
         require_deployable(target, env)
-        action = "unchanged" if target.version == running and not mixed(role_engine, role) else "roll out"
+        mixed = len({i.version for i in instances}) > 1
+        action = "unchanged" if target.version == running and not mixed else "roll out"
         steps.append(ReleaseStep(role, running, target.version, action))
     return steps
-
-
-def mixed(engine: Engine, role: str) -> bool:
-    return len({i.version for i in engine.provider.instances(role)}) > 1
 
 
 def deploy_release(engine: Engine, approve: Approve, release: Release) -> list[ReleaseStep]:
