@@ -266,6 +266,32 @@ def rollback(c, env, yes=False):
                    result, "rollback")
 
 
+@task(
+    help={
+        "env": "environment name",
+        "yes": "do not ask before changing a protected environment",
+        "json": "print the report as JSON",
+    }
+)
+@kiln_task
+def failover(c, env, yes=False, json=False):
+    """Promote the db standby: the old primary is removed, every instance repointed through the LB."""
+    from kiln import failover as failovers
+
+    engine = lifecycle.open_engine(settings(), env, say)
+    lifecycle.approve_change(engine, confirm(yes), "fail over the database of")
+    done = failovers.failover(engine, say)
+    if json:
+        print(dump_json(done.as_json()))
+        return
+    print(
+        f"failover of {env}: {done.new_primary} is the primary (was {done.old_primary or 'none'}, "
+        f"{done.old_primary_state}); routed to it in {done.repointed_seconds} s"
+    )
+    print(done.lost_writes())
+    say(hints.after("failover", env))
+
+
 def roll_out_release(engine, name: str, plan: bool, yes: bool, other) -> None:
     from kiln import release as manifests
     from kiln.rollout import releases

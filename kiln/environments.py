@@ -226,6 +226,12 @@ def validate(name: str, s: EnvironmentSpec, display: str) -> None:
         )
     if s.frontend.tls is not None and not provider_class(s.provider).terminates_tls:
         fail("frontend.tls", f"the {s.provider} provider's load balancer does not serve HTTPS yet; remove it")
+    if s.instances.get("db", 0) > 1 and not provider_class(s.provider).routes_database:
+        fail(
+            "instances.db",
+            f"a standby needs a load balancer that follows the primary, which the {s.provider} "
+            "provider does not build yet; use 1",
+        )
     if s.frontend.tls is not None and not s.frontend.tls.names:
         fail("frontend.tls.names", "list at least one host name or address for the certificate")
     backup = s.backup

@@ -20,6 +20,9 @@ from pathlib import Path
 from kiln.errors import OperationFailed
 
 BACKEND = "web"
+DATABASE = "db"  # the TCP section sending database connections to the primary (a standby exists)
+DATABASE_PORT = 5432
+AGENT_PORT = 5433  # kiln-db-role-agent in the db image: "up" on the primary only
 # HAProxy reads an error file into one buffer (16 KiB by default) with its headers.
 MAINTENANCE_PAGE_LIMIT = 8192
 MAINTENANCE_FILE = "maintenance.http"
@@ -40,6 +43,7 @@ class ServerStat:
     check: str  # last check status, e.g. L7OK, L4CON
     backup: bool = False  # takes traffic only while no active server is UP
     served: int = 0  # sessions since it was added (stot)
+    changed_ago: int = 0  # seconds since its status last changed (lastchg)
 
     @property
     def healthy(self) -> bool:
@@ -122,7 +126,8 @@ class RuntimeAPI:
                 continue
             sessions = int(row[2] or 0) + int(row[4] or 0)
             backup = row[20] == "1"
-            servers[row[1]] = ServerStat(row[1], row[17], sessions, row[36], backup, int(row[7] or 0))
+            served, changed_ago = int(row[7] or 0), int(row[23] or 0)
+            servers[row[1]] = ServerStat(row[1], row[17], sessions, row[36], backup, served, changed_ago)
         return servers
 
     def add_server(self, server: Server, checks: Checks, backend: str = BACKEND):
@@ -198,8 +203,42 @@ class Https:
         return lines
 
 
+def database_lines(hosts: dict[str, str]) -> list[str]:
+    """A TCP section sending database connections to the one db instance whose agent says it is
+    the primary. Instances are named, not addressed: Docker's DNS resolves each at run time, so an
+    instance replaced after a failover is found again with no reload."""
+    return [
+        "",
+        "resolvers docker",
+        "    nameserver docker 127.0.0.11:53",
+        "    hold valid 1s",
+        "    hold nx 1s",
+        "    hold obsolete 1s",
+        "    timeout resolve 1s",
+        "",
+        f"listen {DATABASE}",
+        "    mode tcp",
+        f"    bind :{DATABASE_PORT}",
+        # with no primary up, refused at once: queued, a client (the web app's /health) would hang
+        f"    tcp-request connection reject if {{ nbsrv({DATABASE}) lt 1 }}",
+        # the applications keep their connections open between requests, and replication streams
+        "    timeout client 1h",
+        "    timeout server 1h",
+        # connections to a server marked down are cut, so clients reconnect to the new primary
+        f"    default-server check inter 500ms rise 1 fall 2 agent-check agent-port {AGENT_PORT} "
+        "agent-inter 500ms resolvers docker init-addr none on-marked-down shutdown-sessions",
+        *(f"    server {name} {host}:{DATABASE_PORT}" for name, host in sorted(hosts.items())),
+    ]
+
+
 def render_config(
-    servers: list[Server], *, port: int, health_path: str, checks: Checks, https: Https | None = None
+    servers: list[Server],
+    *,
+    port: int,
+    health_path: str,
+    checks: Checks,
+    https: Https | None = None,
+    database: dict[str, str] | None = None,
 ) -> str:
     """The whole config, listing exactly the servers in service, so a reload keeps them only."""
     lines = [
@@ -237,4 +276,5 @@ def render_config(
         f"    default-server {checks.keywords()}",
     ]
     lines += [f"    server {s.name} {s.address}:{s.port}{' backup' if s.backup else ''}" for s in servers]
+    lines += database_lines(database) if database else []
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ AFTER = {
     "backup": "`invoke dr-drill {env}` proves the backup restores (RTO and RPO)",
     "dr-drill": "`invoke report {env} --open` shows the drill; `invoke down {env}` when you are done",
     "down": "`invoke up {env}` brings it back; its backups stayed",
+    "failover": "`invoke up {env}` launches a new standby in place of the removed primary",
 }
 
 

@@ -16,10 +16,15 @@ archive_command = '/usr/local/sbin/kiln-pgbackrest-archive-push %p'
 archive_timeout = 30
 # Commit times survive in WAL, so a restore can say how recent its newest transaction is.
 track_commit_timestamp = on
+# A standby that fell behind for a while still finds the WAL it needs on the primary.
+wal_keep_size = '256MB'
 CONF
 chmod 0644 "$conf/conf.d/kiln.conf"
 grep -q '^host all all 0.0.0.0/0 scram-sha-256' "$conf/pg_hba.conf" ||
   echo 'host all all 0.0.0.0/0 scram-sha-256' >> "$conf/pg_hba.conf"
+# Standbys copy and stream from the primary with the kiln_replicator login (kiln-db-bootstrap).
+grep -q '^host replication kiln_replicator 0.0.0.0/0 scram-sha-256' "$conf/pg_hba.conf" ||
+  echo 'host replication kiln_replicator 0.0.0.0/0 scram-sha-256' >> "$conf/pg_hba.conf"
 
 # pgBackRest: settings that never change are baked; the repository, retention and cipher key
 # arrive at run time in conf.d/kiln.conf (mode 0600, postgres), written by Kiln.
@@ -40,4 +45,5 @@ pg1-path=/var/lib/postgresql/15/main
 CONF
 chown postgres:postgres /etc/pgbackrest/pgbackrest.conf
 chmod 0640 /etc/pgbackrest/pgbackrest.conf
-chmod 0755 /usr/local/sbin/kiln-pgbackrest-archive-push /usr/local/sbin/kiln-db-bootstrap
+chmod 0755 /usr/local/sbin/kiln-pgbackrest-archive-push /usr/local/sbin/kiln-db-bootstrap \
+  /usr/local/sbin/kiln-db-standby /usr/local/sbin/kiln-db-role-agent

@@ -11,6 +11,7 @@ from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError
 from kiln.providers import get_provider, provider_class
 from kiln.providers.base import Instance, Provider
+from kiln.replication import is_standby
 from kiln.settings import Settings
 
 KINDS = ("full", "diff", "incr")
@@ -44,7 +45,12 @@ def first_running(provider: Provider, role: str) -> Instance | None:
 
 
 def require_db(provider: Provider) -> Instance:
-    db = first_running(provider, "db")
+    """The running db instance; of a primary and its standby, the primary (a standby's cluster
+    is read-only, and pgBackRest backs up the primary)."""
+    running = [i for i in provider.instances("db") if i.running]
+    if len(running) > 1:
+        running = [i for i in running if not is_standby(provider, i)]
+    db = running[0] if running else None
     if db is None:
         env = provider.env.name
         raise KilnError(
@@ -94,8 +100,10 @@ def take_backup(settings: Settings, env: str, kind: str, backup: BackupSettings)
     require_kind(kind)
     made_key = sealed.ensure_identity(settings, env)
     if made_key:
-        console.say(f"made a new age key in {made_key} (0600): keep a copy off this machine; CI reads it "
-                    f"from {sealed.KEY_VARIABLE}")
+        console.say(
+            f"made a new age key in {made_key} (0600): keep a copy off this machine; CI reads it "
+            f"from {sealed.KEY_VARIABLE}"
+        )
     created = ensure_secrets(settings, env)
     if created:
         console.say(f"created {created} with a new backup key: keep a copy off this machine")

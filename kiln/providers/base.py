@@ -44,6 +44,7 @@ class LbServer:
     sessions: int  # connections still attached
     check: str  # the last check's status, for people
     backup: bool = False  # serves only while no server of the home zone is up (frontend.home_zone)
+    changed_ago: int = 0  # seconds since the load balancer last changed its mind about it
 
 
 class Provider(abc.ABC):
@@ -61,6 +62,9 @@ class Provider(abc.ABC):
     # `probe` runs a command inside its instances (local: docker exec, qemu: SSH); the clouds'
     # instances are judged by their load balancer and API states instead
     probes_instances = False
+    # its load balancer sends database connections to whichever db instance is the primary, so a
+    # standby can be promoted (`instances.db` of 2 or more, kiln/failover.py)
+    routes_database = False
     image_target = "docker"  # the bake target (kiln/targets) whose images its instances run
 
     @classmethod
@@ -118,6 +122,17 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def peer_address(self, instance: str, zone: int = 0) -> str:
         """How the environment's instances in `zone` reach this one (a name or an address)."""
+
+    def database_address(self, zone: int = 0) -> str:
+        """Where instances in `zone` reach the primary database: through the load balancer when a
+        standby exists (it follows the primary across a failover), else db1 itself."""
+        if self.env.count("db") > 1:
+            return self.peer_address("lb", zone)
+        return self.peer_address("db1", zone)
+
+    def database_servers(self) -> dict[str, LbServer]:
+        """The load balancer's view of the db instances (UP: the primary), where it routes them."""
+        return {}
 
     @abc.abstractmethod
     def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:

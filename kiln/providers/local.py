@@ -63,6 +63,7 @@ class LocalProvider(Provider):
     terminates_tls = True
     keeps_volumes = True
     probes_instances = True
+    routes_database = True
 
     def __init__(self, settings: Settings, env: Environment):
         super().__init__(settings, env)
@@ -392,6 +393,15 @@ class LocalProvider(Provider):
         }
 
     @docker_errors_fail
+    def database_servers(self) -> dict[str, LbServer]:
+        if self.env.count("db") < 2 or not self.api.ready():
+            return {}
+        return {
+            name: LbServer(name, s.healthy, s.lb_state, s.sessions, s.check, changed_ago=s.changed_ago)
+            for name, s in self.api.stats(haproxy.DATABASE).items()
+        }
+
+    @docker_errors_fail
     def lb_deregister(self, name: str) -> None:
         self.api.delete_server(name)
         self.sync_lb_config()
@@ -411,8 +421,15 @@ class LocalProvider(Provider):
         https = (
             haproxy.Https(self.https_port() or haproxy.HTTPS_PORT, tls_spec.redirect) if tls_spec else None
         )
+        dbs = self.env.count("db")
+        database = {f"db{n}": self.container_name(f"db{n}") for n in range(1, dbs + 1)} if dbs > 1 else None
         text = haproxy.render_config(
-            servers, port=80, health_path=self.env.spec.health.path, checks=self.checks, https=https
+            servers,
+            port=80,
+            health_path=self.env.spec.health.path,
+            checks=self.checks,
+            https=https,
+            database=database,
         )
         write_atomic(self.lb_folder / "haproxy.cfg", text)
 

@@ -37,24 +37,44 @@ class RolloutFailed(OperationFailed):
     """A step failed (health never passed, an instance died, a timeout): roll back."""
 
 
-def db_settings(settings: Settings, env: Environment, provider: Provider, zone: int = 0) -> dict | None:
-    """The application database's address (as instances in `zone` reach it) and login; the
-    password is made once, kept 0600."""
-    if env.count("db") == 0:
-        return None
-    path = settings.state_dir / "envs" / env.name / "db-password"
+def kept_secret(settings: Settings, env: Environment, name: str) -> str:
+    """A random value made once per environment and kept 0600 (O_EXCL: never replaced, since
+    instances already running use it)."""
+    path = settings.state_dir / "envs" / env.name / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: made once, never replaced; instances already running use it.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, secrets.token_urlsafe(24).encode())
         os.close(fd)
+    return path.read_text().strip()
+
+
+def db_settings(settings: Settings, env: Environment, provider: Provider, zone: int = 0) -> dict | None:
+    """The application database's address (as instances in `zone` reach it) and login."""
+    if env.count("db") == 0:
+        return None
     return {
-        "host": provider.peer_address("db1", zone),
+        "host": provider.database_address(zone),
         "port": 5432,
         "name": "kiln",
         "user": "kiln",
-        "password": path.read_text().strip(),
+        "password": kept_secret(settings, env, "db-password"),
+    }
+
+
+def replication_settings(
+    settings: Settings, env: Environment, provider: Provider, instance: str, zone: int
+) -> dict | None:
+    """A db instance's part in a primary/standby pair: db1 starts as the primary of a new
+    environment; any other, or one launched while another db instance runs (after a failover),
+    starts as a standby copying the primary through the load balancer."""
+    if env.count("db") < 2:
+        return None
+    others = [i for i in provider.instances("db") if i.name != instance]
+    standby = instance != "db1" or bool(others)
+    return {
+        "password": kept_secret(settings, env, "replication-password"),
+        "primary": provider.database_address(zone) if standby else None,
     }
 
 
@@ -91,6 +111,11 @@ class Engine:
             "db": db_settings(self.settings, self.env, self.provider, zone),
             "app": self.env.spec.app,
             "syslog": dataclasses.asdict(self.env.spec.syslog) if self.env.spec.syslog else None,
+            "replication": (
+                replication_settings(self.settings, self.env, self.provider, instance, zone)
+                if role == "db"
+                else None
+            ),
         }
         return cloudinit.render(self.settings, role, variables)
 
@@ -333,6 +358,12 @@ class Engine:
         if not resumed:
             self.tell("rollout-started")
         try:
+            if self.role == "db":  # a primary and its standby, through a switchover
+                from kiln.rollout import database
+
+                database.converge(self, target)
+                state.status = "succeeded"
+                return self.finish()
             for zone in state.zones:
                 if zone in state.done:
                     if resumed:  # an old instance may have been stopping when the rollout died
@@ -381,6 +412,12 @@ class Engine:
         instances = self.instances(self.role)
         touched = sorted({i.zone for i in instances if i.version != version}, reverse=True)
         try:
+            if self.role == "db":
+                from kiln.rollout import database
+
+                self.say(f"rolling the db instances back to {version}")
+                database.converge(self, image)
+                touched = []
             for zone in touched:
                 name = self.env.zones[zone]
                 self.say(f"rolling back zone {name} to {version}")

@@ -16,8 +16,9 @@ from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import ImageRecord
 from kiln.providers import get_provider
-from kiln.providers.base import Provider
+from kiln.providers.base import Instance, LbServer, Provider
 from kiln.roles import RoleCatalog
+from kiln.rollout import database
 from kiln.rollout.engine import Engine
 from kiln.rollout.planning import describe, majority_version, missing_numbers, plan, require_deployable
 from kiln.rollout.state import RolloutState
@@ -27,11 +28,15 @@ from kiln.settings import Settings
 Approve = Callable[[Environment, str], None]
 
 
-# Roles whose instances hold the data they serve: replacing one would start an empty one.
-NOT_ROLLED_OUT = {
-    "db": "a database is replaced through a standby, which Kiln does not build yet; bake db and "
-    "restore into a new environment (`invoke dr-drill`) instead",
-}
+def why_not_rolled_out(env: Environment, role: str) -> str | None:
+    """Why a role may not roll out here, or None. A database holds the data it serves: it is
+    replaced only through its standby (kiln/rollout/database.py)."""
+    if role == "db" and env.count("db") < 2:
+        return (
+            "a database rolls out through its standby: set instances.db: 2 (a primary and a standby) "
+            f"in {env.file}, or bake db and restore into a new environment (`invoke dr-drill`)"
+        )
+    return None
 
 
 def open_engine(settings: Settings, env_name: str, say: Callable[[str], None]) -> Engine:
@@ -48,8 +53,9 @@ def engine_for(engine: Engine, role: str | None) -> Engine:
     if not env.count(role):
         running = ", ".join(r for r, n in sorted(env.spec.instances.items()) if n)
         raise KilnError(f"{env.file} runs no {role} instances (it runs {running}): nothing to roll out")
-    if role in NOT_ROLLED_OUT:
-        raise KilnError(f"{role} does not roll out: {NOT_ROLLED_OUT[role]}")
+    why = why_not_rolled_out(env, role)
+    if why:
+        raise KilnError(f"{role} does not roll out: {why}")
     return Engine(engine.settings, env, engine.provider, engine.say, role=role)
 
 
@@ -80,10 +86,14 @@ class Deployment:
 def plan_rollout(engine: Engine, role: str | None = None, image: str | None = None) -> RolloutPlan:
     """Exactly what a rollout would change, changing nothing (so no lock)."""
     engine = engine_for(engine, role)
-    state = engine.start(target_image(engine, image))
-    instances = engine.provider.instances(engine.role)
-    steps = plan(engine.env, engine.role, instances, state.to_version, state.zones)
-    lines = [describe(engine.env, engine.role, step) for step in steps]
+    target = target_image(engine, image)
+    state = engine.start(target)
+    if engine.role == "db":
+        lines = database.plan_lines(engine, target)
+    else:
+        instances = engine.provider.instances(engine.role)
+        steps = plan(engine.env, engine.role, instances, state.to_version, state.zones)
+        lines = [describe(engine.env, engine.role, step) for step in steps]
     return RolloutPlan(engine.env.name, engine.role, state.from_version, state.to_version, lines)
 
 
@@ -239,10 +249,12 @@ def fill(engine: Engine) -> None:
 
 def status(provider: Provider) -> dict:
     servers = provider.lb_servers() if provider.frontend() else {}
+    databases = provider.database_servers() if provider.frontend() else {}
     rows, catalog = [], RoleCatalog(provider.settings)
     for inst in provider.instances():
         ready = readiness.state_of(provider, inst, servers, catalog)
         server = servers.get(inst.name)
+        database = databases.get(inst.name) if inst.role == "db" else None
         if not inst.running:
             health = "stopped"
         elif server is None:
@@ -258,8 +270,9 @@ def status(provider: Provider) -> dict:
                 "health": health,
                 "ready": ready,
                 "lb_state": server.state if server else "absent",
-                # backup: takes traffic only while the home zone has no server up (zone affinity)
-                "lb_role": ("backup" if server.backup else "active") if server else "-",
+                # backup: takes traffic only while the home zone has no server up (zone affinity);
+                # of db instances behind the LB, the primary is the one it routes to
+                "lb_role": lb_role(inst, server, database),
             }
         )
     view = {"environment": provider.env.name, "frontend": provider.frontend(), "instances": rows}
@@ -268,6 +281,12 @@ def status(provider: Provider) -> dict:
         view["https"] = https
         view["certificate"] = served_certificate(https)
     return view
+
+
+def lb_role(inst: Instance, server: LbServer | None, database: LbServer | None) -> str:
+    if database is not None and (database.healthy or inst.running):
+        return "primary" if database.healthy else "standby"
+    return ("backup" if server.backup else "active") if server else "-"
 
 
 def served_certificate(url: str) -> dict:

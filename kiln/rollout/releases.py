@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from kiln.errors import KilnError, OperationFailed
 from kiln.release import Release
 from kiln.rollout.engine import Engine
-from kiln.rollout.lifecycle import NOT_ROLLED_OUT, Approve, approve_change, engine_for, image_of
+from kiln.rollout.lifecycle import Approve, approve_change, engine_for, image_of, why_not_rolled_out
 from kiln.rollout.planning import majority_version, require_deployable
 from kiln.stamps import utc_iso
 
@@ -46,12 +46,13 @@ def plan_release(engine: Engine, release: Release) -> list[ReleaseStep]:
             continue
         instances = engine.provider.instances(role)
         running = majority_version(instances)
-        if role in NOT_ROLLED_OUT:
+        why = why_not_rolled_out(env, role)
+        if why:
             target = image_of(engine.provider, role, wanted)
             if target.version != running:
                 raise KilnError(
                     f"{release.file}: {role} {target.version} differs from the {running} that runs in "
-                    f"{env.name}, and {role} does not roll out: {NOT_ROLLED_OUT[role]}"
+                    f"{env.name}, and {role} does not roll out: {why}"
                 )
             steps.append(ReleaseStep(role, running, target.version, "unchanged"))
             continue

@@ -13,7 +13,7 @@ from kiln.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 VARIABLES = {
     "environment": "local", "zone": "z1", "zone_index": 1, "instance": "web4", "role": "web",
-    "version": "abc123def456", "db": None, "app": {"greeting": "hi"}, "syslog": None,
+    "version": "abc123def456", "db": None, "app": {"greeting": "hi"}, "syslog": None, "replication": None,
 }  # fmt: skip
 FORWARD = "/etc/rsyslog.d/90-kiln-forward.conf"
 

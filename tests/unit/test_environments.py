@@ -107,6 +107,11 @@ def test_bad_fields_name_file_and_field(project, extra, message):
             r"field 'frontend.home_zone': the aws provider's load balancer does not route by zone; "
             r"remove it$",
         ),
+        (
+            GOOD.replace("local", "openstack").replace("db: 1", "db: 2"),
+            r"field 'instances.db': a standby needs a load balancer that follows the primary, which "
+            r"the openstack provider does not build yet; use 1$",
+        ),
         (GOOD + "health: {slowstart: -1}\n", r"field 'health.slowstart': -1 is too small: use 0 or more$"),
         (GOOD + "syslog: {port: 514}\n", r"field 'syslog.host': required field is missing"),
         (  # a quote would end rsyslog's target string: only names and addresses pass

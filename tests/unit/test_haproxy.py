@@ -27,6 +27,25 @@ def test_config_lists_exactly_the_servers_in_service():
     assert "balance roundrobin" in lines  # dynamic servers need a dynamic algorithm
 
 
+def test_with_a_standby_database_connections_go_to_the_server_whose_agent_says_primary():
+    checks = haproxy.Checks(interval=0.5, rise=2, fall=3)
+    database = {"db2": "kiln-shop-db2", "db1": "kiln-shop-db1"}
+    text = haproxy.render_config([], port=80, health_path="/health", checks=checks, database=database)
+    section = text[text.index("listen db") :].splitlines()
+    assert [line.strip() for line in section if line.strip().startswith("server ")] == [
+        "server db1 kiln-shop-db1:5432",
+        "server db2 kiln-shop-db2:5432",
+    ]
+    defaults = next(line for line in section if "default-server" in line).split()
+    # the agent (kiln-db-role-agent) decides; names resolve at run time; a demoted server's
+    # connections are cut so clients reconnect to the new primary
+    for words in (["agent-check"], ["agent-port", "5433"], ["resolvers", "docker"], ["init-addr", "none"]):
+        assert " ".join(words) in " ".join(defaults)
+    assert "on-marked-down" in defaults and "shutdown-sessions" in defaults
+    assert "    mode tcp" in section and "    bind :5432" in section
+    assert "listen db" not in haproxy.render_config([], port=80, health_path="/health", checks=checks)
+
+
 def test_the_maintenance_page_is_a_whole_503_response_with_retry_after():
     response = haproxy.maintenance_response("<p>back soon</p>", retry_after=45)
     head, _, body = response.partition(b"\r\n\r\n")

@@ -117,7 +117,7 @@ def test_rollback_and_resume_follow_the_role_the_rollout_was_of(tmp_path):
         (
             {"web": 2, "worker": 2, "db": 1},
             "db",
-            r"db does not roll out: a database is replaced through a standby",
+            r"db does not roll out: a database rolls out through its standby: set instances.db: 2",
         ),
         (
             {"web": 2, "worker": 2},
@@ -135,3 +135,12 @@ def test_roles_that_cannot_roll_out_are_refused_before_any_change(tmp_path, inst
         lifecycle.deploy(rig.engine(), approve, role=role)
     assert len(rig.provider.changes) == rig.after_up
     assert rig.engine().store.load() is None
+
+
+def test_failover_without_a_standby_is_refused_before_any_change(tmp_path):
+    from kiln.failover import failover
+
+    rig = WorkerRig(tmp_path, instances={"web": 2, "db": 1})
+    with pytest.raises(KilnError, match=r"field 'instances.db': 1 db instance, so no standby to promote"):
+        failover(rig.engine(), lambda line: None)
+    assert len(rig.provider.changes) == rig.after_up

@@ -27,3 +27,12 @@ def test_pgbackrest_present(host):
 def test_data_directory_private(host):
     data = host.file("/var/lib/postgresql/15/main")
     assert (data.user, data.mode) == ("postgres", 0o700)
+
+
+def test_role_agent_tells_the_load_balancer_it_is_the_primary(host):
+    # HAProxy's agent check reads one line: a cluster running with no standby.signal is the primary.
+    ask = "timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5433 && cat <&3'"
+    deadline = time.monotonic() + 20
+    while (answer := host.run(ask)).stdout.strip() != "up" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert answer.stdout.strip() == "up", answer.stderr

@@ -21,6 +21,7 @@ UPLOADS = os.environ.get("KILN_UPLOADS_DIR", "/srv/kiln-web/uploads")
 MAX_BODY = 64 * 1024 * 1024
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 RECORD_PATH = re.compile(r"^/records/(\d{1,18})$")
+DB_PATIENCE = 5.0  # seconds a request waits for a primary: a switchover takes about two
 STARTED = time.time()
 
 with open(IMAGE_FILE) as f:
@@ -91,16 +92,30 @@ def db():
     return conn
 
 
-def query(sql, params=()):
-    try:
-        with db().cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-    except Exception as exc:
-        conn = getattr(_local, "conn", None)
-        if conn is not None:
-            conn.close()
-        raise HttpError("503 Service Unavailable", f"database unavailable: {type(exc).__name__}") from exc
+def query(sql, params=(), patience=0.0):
+    """One statement. A connection kept from an earlier request may have been closed since (the
+    database restarted, or a failover cut it at the load balancer): the statement is then tried
+    again on a new connection, for up to `patience` seconds, so a request rides through a
+    switchover; /health has none, or it would hang while no primary answers."""
+    kept = getattr(_local, "conn", None)
+    retry = kept is not None and not kept.closed
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            with db().cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        except Exception as exc:
+            conn = getattr(_local, "conn", None)
+            if conn is not None:
+                conn.close()
+            lost = type(exc).__name__ in ("OperationalError", "InterfaceError")
+            if lost and (retry or time.monotonic() < deadline):
+                if not retry:
+                    time.sleep(0.1)
+                retry = False
+                continue
+            raise HttpError("503 Service Unavailable", f"database unavailable: {type(exc).__name__}") from exc
 
 
 def require_database():
@@ -176,16 +191,19 @@ def records(environ):
         ((rid, created),) = query(
             "INSERT INTO records (customer, amount, note) VALUES (%s, %s, %s) RETURNING id, created_at",
             (customer, amount, note),
+            DB_PATIENCE,
         )
         return reply("201 Created", {"id": rid, "created_at": created.isoformat()})
-    ((newest,),) = query("SELECT max(id) FROM records")
+    ((newest,),) = query("SELECT max(id) FROM records", (), DB_PATIENCE)
     return reply("200 OK", {"newest_id": newest})
 
 
 def record(environ, rid):
     require_database()
     rows = query(
-        "SELECT id, created_at, customer, amount, note, md5(payload) FROM records WHERE id = %s", (rid,)
+        "SELECT id, created_at, customer, amount, note, md5(payload) FROM records WHERE id = %s",
+        (rid,),
+        DB_PATIENCE,
     )
     if not rows:
         raise HttpError("404 Not Found", f"no record {rid}")

@@ -1,0 +1,179 @@
+"""A PostgreSQL primary and its streaming standby behind the local provider's HAProxy: the primary
+killed under a steady writer, `invoke failover`, and the lost writes counted against the window
+the report gives; then `invoke up` makes the old primary's replacement a standby of the new one.
+
+Then the db role rolls out through its standby under the same writer, with no failed request.
+
+The environment `fo<pid>` has web 1 and db 2 over two zones; everything labelled with it is
+removed at the end, even on failure. The writer posts records through the frontend (loopback),
+bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+
+import pytest
+
+from kiln.images import DockerImageStore
+from kiln.settings import Settings
+from tests.integration.conftest import relabelled
+from tests.integration.test_rollout import OLDER, running, status
+
+pytestmark = pytest.mark.integration
+
+ENV = f"fo{os.getpid()}"
+ENV_FILE = """
+provider: local
+zones: [z0, z1]
+instances: {web: 1, db: 2}
+frontend: {port: 0}
+health: {path: /health, interval: 0.5, rise: 2, fall: 2, timeout: 120}
+"""
+WRITE_EVERY = 0.02  # seconds between two writes
+MAX_WRITES = 6000  # the writer's bound in count; MAX_SECONDS in time
+MAX_SECONDS = 180.0
+
+
+class Writer(threading.Thread):
+    """Posts records numbered 0, 1, 2... one at a time; each answer's time and outcome."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url = url + "records"
+        self.acked: dict[int, float] = {}  # number -> when its 201 came back
+        self.failed: list[tuple[float, float]] = []  # (sent, answered) of each failed write
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.time() + MAX_SECONDS
+        for number in range(MAX_WRITES):
+            if self.stop.is_set() or time.time() > deadline:
+                return
+            body = json.dumps({"customer": "failover", "amount": number, "note": str(number)}).encode()
+            request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
+            sent = time.time()
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    ok = answer.status == 201
+            except (urllib.error.URLError, OSError):
+                ok = False
+            if ok:
+                self.acked[number] = time.time()
+            else:
+                self.failed.append((sent, time.time()))
+            time.sleep(WRITE_EVERY)
+
+    def wait_acks(self, count: int, timeout: float = 30.0) -> None:
+        first = len(self.acked)
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < first + count:
+            assert time.monotonic() < deadline, f"fewer than {count} writes acknowledged in {timeout:g} s"
+            time.sleep(0.05)
+
+
+def psql(docker_client, instance: str, sql: str) -> str:
+    db = docker_client.containers.get(f"kiln-{ENV}-{instance}")
+    code, out = db.exec_run(["runuser", "-u", "postgres", "--", "psql", "-XqAt", "-d", "kiln", "-c", sql])
+    assert code == 0, out.decode()
+    return out.decode().strip()
+
+
+def roles(kiln) -> dict[str, str]:
+    return {i["name"]: i["lb_role"] for i in status(kiln, ENV)["instances"] if i["role"] == "db"}
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+@pytest.fixture(scope="module")
+def pair(kiln, baked_all, docker_client):
+    with running(kiln, docker_client, ENV, ENV_FILE):
+        yield ENV
+
+
+def saved_numbers(docker_client, instance: str) -> set[int]:
+    notes = psql(docker_client, instance, "SELECT note FROM records WHERE customer = 'failover'")
+    return {int(note) for note in notes.split()}
+
+
+def test_failover_under_a_steady_writer_loses_only_what_its_window_says(kiln, pair, docker_client):
+    assert roles(kiln) == {"db1": "primary", "db2": "standby"}
+    assert psql(docker_client, "db2", "SELECT pg_is_in_recovery()") == "t"
+    writer = Writer(status(kiln, ENV)["frontend"])
+    writer.start()
+    try:
+        writer.wait_acks(100)
+        killed = time.time()
+        docker_client.containers.get(f"kiln-{ENV}-db1").kill()
+        time.sleep(2)  # the writer meets a dead database; HAProxy marks db1 down
+        proc = kiln.invoke("failover", ENV, "--json", timeout=300)
+        report = json.loads(proc.stdout)
+        failed_over = time.time()
+        writer.wait_acks(100)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=30)
+    saved = saved_numbers(docker_client, "db2")
+    lost = {n: at for n, at in writer.acked.items() if n not in saved}
+    outage = [sent for sent, _ in writer.failed]
+    print(
+        f"failover: {len(writer.acked)} writes acknowledged, {len(lost)} lost, {len(writer.failed)} "
+        f"failed; report {report}"
+    )
+    outcome = (report["old_primary"], report["new_primary"], report["old_primary_state"])
+    assert outcome == ("db1", "db2", "dead")
+    assert report["lost_window_seconds"] is not None and report["lost_window_seconds"] >= 0
+    # What was lost was acknowledged inside the window the report gives (HAProxy counts whole seconds).
+    start, end = epoch(report["newest_saved_commit"]), epoch(report["primary_down_since"]) + 1
+    assert all(start <= at <= end for at in lost.values()), (lost, report)
+    assert all(killed - 1 <= sent <= failed_over for sent in outage), "writes failed only in the outage"
+    assert roles(kiln) == {"db2": "primary"}
+    assert not docker_client.containers.list(all=True, filters={"name": f"kiln-{ENV}-db1"})
+
+    # The removed primary's replacement copies the new primary and streams from it.
+    kiln.invoke("up", ENV, timeout=600)
+    assert roles(kiln) == {"db1": "standby", "db2": "primary"}
+    newest = max(saved)
+    deadline = time.monotonic() + 30
+    while psql(docker_client, "db1", f"SELECT count(*) FROM records WHERE note = '{newest}'") != "1":
+        assert time.monotonic() < deadline, "the new standby did not replay the newest write in 30 s"
+        time.sleep(0.5)
+    assert psql(docker_client, "db1", "SELECT pg_is_in_recovery()") == "t"
+
+
+def test_a_db_rollout_goes_through_the_standby_and_fails_no_request(kiln, pair, baked_all, docker_client):
+    """Standby replaced first, a switchover to it (the old primary stopped cleanly: nothing lost),
+    then the old primary replaced as the new standby; the web app waits out the switchover."""
+    store = DockerImageStore(docker_client, Settings(project_root=kiln.project, image_repo=kiln.prefix))
+    v1, v2 = baked_all["db"], f"{baked_all['db']}-v2"
+    relabelled(store, store.find("db", v1), "db", v2, OLDER, "verified")
+    kiln.invoke("up", ENV, timeout=600)  # a pair, whatever the test before left
+    before = roles(kiln)
+    writer = Writer(status(kiln, ENV)["frontend"])
+    writer.start()
+    try:
+        writer.wait_acks(50)
+        proc = kiln.invoke("rollout", ENV, "--role", "db", "--image", v2, timeout=600)
+        writer.wait_acks(50)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=30)
+    dbs = [i for i in status(kiln, ENV)["instances"] if i["role"] == "db"]
+    view = {i["name"]: (i["version"], i["lb_role"]) for i in dbs}
+    primary = next(name for name, (_, role) in view.items() if role == "primary")
+    missing = set(writer.acked) - saved_numbers(docker_client, primary)
+    print(f"db rollout: {len(writer.acked)} writes acknowledged, {len(writer.failed)} failed; {view}")
+    assert f"db {v1} -> {v2}" in proc.stdout and "succeeded" in proc.stdout, proc.stdout
+    assert sorted(v for v, _ in view.values()) == [v2, v2]
+    assert sorted(r for _, r in view.values()) == ["primary", "standby"]
+    assert view[primary][1] == "primary" and before[primary] == "standby", "the standby became the primary"
+    assert not writer.failed, "no write failed at the web tier"
+    assert not missing, f"acknowledged writes missing on the new primary: {sorted(missing)[:10]}"
