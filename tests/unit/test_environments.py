@@ -1,10 +1,12 @@
 """environments/<env>.yml: the shipped files load; bad input gives one line naming file and field."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
-from kiln import environments
+from kiln import cloudinit, environments
 from kiln.errors import KilnError
 from kiln.settings import Settings
 
@@ -31,6 +33,22 @@ def write(settings: Settings, text: str, name: str = "t") -> None:
 def test_shipped_environments_load(name):
     env = environments.load(Settings(project_root=REPO), name)
     assert env.spec.instances["web"] >= 3 and len(env.zones) == 3
+
+
+@pytest.mark.parametrize("name", ["cve-alerts", "fintech", "nonprofit", "saas", "weblab"])
+def test_the_seed_teams_environments_load_and_render_every_roles_user_data(name):
+    """Each team's setup in the README is a file Kiln deploys: it passes every rule across fields
+    (a provider's refusals included) and each role's cloud-init template renders for it."""
+    settings = Settings(project_root=REPO)
+    env = environments.load(settings, name)
+    for role in sorted(r for r, n in env.spec.instances.items() if n):
+        variables = {
+            "environment": name, "zone": env.zones[0], "zone_index": 0, "instance": f"{role}1",
+            "role": role, "version": "0" * 12, "app": env.spec.app, "replication": None,
+            "db": {"host": "db", "port": 5432, "name": "kiln", "user": "kiln", "password": "x"},
+            "syslog": dataclasses.asdict(env.spec.syslog) if env.spec.syslog else None,
+        }  # fmt: skip
+        assert yaml.safe_load(cloudinit.render(settings, role, variables))["write_files"]
 
 
 def test_prod_is_protected_and_pauses_after_the_first_zone():
