@@ -33,7 +33,8 @@ def test_a_stale_heartbeat_fails_the_health_command(host):
 
 
 def test_queue_settings_are_private_to_the_worker(host):
-    """cloud-init writes /etc/kiln/worker.env 0640 root:kiln-worker; here, no database: no file."""
+    """cloud-init writes /etc/kiln/worker.env 0600 root (the service manager reads it); here, no
+    database: no file."""
     assert not host.file("/etc/kiln/worker.env").exists
     assert host.file("/var/lib/kiln-worker").user == "kiln-worker"
     assert host.file("/var/lib/kiln-worker").mode == 0o750

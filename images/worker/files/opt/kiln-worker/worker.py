@@ -18,7 +18,6 @@ import socket
 import sys
 import time
 
-ENV_FILE = "/etc/kiln/worker.env"
 INSTANCE_FILE = "/etc/kiln/instance.json"
 IMAGE_FILE = "/etc/kiln/image.json"
 HEARTBEAT = "/var/lib/kiln-worker/heartbeat"
@@ -48,16 +47,9 @@ def request_stop(signum, frame):
 
 
 def read_settings():
-    settings = {}
-    try:
-        with open(ENV_FILE) as env_file:
-            for line in env_file:
-                key, sep, value = line.strip().partition("=")
-                if sep and not key.startswith("#"):
-                    settings[key.strip()] = value.strip().strip("'\"")
-    except FileNotFoundError:
-        pass
-    return settings
+    """The queue's settings, from the environment: the service's environment_file (role.yml,
+    /etc/kiln/worker.env) is read by systemd or kiln-init, which start the worker."""
+    return {key: value for key, value in os.environ.items() if key.startswith("KILN_DB_")}
 
 
 def read_json(path, default):
