@@ -4,7 +4,9 @@ data, and measure how long it took (RTO) and how much would have been lost (RPO)
 Order of a drill (../shared/notes/backups.md):
 1. Reference, in the source while it still runs: per-table row counts and checksums under
    share locks, sealed by a named restore point, then `pgbackrest check` so that point's WAL
-   reaches the archive. The RTO clock starts after this: it is drill bookkeeping, not recovery.
+   reaches the archive. With a standby, read there instead, its replay paused (the primary
+   takes no lock), and the restore targets the LSN where replay paused. The RTO clock starts
+   after this: it is drill bookkeeping, not recovery.
 2. DR environment `dr-<id>`: a separate environment launched through the source's provider
    (local: its own network `kiln-dr-<id>-z0`, standing for another region) with cloud-init
    user-data; a db instance held before PostgreSQL starts and a web instance from the newest
@@ -51,6 +53,7 @@ from kiln.notify import notify
 from kiln.polling import wait_for_service
 from kiln.providers import get_provider
 from kiln.providers.base import Instance, Provider
+from kiln.replication import is_standby
 from kiln.settings import Settings
 from kiln.stamps import new_id, utc_iso
 
@@ -204,6 +207,7 @@ class Drill:
         self.s3 = s3_access(settings, env, self.backup_settings)
         self.secrets = [self.key, self.password]
         self.reference: dbcheck.Snapshot | None = None
+        self.reference_lsn = ""  # where a standby's replay paused for the reference, if it did
         self.source_files: dict[str, str] = {}
         self.clock = 0.0
         self.db: Channel | None = None
@@ -288,17 +292,24 @@ class Drill:
         source = self.source()
         shell = source.channel(require_db(source), self.secrets)
         tool = PgBackRest(shell, self.backup_settings, self.key, self.s3)
-        if self.target is None:
+        standby = running_standby(source) if self.target is None else None
+        if standby is not None:
+            # read where it costs the primary nothing: the standby, its replay paused
+            self.reference, self.reference_lsn = dbcheck.standby_snapshot(
+                source.channel(standby, self.secrets)
+            )
+            where = f"on standby {standby.name}, replay paused at LSN {self.reference_lsn}"
+        elif self.target is None:
             self.reference = dbcheck.snapshot(shell, self.restore_point)
+            where = "restore point " + self.restore_point
         else:
             self.reference = dbcheck.Snapshot({}, self.target)
-        tool.source_check()  # the restore point's WAL (or the target time's) is now archived
+            where = f"target {self.target_text}"
+        tool.source_check()  # the restore point's WAL (or the target's, or the LSN's) is now archived
         web = first_running(source, "web")
         if web is not None:
             self.source_files = file_sums(source.channel(web, self.secrets))
-        return f"{len(self.reference.tables)} tables, {len(self.source_files)} files; " + (
-            "restore point " + self.restore_point if self.target is None else f"target {self.target_text}"
-        )
+        return f"{len(self.reference.tables)} tables, {len(self.source_files)} files; {where}"
 
     def create_environment(self) -> str:
         """A separate environment through the source's provider: one zone, db held for the
@@ -421,7 +432,9 @@ class Drill:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             restored_files = pool.submit(self.restore_files)
             try:
-                if self.target is None:
+                if self.reference_lsn:
+                    pg.restore(self.reference_lsn, "lsn", exclusive=True)
+                elif self.target is None:
                     pg.restore(self.restore_point, "name")
                 else:
                     pg.restore(pgbackrest_time(self.target), "time")
@@ -584,6 +597,10 @@ STEP_CAUSES = {
 
 def _cause_of(step: str) -> str:
     return STEP_CAUSES.get(step, "tool-failed")
+
+
+def running_standby(provider: Provider) -> Instance | None:
+    return next((i for i in provider.instances("db") if i.running and is_standby(provider, i)), None)
 
 
 def recovery_fault(channel: Channel) -> BackupFault:

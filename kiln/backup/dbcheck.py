@@ -6,6 +6,7 @@ of row order (no sort of a large table) and changed by any edited, added or lost
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from kiln.channels.base import Channel
@@ -118,6 +119,28 @@ def parse_rows(database: str, output: str) -> tuple[list[TableSum], float | None
 
 def databases(shell: Channel) -> list[str]:
     return psql(shell, "postgres", LIST_DATABASES).split()
+
+
+def standby_snapshot(shell: Channel, timeout: float = 30.0) -> tuple[Snapshot, str]:
+    """On a streaming standby: replay paused, the checksums of what it has replayed, and the LSN
+    where replay stopped (a restore targeted just before it holds exactly these rows); replay
+    resumed after, also on failure. The primary takes no lock and never waits."""
+    psql(shell, "postgres", "SELECT pg_wal_replay_pause();")
+    try:
+        deadline = time.monotonic() + timeout
+        while psql(shell, "postgres", "SELECT pg_get_wal_replay_pause_state();").strip() != "paused":
+            if time.monotonic() > deadline:
+                raise OperationFailed(f"{shell.name}: replay did not pause within {timeout:g} s")
+            time.sleep(0.05)
+        lsn = psql(shell, "postgres", "SELECT pg_last_wal_replay_lsn();").strip()
+        tables: dict[str, TableSum] = {}
+        for database in databases(shell):
+            rows, _ = parse_rows(database, psql(shell, database, CHECKSUMS))
+            tables.update({row.key: row for row in rows})
+        _, newest = parse_rows("", psql(shell, "postgres", NEWEST_REPLAYED))
+    finally:
+        psql(shell, "postgres", "SELECT pg_wal_replay_resume();")
+    return Snapshot(tables, newest or 0.0), lsn
 
 
 def snapshot(shell: Channel, restore_point: str | None = None) -> Snapshot:

@@ -107,6 +107,7 @@ def take_backup(settings: Settings, env: str, kind: str, backup: BackupSettings)
     created = ensure_secrets(settings, env)
     if created:
         console.say(f"created {created} with a new backup key: keep a copy off this machine")
+    configure_standbys(settings, env, backup)
     records = []
     for tool in tools(settings, env, backup):
         tool.configure()
@@ -118,6 +119,18 @@ def take_backup(settings: Settings, env: str, kind: str, backup: BackupSettings)
                 raise
             raise unreachable(env, tool.name, backup.s3, fault) from None
     return records
+
+
+def configure_standbys(settings: Settings, env: str, backup: BackupSettings) -> None:
+    """pgBackRest's settings in every standby too, so a promoted one archives its WAL at once."""
+    provider = get_provider(settings, source_environment(settings, env))
+    running = [i for i in provider.instances("db") if i.running]
+    if len(running) < 2:
+        return
+    key = secret(settings, env, "KILN_BACKUP_KEY")
+    s3 = s3_access(settings, env, backup)
+    for standby in (i for i in running if is_standby(provider, i)):
+        tool_class("pgbackrest")(provider.channel(standby, [key]), backup, key, s3).configure()
 
 
 def unreachable(env: str, tool: str, s3: S3Repository, fault: BackupFault) -> BackupFault:

@@ -278,12 +278,16 @@ class PgBackRest(BackupTool):
         """In the running source: switch WAL and wait until the segment is archived."""
         self.pgbackrest("check")
 
-    def restore(self, target: str | None = None, target_type: str = "time") -> Result:
-        """Into the held (stopped) cluster: empty the data folder, restore, leave archiving off."""
+    def restore(
+        self, target: str | None = None, target_type: str = "time", exclusive: bool = False
+    ) -> Result:
+        """Into the held (stopped) cluster: empty the data folder, restore, leave archiving off.
+        `exclusive`: stop just before the target (an LSN where a standby's replay paused)."""
         self.run(["find", "/var/lib/postgresql/15/main", "-mindepth", "1", "-delete"], user="postgres")
         # A local volume has no transient errors worth pgBackRest's retry after 15 s.
         retry = ["--job-retry=0"] if self.settings.repository == "volume" else []
         args = ["--archive-mode=off", "--log-level-console=warn", *retry]
         if target:
             args += [f"--type={target_type}", f"--target={target}", "--target-action=promote"]
+            args += ["--target-exclusive"] if exclusive else []
         return self.pgbackrest(*args, "restore", cause="restore-failed")

@@ -24,6 +24,7 @@ import pytest
 from kiln.images import DockerImageStore
 from kiln.settings import Settings
 from tests.integration.conftest import relabelled
+from tests.integration.test_backup_drill import remove_env
 from tests.integration.test_rollout import OLDER, running, status
 
 pytestmark = pytest.mark.integration
@@ -35,6 +36,7 @@ zones: [z0, z1]
 instances: {web: 1, db: 2}
 frontend: {port: 0}
 health: {path: /health, interval: 0.5, rise: 2, fall: 2, timeout: 120}
+backup: {}
 """
 WRITE_EVERY = 0.02  # seconds between two writes
 MAX_WRITES = 6000  # the writer's bound in count; MAX_SECONDS in time
@@ -95,8 +97,36 @@ def epoch(iso: str) -> float:
 
 @pytest.fixture(scope="module")
 def pair(kiln, baked_all, docker_client):
-    with running(kiln, docker_client, ENV, ENV_FILE):
-        yield ENV
+    try:
+        with running(kiln, docker_client, ENV, ENV_FILE):
+            yield ENV
+    finally:
+        remove_env(docker_client, kiln.project, ENV)  # the drills' environments, the repositories
+
+
+def test_a_drill_reads_its_reference_on_the_standby_and_restores_to_that_point(kiln, pair, docker_client):
+    """With a standby, the drill's reference is read there, its replay paused, while the primary
+    keeps taking writes with no lock; the restore stops exactly where replay paused, so every
+    table matches the reference."""
+    writer = Writer(status(kiln, ENV)["frontend"])
+    writer.start()
+    try:
+        writer.wait_acks(50)
+        kiln.invoke("backup", ENV, timeout=600)
+        writer.wait_acks(20)
+        drill = kiln.invoke("dr-drill", ENV, timeout=900)
+        writer.wait_acks(20)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=30)
+    [path] = sorted((kiln.project / ".kiln" / "drills" / ENV).glob("*.json"))[-1:]
+    report = json.loads(path.read_text())
+    checks = {check["name"]: check for check in report["checks"]}
+    print(f"drill with a standby: {checks['source reference']['detail']}; RTO {report['rto_seconds']} s")
+    assert report["ok"], drill.stdout
+    assert "on standby db2, replay paused at LSN" in checks["source reference"]["detail"]
+    assert "match the reference" in checks["tables"]["detail"], checks["tables"]
+    assert not writer.failed, "the primary kept taking writes while the reference was read"
 
 
 def saved_numbers(docker_client, instance: str) -> set[int]:

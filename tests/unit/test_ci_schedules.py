@@ -177,7 +177,7 @@ def test_apply_without_a_token_is_one_line_and_exit_2(schedules_project):
         ),
         (
             "schedules: {a: {cron: '0 2 * * *', variables: {KILN_SCHEDULE: drill, KILN_ENV: qa}}}",
-            "field 'schedules.a.variables.KILN_ENV': 'qa' is not an environment; known: cve-alerts, fintech, local,",
+            "field 'schedules.a.variables.KILN_ENV': 'qa' is not an environment; known: cve-alerts, fintech,",
         ),
         (
             "schedules: {}\nresource_groups: {env-prod: fifo}",
