@@ -580,7 +580,7 @@ class Drill:
         self.report.html = str(page)
         write_atomic(folder / f"{self.id}.json", json.dumps(self.report.as_json(), indent=2))
         write_atomic(folder / f"{self.id}.md", self.report.markdown())
-        history = [r for r in load_history(self.settings) if r["env"] == self.env]
+        history = load_history(self.settings, self.env)
         write_atomic(page, htmlreport.drill_html(self.report.as_json(), history))
         store = statestore.for_environment(self.settings, self.env)  # the history outlives this run
         if store.where != str(self.settings.state_dir):
@@ -645,16 +645,24 @@ def file_sums(shell: Channel) -> dict[str, str]:
     return sums
 
 
-def load_history(settings: Settings) -> list[dict]:
-    """Every drill report in every state store (kiln.statestore), whichever checkout wrote it."""
+def load_history(settings: Settings, env: str | None = None) -> list[dict]:
+    """Every drill report in every state store (kiln.statestore), whichever checkout wrote it; with
+    `env`, that environment's reports from its own store. A store that cannot be read (a bucket
+    this machine has no keys for, or cannot reach) is left out, and said so in one line."""
+    stores = [statestore.for_environment(settings, env)] if env else statestore.every_store(settings)
     reports = {}
-    for store in statestore.every_store(settings):
-        for key in store.keys("drills/"):
+    for store in stores:
+        try:
+            keys = store.keys("drills/")
+        except OperationFailed as exc:
+            console.say(f"left out the drills in {exc}")
+            continue
+        for key in keys:
             if key.endswith(".json"):
                 with contextlib.suppress(ValueError, TypeError):
                     report = json.loads(store.get(key) or b"")
                     reports[report["id"]] = report
-    return sorted(reports.values(), key=lambda r: r["started"])
+    return sorted((r for r in reports.values() if env in (None, r["env"])), key=lambda r: r["started"])
 
 
 def write_chart(settings: Settings, history: list[dict]) -> Path:

@@ -63,3 +63,20 @@ def test_history_is_ordered_and_charted(tmp_path, settings):
     chart = Chart.parse(chart_svg(history))  # tests/unit/test_charts.py reads it in detail
     assert chart.marks("failed-") == {"failed-rto_seconds-early", "failed-rpo_seconds-early"}
     assert "checksum-mismatch" in chart.texts()
+
+
+def test_history_leaves_out_a_bucket_this_machine_has_no_keys_for(settings, monkeypatch, capsys):
+    """A CI job holding one environment's keys still lists the drills it can read."""
+    for name in ("KILN_S3_KEY", "KILN_S3_KEY_SECRET", "KILN_AGE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    folder = settings.state_dir / "drills" / "local"
+    folder.mkdir(parents=True)
+    done = report(True, 9.0, 0.5, "2026-11-21T02:00:00Z", "here")
+    (folder / f"{done.id}.json").write_text(json.dumps(done.as_json()))
+    (settings.project_root / "environments").mkdir(exist_ok=True)
+    (settings.project_root / "environments" / "far.yml").write_text(
+        "provider: aws\nzones: [a]\ninstances: {web: 1}\nfrontend: {port: 80}\n"
+        "backup: {repository: s3, s3: {endpoint: s3.example.org, bucket: far-backups}}\n"
+    )
+    assert [r["id"] for r in load_history(settings)] == ["here"]
+    assert "left out the state store of far: " in capsys.readouterr().err
