@@ -216,7 +216,8 @@ def status(c, env, json=False):
     if "https" in view:
         print(f"https: {view['https']} ({tls.describe(view['certificate'])})")
     columns = ["name", "zone", "role", "version", "health", "ready", "lb_state", "lb_role"]
-    print_table(view["instances"], columns)
+    rows = [{"replication": "", **row} for row in view["instances"]]
+    print_table(rows, columns + (["replication"] if any(r["replication"] for r in rows) else []))
     say(hints.after("status", env))
 
 

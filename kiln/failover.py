@@ -130,6 +130,8 @@ def switch_over(provider: Provider, say: Callable[[str], None], version: str | N
             down_since = time.time() - seen.changed_ago
     if old is not None:
         say(f"fencing {old.name} ({state}): removing it, so it can never take a write again")
+        # out of the LB first: a connection sent to a stopping or removed instance hangs, not fails
+        provider.database_hold(old.name)
         provider.terminate(old)
     fenced = time.monotonic() - started
     wait_caught_up(provider, standby)

@@ -151,6 +151,16 @@ class RuntimeAPI:
                 f"HAProxy did not commit the certificate {crt_file}: {answer.strip()[:200]}"
             )
 
+    def hold(self, name: str, backend: str) -> None:
+        """No new connection to it and none left on it: before its instance is stopped."""
+        self.checked(f"set server {backend}/{name} state maint; shutdown sessions server {backend}/{name}")
+
+    def release(self, name: str, backend: str) -> None:
+        """Back in service after `hold`, DOWN until its checks pass (leaving MAINT it would count as
+        UP at once, as a server added at run time would)."""
+        ref = f"{backend}/{name}"
+        self.checked(f"set server {ref} state ready; set server {ref} health down")
+
     def drain(self, name: str, backend: str = BACKEND) -> None:
         self.checked(f"set server {backend}/{name} state drain")
 

@@ -26,3 +26,17 @@ def answers(provider: Provider, instance: Instance) -> bool:
 
 def is_standby(provider: Provider, instance: Instance) -> bool:
     return bool(provider.probe(instance, ("/usr/bin/test", "-e", STANDBY_SIGNAL)))
+
+
+def standbys_behind(provider: Provider, primary: Instance) -> dict[str, dict]:
+    """Per standby streaming from the primary (by instance name): WAL bytes it has not replayed
+    yet, and the replay lag PostgreSQL measured."""
+    query = (
+        "SELECT application_name, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, "
+        "round(coalesce(extract(epoch FROM replay_lag), 0)::numeric, 3) FROM pg_stat_replication"
+    )
+    found = {}
+    for line in sql(provider, primary, query).splitlines():
+        name, behind, lag = line.split("|")
+        found[name] = {"behind_bytes": int(behind or 0), "replay_lag_seconds": float(lag)}
+    return found

@@ -134,6 +134,11 @@ class Provider(abc.ABC):
         """The load balancer's view of the db instances (UP: the primary), where it routes them."""
         return {}
 
+    def database_hold(self, name: str) -> None:
+        """Route no database connection to db instance `name` (before it is stopped); a launch
+        of the same name routes to it again once its checks pass."""
+        return None  # providers without routes_database route no database connection
+
     @abc.abstractmethod
     def launch(self, role: str, number: int, image: ImageRecord, user_data: str) -> Instance:
         """Start instance <role><number> in zone number % zones, applying user_data at first boot."""

@@ -283,6 +283,8 @@ class LocalProvider(Provider):
                     self.client.networks.get(self.network_name(other)).connect(container)
         container.start()
         container.reload()
+        if role == "db" and self.env.count("db") > 1 and self.api.ready():
+            self.api.release(name, haproxy.DATABASE)  # held if an instance of this name was fenced
         return self._instance(container)
 
     def _seed(self, name: str, image: ImageRecord, user_data: str) -> Path:
@@ -400,6 +402,10 @@ class LocalProvider(Provider):
             name: LbServer(name, s.healthy, s.lb_state, s.sessions, s.check, changed_ago=s.changed_ago)
             for name, s in self.api.stats(haproxy.DATABASE).items()
         }
+
+    def database_hold(self, name: str) -> None:
+        if self.env.count("db") > 1 and self.api.ready():
+            self.api.hold(name, haproxy.DATABASE)
 
     @docker_errors_fail
     def lb_deregister(self, name: str) -> None:

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kiln import cloudinit, environments, readiness, tls, versions
+from kiln.backup.base import human_size
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
 from kiln.images import ImageRecord
 from kiln.providers import get_provider
 from kiln.providers.base import Instance, LbServer, Provider
+from kiln.replication import standbys_behind
 from kiln.roles import RoleCatalog
 from kiln.rollout import database
 from kiln.rollout.engine import Engine
@@ -251,7 +253,9 @@ def status(provider: Provider) -> dict:
     servers = provider.lb_servers() if provider.frontend() else {}
     databases = provider.database_servers() if provider.frontend() else {}
     rows, catalog = [], RoleCatalog(provider.settings)
-    for inst in provider.instances():
+    instances = provider.instances()
+    streams = replication_of(provider, instances, databases)
+    for inst in instances:
         ready = readiness.state_of(provider, inst, servers, catalog)
         server = servers.get(inst.name)
         database = databases.get(inst.name) if inst.role == "db" else None
@@ -273,6 +277,7 @@ def status(provider: Provider) -> dict:
                 # backup: takes traffic only while the home zone has no server up (zone affinity);
                 # of db instances behind the LB, the primary is the one it routes to
                 "lb_role": lb_role(inst, server, database),
+                **streams.get(inst.name, {}),
             }
         )
     view = {"environment": provider.env.name, "frontend": provider.frontend(), "instances": rows}
@@ -281,6 +286,28 @@ def status(provider: Provider) -> dict:
         view["https"] = https
         view["certificate"] = served_certificate(https)
     return view
+
+
+def replication_of(provider: Provider, instances: list[Instance], databases: dict[str, LbServer]) -> dict:
+    """Of a primary and its standbys, each standby's `replication` (for people) and, while it
+    streams, the WAL bytes it has not replayed and its replay lag (for --json)."""
+    dbs = [i for i in instances if i.role == "db" and i.running]
+    primary = next((i for i in dbs if (s := databases.get(i.name)) and s.healthy), None)
+    if primary is None:
+        return {}
+    try:
+        behind = standbys_behind(provider, primary)
+    except OperationFailed as exc:
+        return {primary.name: {"replication": f"primary; standbys unknown: {exc}"}}
+    found = {primary.name: {"replication": "primary"}}
+    for standby in (i for i in dbs if i is not primary):
+        stream = behind.get(standby.name)
+        if stream is None:
+            found[standby.name] = {"replication": "not streaming"}
+            continue
+        text = f"{human_size(stream['behind_bytes'])} behind, replay lag {stream['replay_lag_seconds']:g} s"
+        found[standby.name] = {"replication": text, **stream}
+    return found
 
 
 def lb_role(inst: Instance, server: LbServer | None, database: LbServer | None) -> str:

@@ -38,7 +38,7 @@ frontend: {port: 0}
 health: {path: /health, interval: 0.5, rise: 2, fall: 2, timeout: 120}
 backup: {}
 """
-WRITE_EVERY = 0.02  # seconds between two writes
+WRITE_EVERY = 0.05  # seconds between two writes
 MAX_WRITES = 6000  # the writer's bound in count; MAX_SECONDS in time
 MAX_SECONDS = 180.0
 
@@ -137,6 +137,10 @@ def saved_numbers(docker_client, instance: str) -> set[int]:
 def test_failover_under_a_steady_writer_loses_only_what_its_window_says(kiln, pair, docker_client):
     assert roles(kiln) == {"db1": "primary", "db2": "standby"}
     assert psql(docker_client, "db2", "SELECT pg_is_in_recovery()") == "t"
+    # status reads from the primary how far the standby is behind (it streams under its own name)
+    rows = {i["name"]: i for i in status(kiln, ENV)["instances"]}
+    assert rows["db1"]["replication"] == "primary"
+    assert "behind, replay lag" in rows["db2"]["replication"] and rows["db2"]["behind_bytes"] >= 0
     writer = Writer(status(kiln, ENV)["frontend"])
     writer.start()
     try:

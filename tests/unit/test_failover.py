@@ -25,6 +25,7 @@ def test_db1_starts_as_the_primary_and_db2_as_its_standby_through_the_load_balan
     primary, standby = db_env(rig.provider.user_data["db1"]), db_env(rig.provider.user_data["db2"])
     assert "KILN_DB_PRIMARY" not in primary and primary["KILN_DB_REPLICATION_PASSWORD"]
     assert standby["KILN_DB_PRIMARY"] == "lb.fake"  # whichever instance the LB routes to
+    assert standby["KILN_DB_INSTANCE"] == "db2"  # its name in the primary's pg_stat_replication
     assert standby["KILN_DB_REPLICATION_PASSWORD"] == primary["KILN_DB_REPLICATION_PASSWORD"]
     assert web_db_host(rig.provider.user_data["web1"]) == "lb.fake"
 
