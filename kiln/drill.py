@@ -53,7 +53,7 @@ from kiln.notify import notify
 from kiln.polling import wait_for_service
 from kiln.providers import get_provider
 from kiln.providers.base import Instance, Provider
-from kiln.replication import is_standby
+from kiln.replication import running_standbys
 from kiln.settings import Settings
 from kiln.stamps import new_id, utc_iso
 
@@ -292,7 +292,7 @@ class Drill:
         source = self.source()
         shell = source.channel(require_db(source), self.secrets)
         tool = PgBackRest(shell, self.backup_settings, self.key, self.s3)
-        standby = running_standby(source) if self.target is None else None
+        standby = next(iter(running_standbys(source)), None) if self.target is None else None
         if standby is not None:
             # read where it costs the primary nothing: the standby, its replay paused
             self.reference, self.reference_lsn = dbcheck.standby_snapshot(
@@ -597,10 +597,6 @@ STEP_CAUSES = {
 
 def _cause_of(step: str) -> str:
     return STEP_CAUSES.get(step, "tool-failed")
-
-
-def running_standby(provider: Provider) -> Instance | None:
-    return next((i for i in provider.instances("db") if i.running and is_standby(provider, i)), None)
 
 
 def recovery_fault(channel: Channel) -> BackupFault:

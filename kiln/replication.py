@@ -28,6 +28,10 @@ def is_standby(provider: Provider, instance: Instance) -> bool:
     return bool(provider.probe(instance, ("/usr/bin/test", "-e", STANDBY_SIGNAL)))
 
 
+def running_standbys(provider: Provider) -> list[Instance]:
+    return [i for i in provider.instances("db") if i.running and is_standby(provider, i)]
+
+
 def standbys_behind(provider: Provider, primary: Instance) -> dict[str, dict]:
     """Per standby streaming from the primary (by instance name): WAL bytes it has not replayed
     yet, and the replay lag PostgreSQL measured."""

@@ -11,7 +11,7 @@ from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError
 from kiln.providers import get_provider, provider_class
 from kiln.providers.base import Instance, Provider
-from kiln.replication import is_standby
+from kiln.replication import running_standbys
 from kiln.settings import Settings
 
 KINDS = ("full", "diff", "incr")
@@ -49,7 +49,8 @@ def require_db(provider: Provider) -> Instance:
     is read-only, and pgBackRest backs up the primary)."""
     running = [i for i in provider.instances("db") if i.running]
     if len(running) > 1:
-        running = [i for i in running if not is_standby(provider, i)]
+        standbys = {i.name for i in running_standbys(provider)}
+        running = [i for i in running if i.name not in standbys]
     db = running[0] if running else None
     if db is None:
         env = provider.env.name
@@ -124,12 +125,12 @@ def take_backup(settings: Settings, env: str, kind: str, backup: BackupSettings)
 def configure_standbys(settings: Settings, env: str, backup: BackupSettings) -> None:
     """pgBackRest's settings in every standby too, so a promoted one archives its WAL at once."""
     provider = get_provider(settings, source_environment(settings, env))
-    running = [i for i in provider.instances("db") if i.running]
-    if len(running) < 2:
+    standbys = running_standbys(provider) if provider.env.count("db") > 1 else []
+    if not standbys:
         return
     key = secret(settings, env, "KILN_BACKUP_KEY")
     s3 = s3_access(settings, env, backup)
-    for standby in (i for i in running if is_standby(provider, i)):
+    for standby in standbys:
         tool_class("pgbackrest")(provider.channel(standby, [key]), backup, key, s3).configure()
 
 

@@ -283,7 +283,7 @@ class LocalProvider(Provider):
                     self.client.networks.get(self.network_name(other)).connect(container)
         container.start()
         container.reload()
-        if role == "db" and self.env.count("db") > 1 and self.api.ready():
+        if role == "db" and self.routing_database():
             self.api.release(name, haproxy.DATABASE)  # held if an instance of this name was fenced
         return self._instance(container)
 
@@ -394,9 +394,13 @@ class LocalProvider(Provider):
             for name, s in self.api.stats().items()
         }
 
+    def routing_database(self) -> bool:
+        """A standby exists, so the running LB routes the database connections."""
+        return self.env.count("db") > 1 and self.api.ready()
+
     @docker_errors_fail
     def database_servers(self) -> dict[str, LbServer]:
-        if self.env.count("db") < 2 or not self.api.ready():
+        if not self.routing_database():
             return {}
         return {
             name: LbServer(name, s.healthy, s.lb_state, s.sessions, s.check, changed_ago=s.changed_ago)
@@ -404,7 +408,7 @@ class LocalProvider(Provider):
         }
 
     def database_hold(self, name: str) -> None:
-        if self.env.count("db") > 1 and self.api.ready():
+        if self.routing_database():
             self.api.hold(name, haproxy.DATABASE)
 
     @docker_errors_fail

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from kiln.failover import switch_over
 from kiln.images import ImageRecord
 from kiln.providers.base import Instance
-from kiln.replication import is_standby
+from kiln.replication import running_standbys
 
 if TYPE_CHECKING:  # the engine calls converge for the db role
     from kiln.rollout.engine import Engine
@@ -22,9 +22,8 @@ if TYPE_CHECKING:  # the engine calls converge for the db role
 
 def pair(engine: Engine) -> tuple[list[Instance], list[Instance]]:
     """The standbys, then the rest: the primary (or a stopped instance, replaced as one)."""
-    dbs = engine.provider.instances("db")
-    standbys = [i for i in dbs if i.running and is_standby(engine.provider, i)]
-    return standbys, [i for i in dbs if i not in standbys]
+    standbys = running_standbys(engine.provider)
+    return standbys, [i for i in engine.provider.instances("db") if i not in standbys]
 
 
 def plan_lines(engine: Engine, image: ImageRecord) -> list[str]:

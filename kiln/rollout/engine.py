@@ -417,14 +417,14 @@ class Engine:
 
                 self.say(f"rolling the db instances back to {version}")
                 database.converge(self, image)
-                touched = []
-            for zone in touched:
-                name = self.env.zones[zone]
-                self.say(f"rolling back zone {name} to {version}")
-                began = self.elapsed()
-                self.converge_zone(zone, image)
-                timings = self.state.rollback_timings = self.state.rollback_timings or {}
-                timings[name] = {"start": began, "end": self.elapsed()}
+            else:
+                for zone in touched:
+                    name = self.env.zones[zone]
+                    self.say(f"rolling back zone {name} to {version}")
+                    began = self.elapsed()
+                    self.converge_zone(zone, image)
+                    timings = self.state.rollback_timings = self.state.rollback_timings or {}
+                    timings[name] = {"start": began, "end": self.elapsed()}
         except OperationFailed as exc:
             self.state.status = "failed"
             self.finish()
