@@ -1,10 +1,12 @@
-"""An environment's certificate authority, and the certificates it issues to the load balancer.
+"""An environment's certificate authority, and the certificates it issues to the load balancer
+and to instances that speak TLS to each other (a db pair's pgBackRest).
 
-The CA is made by Kiln the first time an environment with `frontend.tls` comes up: its private
+The CA is made by Kiln the first time an environment needs one: its private
 key is one more sealed secret (KILN_CA_KEY in secrets/<env>.env.age, base64 of the PEM), its
 certificate is public and committed beside it (secrets/<env>.ca.pem) so clients can trust it.
 Leaf certificates are short-lived and made fresh for the load balancer when it starts or when
-the one it serves is due; their keys exist only in the load balancer's own folder. Keys are
+the one it serves is due; their keys exist only in the load balancer's own folder. An instance's
+certificate and key reach it only in its user-data, beside its database passwords. Keys are
 ECDSA P-256: fast to make on a busy machine and accepted by every current TLS client.
 """
 
@@ -35,6 +37,18 @@ KEY_SECRET = "KILN_CA_KEY"
 CA_YEARS = 10
 # a leaf is replaced once less than this share of its lifetime is left
 RENEW_AT_FRACTION = 1 / 3
+# An instance's certificate lives as long as the instance may: immutable instances are replaced
+# by rollouts long before, and one that outlives it fails its peers' TLS checks loudly.
+INSTANCE_DAYS = 398
+
+
+@dataclass(frozen=True)
+class InstanceCredentials:
+    """What an instance receives at first boot (user-data) to speak TLS with its peers, as PEM."""
+
+    certificate: str
+    key: str
+    ca: str
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,22 @@ def subject_names(names: list[str]) -> list[x509.GeneralName]:
 def issue(ca: Authority, names: list[str], days: int) -> bytes:
     """A server certificate for `names` (host names or addresses), valid `days`: HAProxy's `crt`
     file, the certificate, then the CA's, then the new private key."""
+    certificate, key = leaf(ca, names, days, [ExtendedKeyUsageOID.SERVER_AUTH])
+    return certificate + ca.pem + key
+
+
+def issue_instance(ca: Authority, names: list[str], days: int = INSTANCE_DAYS) -> InstanceCredentials:
+    """An instance's certificate: a server to its peers under `names`, and a client to them with
+    the first name as its common name (what a peer's allow list names)."""
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    certificate, key = leaf(ca, names, days, usages)
+    return InstanceCredentials(certificate.decode(), key.decode(), ca.pem.decode())
+
+
+def leaf(
+    ca: Authority, names: list[str], days: int, usages: list[x509.ObjectIdentifier]
+) -> tuple[bytes, bytes]:
+    """(certificate, private key) as PEM, signed by `ca` for `names`, valid `days`."""
     key = ec.generate_private_key(ec.SECP256R1())
     start = valid_from()
     certificate = (
@@ -150,13 +180,13 @@ def issue(ca: Authority, names: list[str], days: int) -> bytes:
         .not_valid_after(start + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(subject_names(names)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
         )
         .sign(ca.key, hashes.SHA256())
     )
-    return certificate.public_bytes(serialization.Encoding.PEM) + ca.pem + private_pem(key)
+    return certificate.public_bytes(serialization.Encoding.PEM), private_pem(key)
 
 
 def due(bundle: Path, ca: Authority, names: list[str]) -> bool:

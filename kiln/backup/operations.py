@@ -6,6 +6,7 @@ from kiln import console, environments
 from kiln import secrets as sealed
 from kiln.backup import tool_class
 from kiln.backup.base import BackupFault, BackupRecord, BackupSettings, BackupTool, S3Access, S3Repository
+from kiln.backup.pgbackrest import TLS_DIR, PgBackRest
 from kiln.backup.secrets import S3_NAMES, ensure_secrets, secret
 from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError
@@ -15,6 +16,7 @@ from kiln.replication import running_standbys
 from kiln.settings import Settings
 
 KINDS = ("full", "diff", "incr")
+TLS_CERT = f"{TLS_DIR}/instance.pem"
 SAID_MAX = 240  # characters of the tool's own words quoted in a one-line failure
 
 
@@ -46,7 +48,7 @@ def first_running(provider: Provider, role: str) -> Instance | None:
 
 def require_db(provider: Provider) -> Instance:
     """The running db instance; of a primary and its standby, the primary (a standby's cluster
-    is read-only, and pgBackRest backs up the primary)."""
+    is read-only: restores and checks go to the primary)."""
     running = [i for i in provider.instances("db") if i.running]
     if len(running) > 1:
         standbys = {i.name for i in running_standbys(provider)}
@@ -67,11 +69,26 @@ def tools(settings: Settings, env: str, backup: BackupSettings) -> list[BackupTo
     db = require_db(provider)
     key = secret(settings, env, "KILN_BACKUP_KEY")
     s3 = s3_access(settings, env, backup)
-    found: list[BackupTool] = [tool_class("pgbackrest")(provider.channel(db, [key]), backup, key, s3)]
+    standby = backup_standby(provider)
+    database = PgBackRest(provider.channel(standby or db, [key]), backup, key, s3)
+    if standby is not None:
+        database.primary = provider.peer_address(db.name, standby.zone)
+    found: list[BackupTool] = [database]
     web = first_running(provider, "web")
     if web is not None:
         found.append(tool_class("restic")(provider.channel(web, [key]), backup, key, s3))
     return found
+
+
+def backup_standby(provider: Provider) -> Instance | None:
+    """The running standby a backup is taken on, so the primary only starts and stops it: one
+    with its instance certificate (pgBackRest's TLS server; cloud-init/db.yml.j2)."""
+    if provider.env.count("db") < 2:
+        return None
+    certified = (
+        i for i in running_standbys(provider) if provider.probe(i, ("/usr/bin/test", "-s", TLS_CERT))
+    )
+    return next(certified, None)
 
 
 def s3_access(settings: Settings, env: str, backup: BackupSettings) -> S3Access | None:
@@ -108,10 +125,14 @@ def take_backup(settings: Settings, env: str, kind: str, backup: BackupSettings)
     created = ensure_secrets(settings, env)
     if created:
         console.say(f"created {created} with a new backup key: keep a copy off this machine")
-    configure_standbys(settings, env, backup)
+    configure_databases(settings, env, backup)
     records = []
     for tool in tools(settings, env, backup):
         tool.configure()
+        if isinstance(tool, PgBackRest) and tool.primary:
+            console.say(
+                f"pgbackrest: backing up on a standby; the primary ({tool.primary}) only starts and stops it"
+            )
         try:
             tool.prepare_repository()
             records.append(tool.backup(kind))
@@ -122,16 +143,17 @@ def take_backup(settings: Settings, env: str, kind: str, backup: BackupSettings)
     return records
 
 
-def configure_standbys(settings: Settings, env: str, backup: BackupSettings) -> None:
-    """pgBackRest's settings in every standby too, so a promoted one archives its WAL at once."""
+def configure_databases(settings: Settings, env: str, backup: BackupSettings) -> None:
+    """pgBackRest's settings in every running db instance of a pair: the primary archives its WAL
+    with them (also while the backup runs on its standby), and a promoted standby at once."""
     provider = get_provider(settings, source_environment(settings, env))
-    standbys = running_standbys(provider) if provider.env.count("db") > 1 else []
-    if not standbys:
-        return
+    running = [i for i in provider.instances("db") if i.running]
+    if len(running) < 2:
+        return  # a lone db instance is the one the backup runs in, which configures it
     key = secret(settings, env, "KILN_BACKUP_KEY")
     s3 = s3_access(settings, env, backup)
-    for standby in standbys:
-        tool_class("pgbackrest")(provider.channel(standby, [key]), backup, key, s3).configure()
+    for instance in running:
+        tool_class("pgbackrest")(provider.channel(instance, [key]), backup, key, s3).configure()
 
 
 def unreachable(env: str, tool: str, s3: S3Repository, fault: BackupFault) -> BackupFault:

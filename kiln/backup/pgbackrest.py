@@ -16,6 +16,8 @@ from kiln.backup.base import CA_PATH, BackupFault, BackupRecord, BackupSettings,
 
 STANZA = "main"
 CONF_D = "/etc/pgbackrest/conf.d/kiln.conf"
+DATA = "/var/lib/postgresql/15/main"
+TLS_DIR = "/etc/kiln/tls"  # a pair's instance certificate, from user-data (cloud-init/db.yml.j2)
 REPO_PATH = "/var/lib/pgbackrest"  # the docker volume standing for off-site storage
 SEGMENT = re.compile(r"(?:^|/)([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(?:-[0-9a-f]{40})?(?:\.\w+)?$")
 SEGMENTS_PER_LOG = 0x100  # 16 MiB segments: 4 GiB of WAL per log file number
@@ -191,9 +193,25 @@ def wal_gaps(names: list[str], start: str) -> list[str]:
     return [segment_name(first_timeline, p) for p in range(first, max(present) + 1) if p not in present]
 
 
+def primary_options(primary: str) -> list[str]:
+    """pgBackRest run on a standby: the primary is pg2, reached through its pgBackRest TLS server
+    (both instances present certificates from the environment's CA). With --backup-standby, a
+    backup is started and stopped on the primary and its files are copied from the standby."""
+    return [
+        f"--pg2-host={primary}",
+        "--pg2-host-type=tls",
+        f"--pg2-host-ca-file={TLS_DIR}/ca.pem",
+        f"--pg2-host-cert-file={TLS_DIR}/instance.pem",
+        f"--pg2-host-key-file={TLS_DIR}/instance.key",
+        f"--pg2-path={DATA}",
+    ]
+
+
 class PgBackRest(BackupTool):
     name = "pgbackrest"
     causes = _CAUSES
+    # Set when this instance is a standby: the primary's address as the standby reaches it.
+    primary: str | None = None
 
     def pgbackrest(self, *args: str, cause: str = "tool-failed") -> Result:
         return self.run(["pgbackrest", f"--stanza={STANZA}", *args], cause=cause, user="postgres")
@@ -205,13 +223,14 @@ class PgBackRest(BackupTool):
 
     def prepare_repository(self) -> None:
         """Create the stanza (idempotent)."""
-        self.pgbackrest("stanza-create")
+        self.pgbackrest(*(primary_options(self.primary) if self.primary else []), "stanza-create")
 
     def backup(self, kind: str) -> BackupRecord:
+        remote = ["--backup-standby", *primary_options(self.primary)] if self.primary else []
         if self.s3 is None:
-            self.pgbackrest(f"--type={kind}", "backup")
+            self.pgbackrest(*remote, f"--type={kind}", "backup")
         else:
-            command = ["pgbackrest", f"--stanza={STANZA}", f"--type={kind}", "backup"]
+            command = ["pgbackrest", f"--stanza={STANZA}", *remote, f"--type={kind}", "backup"]
             result = self.shell.stream(command, FailedWatch(), user="postgres")
             if not result.ok or result.stopped:
                 raise self.fault(result, "tool-failed")
@@ -283,7 +302,7 @@ class PgBackRest(BackupTool):
     ) -> Result:
         """Into the held (stopped) cluster: empty the data folder, restore, leave archiving off.
         `exclusive`: stop just before the target (an LSN where a standby's replay paused)."""
-        self.run(["find", "/var/lib/postgresql/15/main", "-mindepth", "1", "-delete"], user="postgres")
+        self.run(["find", DATA, "-mindepth", "1", "-delete"], user="postgres")
         # A local volume has no transient errors worth pgBackRest's retry after 15 s.
         retry = ["--job-retry=0"] if self.settings.repository == "volume" else []
         args = ["--archive-mode=off", "--log-level-console=warn", *retry]

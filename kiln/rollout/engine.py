@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln import cloudinit, notify
+from kiln import cloudinit, notify, tls
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
@@ -72,9 +72,13 @@ def replication_settings(
         return None
     others = [i for i in provider.instances("db") if i.name != instance]
     standby = instance != "db1" or bool(others)
+    # Its certificate: pgBackRest's TLS server, through which a standby's backup reads the primary.
+    names = list(dict.fromkeys([instance, provider.peer_address(instance, zone)]))
     return {
         "password": kept_secret(settings, env, "replication-password"),
         "primary": provider.database_address(zone) if standby else None,
+        "tls": tls.issue_instance(tls.authority(settings, env.name), names),
+        "peers": [f"db{number}" for number in range(1, env.count("db") + 1)],
     }
 
 

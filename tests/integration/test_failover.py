@@ -87,6 +87,13 @@ def psql(docker_client, instance: str, sql: str) -> str:
     return out.decode().strip()
 
 
+def pgbackrest(docker_client, instance: str, *args: str) -> str:
+    db = docker_client.containers.get(f"kiln-{ENV}-{instance}")
+    code, out = db.exec_run(["runuser", "-u", "postgres", "--", "pgbackrest", "--stanza=main", *args])
+    assert code == 0, out.decode()
+    return out.decode()
+
+
 def roles(kiln) -> dict[str, str]:
     return {i["name"]: i["lb_role"] for i in status(kiln, ENV)["instances"] if i["role"] == "db"}
 
@@ -112,7 +119,7 @@ def test_a_drill_reads_its_reference_on_the_standby_and_restores_to_that_point(k
     writer.start()
     try:
         writer.wait_acks(50)
-        kiln.invoke("backup", ENV, timeout=600)
+        backup = kiln.invoke("backup", ENV, timeout=600)
         writer.wait_acks(20)
         drill = kiln.invoke("dr-drill", ENV, timeout=900)
         writer.wait_acks(20)
@@ -124,6 +131,10 @@ def test_a_drill_reads_its_reference_on_the_standby_and_restores_to_that_point(k
     checks = {check["name"]: check for check in report["checks"]}
     print(f"drill with a standby: {checks['source reference']['detail']}; RTO {report['rto_seconds']} s")
     assert report["ok"], drill.stdout
+    # The backup it restored was taken on the standby: the primary only started and stopped it.
+    assert "backing up on a standby" in backup.stdout + backup.stderr
+    manifest = pgbackrest(docker_client, "db2", "repo-get", "backup/main/latest/backup.manifest")
+    assert "option-backup-standby=true" in manifest.splitlines()
     assert "on standby db2, replay paused at LSN" in checks["source reference"]["detail"]
     assert "match the reference" in checks["tables"]["detail"], checks["tables"]
     assert not writer.failed, "the primary kept taking writes while the reference was read"

@@ -6,7 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from kiln import tls
 from kiln.failover import FailoverReport, lost_window
 from tests.unit.test_worker_rollout import WorkerRig
 
@@ -20,8 +24,13 @@ def web_db_host(user_data: str) -> str:
     return re.search(r"KILN_DB_HOST=(\S+)", user_data)[1]
 
 
-def test_db1_starts_as_the_primary_and_db2_as_its_standby_through_the_load_balancer(tmp_path):
-    rig = WorkerRig(tmp_path, instances={"web": 1, "db": 2})
+def pair(tmp_path, project) -> WorkerRig:
+    """web 1, db 2 on the in-memory provider; in a project copy, where the pair's CA is made."""
+    return WorkerRig(tmp_path, instances={"web": 1, "db": 2}, project=project)
+
+
+def test_db1_starts_as_the_primary_and_db2_as_its_standby_through_the_load_balancer(tmp_path, project):
+    rig = pair(tmp_path, project)
     primary, standby = db_env(rig.provider.user_data["db1"]), db_env(rig.provider.user_data["db2"])
     assert "KILN_DB_PRIMARY" not in primary and primary["KILN_DB_REPLICATION_PASSWORD"]
     assert standby["KILN_DB_PRIMARY"] == "lb.fake"  # whichever instance the LB routes to
@@ -30,8 +39,8 @@ def test_db1_starts_as_the_primary_and_db2_as_its_standby_through_the_load_balan
     assert web_db_host(rig.provider.user_data["web1"]) == "lb.fake"
 
 
-def test_db1_relaunched_beside_a_running_db2_comes_back_as_its_standby(tmp_path):
-    rig = WorkerRig(tmp_path, instances={"web": 1, "db": 2})
+def test_db1_relaunched_beside_a_running_db2_comes_back_as_its_standby(tmp_path, project):
+    rig = pair(tmp_path, project)
     engine = rig.engine()
     [db1] = [i for i in rig.provider.instances("db") if i.name == "db1"]
     engine.terminate(db1)  # what a failover does to the old primary
@@ -73,3 +82,32 @@ def test_the_report_says_lost_writes_in_one_line():
         "in the 2.1 s after 2026-12-03T18:00:00.000+00:00"
         in FailoverReport(**base, lost_window_seconds=2.1).lost_writes()
     )
+
+
+def written_file(user_data: str, path: str) -> tuple[dict, str]:
+    """(the write_files entry, its content) from rendered user-data."""
+    [entry] = [f for f in yaml.safe_load(user_data)["write_files"] if f["path"] == path]
+    return entry, entry["content"]
+
+
+def test_each_instance_of_a_pair_gets_a_certificate_its_peers_trust(tmp_path, project):
+    """pgBackRest's TLS server on each db instance: its certificate from the environment's CA names
+    the instance as its peers reach it, serves and authenticates (a standby's backup is its client),
+    and the key is the postgres account's alone; every db instance of the pair is allowed in."""
+    rig = pair(tmp_path, project)
+    ca = tls.authority(rig.settings, rig.env.name)
+    for name in ("db1", "db2"):
+        user_data = rig.provider.user_data[name]
+        _, pem = written_file(user_data, "/etc/kiln/tls/instance.pem")
+        certificate = x509.load_pem_x509_certificate(pem.encode())
+        certificate.verify_directly_issued_by(ca.certificate)
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.DNSName) == [name, f"{name}.fake"]
+        usages = set(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        assert usages == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+        key_entry, _ = written_file(user_data, "/etc/kiln/tls/instance.key")
+        assert (key_entry["owner"], key_entry["permissions"]) == ("postgres:postgres", "0600")
+        _, server = written_file(user_data, "/etc/pgbackrest/conf.d/server.conf")
+        assert re.findall(r"^tls-server-auth=(\S+)$", server, re.MULTILINE) == ["db1=main", "db2=main"]
+    lone = WorkerRig(tmp_path / "lone", instances={"db": 1}, project=project)
+    assert "/etc/kiln/tls/instance.pem" not in lone.provider.user_data["db1"]
