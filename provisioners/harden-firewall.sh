@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Default-deny nftables ruleset: inbound only loopback, replies, ICMP, SSH and the role's own
-# ports (KILN_PORTS from the role file). Persisted in /etc/nftables.conf (nftables.service loads
+# Default-deny nftables ruleset: inbound only loopback, replies, ICMP, SSH, node metrics
+# (prometheus-node-exporter, 9100: every instance serves them) and the role's own ports (KILN_PORTS from the role file). Persisted in /etc/nftables.conf (nftables.service loads
 # it on a VM) and applied at boot by base's firewall service where CAP_NET_ADMIN allows.
 # finish.sh re-runs it at the end of every child bake so each role opens its own ports.
 set -euo pipefail
-ports="22"
+ports="22, 9100"
 for port in ${KILN_PORTS:-}; do
   [[ "$port" =~ ^[0-9]+$ ]] || { echo "KILN_PORTS: '$port' is not a port number" >&2; exit 1; }
   ports="$ports, $port"

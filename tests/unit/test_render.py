@@ -61,7 +61,7 @@ def test_provisioners_run_packages_first_and_finish_last(settings):
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_every_target_installs_the_declared_services_and_its_cloud_init(settings, target):
     for role, services in {
-        "base": ["ssh-hostkeys", "firewall", "syslog"],
+        "base": ["ssh-hostkeys", "firewall", "node-exporter", "syslog"],
         "web": ["web-app", "nginx"],
     }.items():
         shell = [

@@ -27,7 +27,13 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, str(IMAGE_LIB))
 import kiln_services  # noqa: E402  (the module baked into every image)
 
-PACKAGED = ("rsyslog.service", "nginx.service", "postgresql@.service", "haproxy.service")
+PACKAGED = (
+    "rsyslog.service",
+    "prometheus-node-exporter.service",
+    "nginx.service",
+    "postgresql@.service",
+    "haproxy.service",
+)
 
 
 def write_role(project: Path, body: str) -> None:
@@ -112,7 +118,12 @@ def unit_settings(path: Path) -> dict[str, str]:
 def test_web_units_are_rendered_enabled_and_ordered(settings, tmp_path):
     installed = install_chain(settings, "web", tmp_path)
     assert installed == {
-        "base": ["kiln-ssh-hostkeys.service", "kiln-firewall.service", "rsyslog.service"],
+        "base": [
+            "kiln-ssh-hostkeys.service",
+            "kiln-firewall.service",
+            "prometheus-node-exporter.service",
+            "rsyslog.service",
+        ],
         "web": ["kiln-web-app.service", "nginx.service"],
     }
     units = tmp_path / "etc/systemd/system"

@@ -15,6 +15,7 @@ import time
 import pytest
 
 PORTS = {int(p) for p in os.environ.get("KILN_VERIFY_PORTS", "").split()}
+NODE_METRICS = 9100  # prometheus-node-exporter, base's: open on every instance
 # "container" (kiln-init is PID 1, no sshd) or "vm" (systemd boots the image, sshd serves SSH).
 ON_VM = os.environ.get("KILN_VERIFY_RUNTIME") == "vm"
 
@@ -427,7 +428,7 @@ def test_firewall_persisted_default_deny_with_role_ports(host):
     ruleset = host.file("/etc/nftables.conf").content_string
     assert "type filter hook input priority filter; policy drop;" in ruleset
     opened = {int(p) for p in re.search(r"tcp dport \{ ([\d, ]+) \}", ruleset)[1].split(",")}
-    assert opened == PORTS | {22}
+    assert opened == PORTS | {22, NODE_METRICS}
 
 
 def test_firewall_loaded_at_boot_on_a_vm(host):
@@ -440,7 +441,7 @@ def test_firewall_applied_at_boot(host):
     """The network namespace is the container's own: the ruleset must be live, not just on disk."""
     live = host.check_output("nft list chain inet kiln input")
     assert "policy drop;" in live
-    for port in PORTS | {22}:
+    for port in PORTS | {22, NODE_METRICS}:
         # nft prints one port bare and several as a set.
         assert re.search(rf"tcp dport (\{{[^}}]*\b{port}\b|{port}\b)", live), f"port {port} not open live"
 
@@ -452,7 +453,7 @@ def test_only_role_ports_listen_beyond_loopback(host):
         ip, _, port = address.rpartition(":")
         if ip not in ("127.0.0.1", "[::1]", "::1"):
             listening.add(int(port))
-    allowed = PORTS | ({22} if ON_VM else set())
+    allowed = PORTS | {NODE_METRICS} | ({22} if ON_VM else set())
     assert listening <= allowed, f"unexpected listening ports {sorted(listening - allowed)}"
 
 

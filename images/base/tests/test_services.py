@@ -5,6 +5,8 @@ in a container, systemd on a VM), checked by the readiness probe systemd runs to
 import json
 import os
 
+from prometheus_client.parser import text_string_to_metric_families
+
 ROLE = os.environ.get("KILN_VERIFY_ROLE", "")
 UNITS = "/etc/systemd/system"
 WANTED = f"{UNITS}/multi-user.target.wants"
@@ -55,3 +57,20 @@ def test_long_running_services_are_ready(host):
         # It polls for up to the service's readiness timeout itself.
         probe = host.run(f"/usr/local/sbin/kiln-services ready {service['name']}")
         assert probe.rc == 0, f"{service['name']} not ready: {probe.stderr.strip()[-200:]}"
+
+
+def test_node_metrics_parse_as_prometheus_exposition_format(host):
+    """Every instance serves its host's metrics (base's node-exporter service): what a Prometheus
+    server scrapes on port 9100, read by the reference parser, with the node's own families."""
+    probe = host.run("/usr/local/sbin/kiln-services ready node-exporter")  # waits up to its timeout
+    assert probe.rc == 0, f"node-exporter not ready: {probe.stderr.strip()[-200:]}"
+    page = host.check_output(
+        'python3 -c "import urllib.request as u; '
+        "print(u.urlopen('http://127.0.0.1:9100/metrics', timeout=10).read().decode())\""
+    )
+    families = {f.name: f for f in text_string_to_metric_families(page)}
+    assert families["node_cpu_seconds"].type == "counter"  # the parser drops a counter's _total
+    assert families["node_memory_MemTotal_bytes"].samples[0].value > 0
+    assert families["node_load1"].type == "gauge"
+    processes = host.process.filter(comm="prometheus-node")  # comm is cut at 15 characters
+    assert processes and {p.user for p in processes} == {"prometheus"}
