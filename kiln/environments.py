@@ -7,6 +7,7 @@ section of their own: add an optional dataclass field to `EnvironmentSpec` (like
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,13 @@ class SyslogDestination:
     )  # fmt: skip
     port: int = spec(514, help="the log host's syslog port", minimum=1, maximum=65535)
     protocol: str = spec(
-        "tcp", help="tcp (messages wait in a queue while the host is away) or udp", choices=("tcp", "udp")
+        "tcp",
+        help="tcp (messages wait in a queue while the host is away), tls (tcp, encrypted, the host's "
+        "certificate checked against ca_file and its name) or udp",
+        choices=("tcp", "tls", "udp"),
+    )
+    ca_file: str | None = spec(
+        None, help="with tls: project path of the PEM CA certificate that signed the log host's certificate"
     )
 
 
@@ -182,6 +189,8 @@ def load(settings: Settings, name: str) -> Environment:
     validate(name, env_spec, display)
     if env_spec.frontend.maintenance_page:
         check_maintenance_page(settings, env_spec.frontend.maintenance_page, display)
+    if env_spec.syslog is not None and env_spec.syslog.ca_file:
+        syslog_ca(settings, env_spec.syslog, display)
     if env_spec.notify:
         check_notify(env_spec.notify, display)
     return Environment(name, env_spec, display)
@@ -200,6 +209,30 @@ def check_maintenance_page(settings: Settings, page: str, display: str) -> None:
     size = len(path.read_bytes())
     if size > MAINTENANCE_PAGE_LIMIT:
         raise KilnError(f"{where}: {page} is {size} bytes; HAProxy serves at most {MAINTENANCE_PAGE_LIMIT}")
+
+
+def syslog_ca(settings: Settings, syslog: SyslogDestination, display: str) -> str:
+    """The PEM text of the log host's CA (`syslog.ca_file`), which instances receive in user-data."""
+    path = settings.project_root / (syslog.ca_file or "")
+    where = f"{display}: field 'syslog.ca_file'"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KilnError(
+            f"{where}: cannot read {syslog.ca_file}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise KilnError(f"{where}: {syslog.ca_file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    return text
+
+
+def syslog_variables(settings: Settings, env: Environment) -> dict | None:
+    """The `syslog` variable of the user-data templates: the destination, and its CA's PEM text."""
+    syslog = env.spec.syslog
+    if syslog is None:
+        return None
+    ca = syslog_ca(settings, syslog, env.file) if syslog.ca_file else None
+    return {**dataclasses.asdict(syslog), "ca": ca}
 
 
 def validate(name: str, s: EnvironmentSpec, display: str) -> None:
@@ -232,6 +265,11 @@ def validate(name: str, s: EnvironmentSpec, display: str) -> None:
             f"a standby needs a load balancer that follows the primary, which the {s.provider} "
             "provider does not build yet; use 1",
         )
+    if s.syslog is not None and (s.syslog.protocol == "tls") != (s.syslog.ca_file is not None):
+        wanted = (
+            "name the PEM file of the log host's CA" if s.syslog.ca_file is None else "remove it, or use tls"
+        )
+        fail("syslog.ca_file", f"{wanted} (protocol {s.syslog.protocol})")
     if s.frontend.tls is not None and not s.frontend.tls.names:
         fail("frontend.tls.names", "list at least one host name or address for the certificate")
     backup = s.backup

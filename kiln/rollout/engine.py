@@ -10,7 +10,6 @@ policy's minimum. Providers turn their SDK's errors into Kiln's; the engine catc
 from __future__ import annotations
 
 import collections
-import dataclasses
 import os
 import secrets
 import threading
@@ -20,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln import cloudinit, notify, tls
+from kiln import cloudinit, environments, notify, tls
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
@@ -114,7 +113,7 @@ class Engine:
             "version": image.version,
             "db": db_settings(self.settings, self.env, self.provider, zone),
             "app": self.env.spec.app,
-            "syslog": dataclasses.asdict(self.env.spec.syslog) if self.env.spec.syslog else None,
+            "syslog": environments.syslog_variables(self.settings, self.env),
             "replication": (
                 replication_settings(self.settings, self.env, self.provider, instance, zone)
                 if role == "db"

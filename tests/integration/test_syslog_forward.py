@@ -1,16 +1,21 @@
 """An environment's `syslog:` log host gets what its instances log: a local web instance, launched
 with the user-data the rollout engine renders (schema-checked by the image's cloud-init), forwards
-through its own rsyslog to a TCP receiver this test runs on the gateway of the instance's network."""
+through its own rsyslog to a receiver this test runs on the gateway of the instance's network:
+over TCP, and over TLS to a receiver that speaks only TLS, with a certificate from a CA the
+environment names (`syslog.ca_file`) for the address the instance connects to."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from kiln import environments
+from kiln import environments, tls
 from kiln.images import DockerImageStore
 from kiln.polling import poll
 from kiln.providers.local import LocalProvider
@@ -23,7 +28,7 @@ ENVIRONMENT = """provider: local
 zones: [z0]
 instances: {{web: 1}}
 frontend: {{port: 0}}
-syslog: {{host: '{host}', port: {port}}}
+syslog: {{host: '{host}', port: {port}, protocol: {protocol}{ca}}}
 """
 TAG = "kiln-forward-test"
 
@@ -31,7 +36,8 @@ TAG = "kiln-forward-test"
 class Receiver:
     """A syslog-over-TCP receiver: every line any client sends, kept in order."""
 
-    def __init__(self, host: str):
+    def __init__(self, host: str, context: ssl.SSLContext | None = None):
+        self.context = context
         self.listener = socket.create_server((host, 0))
         self.port = self.listener.getsockname()[1]
         self.lines: list[str] = []
@@ -46,6 +52,12 @@ class Receiver:
             threading.Thread(target=self.read, args=(conn,), daemon=True).start()
 
     def read(self, conn: socket.socket) -> None:
+        if self.context is not None:
+            try:
+                conn = self.context.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):  # a client that does not speak TLS, or distrusts us
+                conn.close()
+                return
         with conn, conn.makefile("r", errors="replace") as stream:
             for line in stream:
                 self.lines.append(line.rstrip("\n"))
@@ -60,20 +72,40 @@ class Receiver:
         self.listener.close()
 
 
-def test_an_instance_forwards_its_syslog_to_the_environments_log_host(kiln, baked_web, docker_client):
+def tls_context(folder: Path, address: str) -> tuple[ssl.SSLContext, str]:
+    """The log host's side: a certificate for `address` from a CA of its own; the CA's file name."""
+    ca = tls.new_authority("logs")
+    certificate, key = tls.leaf(ca, [address], 30, [ExtendedKeyUsageOID.SERVER_AUTH])
+    (folder / "logs-ca.pem").write_bytes(ca.pem)
+    (folder / "logs.pem").write_bytes(certificate + key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "logs.pem")
+    return context, "logs-ca.pem"
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "tls"])
+def test_an_instance_forwards_its_syslog_to_the_environments_log_host(
+    kiln, baked_web, docker_client, protocol
+):
     settings = Settings(project_root=kiln.project, state_dir=kiln.project / ".kiln", image_repo=kiln.prefix)
-    name = f"{kiln.prefix}-logs"
+    name = f"{kiln.prefix}-logs-{protocol}"
     env_file = environments.env_dir(settings) / f"{name}.yml"
     environments.env_dir(settings).mkdir(exist_ok=True)  # the session's project copy has none
-    env_file.write_text(ENVIRONMENT.format(host="192.0.2.1", port=514))  # until the network exists
+    env_file.write_text(
+        ENVIRONMENT.format(host="192.0.2.1", port=514, protocol="tcp", ca="")
+    )  # no network yet
     provider = LocalProvider(settings, environments.load(settings, name))
     receiver = None
     try:
         provider.ensure_networks()
         network = docker_client.networks.get(provider.network_name(0))
         gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
-        receiver = Receiver(gateway)
-        env_file.write_text(ENVIRONMENT.format(host=gateway, port=receiver.port))
+        context, ca = tls_context(kiln.project, gateway) if protocol == "tls" else (None, None)
+        receiver = Receiver(gateway, context)
+        ca_field = f", ca_file: {ca}" if ca else ""
+        env_file.write_text(
+            ENVIRONMENT.format(host=gateway, port=receiver.port, protocol=protocol, ca=ca_field)
+        )
         env = environments.load(settings, name)
         engine = Engine(settings, env, provider, say=lambda _: None)  # it renders with `env`
         record = DockerImageStore(docker_client, settings).find("web", baked_web["web"])

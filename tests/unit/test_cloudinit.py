@@ -87,6 +87,20 @@ def test_every_role_forwards_its_syslog_only_when_the_environment_names_a_log_ho
     text = cloudinit.render(Settings(project_root=REPO), role, {**variables, "syslog": syslog})
     forward = files_of(text)[FORWARD]
     assert 'target="logs.example.org" port="6514" protocol="udp"' in forward["content"]
-    assert forward["content"].startswith("*.* action(type=\"omfwd\"")  # every facility and level
+    assert forward["content"].startswith('*.* action(type="omfwd"')  # every facility and level
     # A VM's rsyslog reads it again; the guard keeps a container (no systemd) from failing cloud-init.
     assert "systemctl try-restart rsyslog.service" in yaml.safe_load(text)["runcmd"][0][2]
+
+
+def test_syslog_over_tls_checks_the_log_hosts_certificate_and_name():
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    syslog = {"host": "logs.example.org", "port": 6514, "protocol": "tls", "ca_file": "ca.pem", "ca": ca}
+    text = cloudinit.render(Settings(project_root=REPO), "web", {**VARIABLES, "syslog": syslog})
+    written = files_of(text)
+    assert written["/etc/kiln/syslog-ca.pem"]["content"] == ca
+    forward = " ".join(written[FORWARD]["content"].split())
+    assert 'global(DefaultNetstreamDriverCAFile="/etc/kiln/syslog-ca.pem")' in forward
+    assert (
+        'protocol="tcp" StreamDriver="gtls" StreamDriverMode="1" StreamDriverAuthMode="x509/name"' in forward
+    )
+    assert 'StreamDriverPermittedPeers="logs.example.org"' in forward

@@ -1,6 +1,5 @@
 """environments/<env>.yml: the shipped files load; bad input gives one line naming file and field."""
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -46,7 +45,7 @@ def test_the_seed_teams_environments_load_and_render_every_roles_user_data(name)
             "environment": name, "zone": env.zones[0], "zone_index": 0, "instance": f"{role}1",
             "role": role, "version": "0" * 12, "app": env.spec.app, "replication": None,
             "db": {"host": "db", "port": 5432, "name": "kiln", "user": "kiln", "password": "x"},
-            "syslog": dataclasses.asdict(env.spec.syslog) if env.spec.syslog else None,
+            "syslog": environments.syslog_variables(settings, env),
         }  # fmt: skip
         assert yaml.safe_load(cloudinit.render(settings, role, variables))["write_files"]
 
@@ -137,8 +136,24 @@ def test_bad_fields_name_file_and_field(project, extra, message):
             r"field 'syslog.host': 'logs\" x' must be a host name or an IP address$",
         ),
         (
+            GOOD + "syslog: {host: logs, protocol: tcps}\n",
+            r"field 'syslog.protocol': 'tcps' is not one of tcp, tls, udp",
+        ),
+        (
             GOOD + "syslog: {host: logs, protocol: tls}\n",
-            r"field 'syslog.protocol': 'tls' is not one of tcp, udp",
+            r"field 'syslog.ca_file': name the PEM file of the log host's CA \(protocol tls\)$",
+        ),
+        (
+            GOOD + "syslog: {host: logs, ca_file: ca.pem}\n",
+            r"field 'syslog.ca_file': remove it, or use tls \(protocol tcp\)$",
+        ),
+        (
+            GOOD + "syslog: {host: logs, protocol: tls, ca_file: missing.pem}\n",
+            r"field 'syslog.ca_file': cannot read missing.pem: No such file or directory$",
+        ),
+        (
+            GOOD + "syslog: {host: logs, protocol: tls, ca_file: environments/t.yml}\n",
+            r"field 'syslog.ca_file': environments/t.yml holds no PEM certificate",
         ),
         (GOOD + "syslog: {host: logs, port: 0}\n", r"field 'syslog.port': 0 is out of range: use 1 to 65535"),
         (
