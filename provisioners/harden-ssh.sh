@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # OpenSSH server hardened after dev-sec ssh-baseline and ANSSI BP-028: keys only, no root,
-# modern algorithms only, verbose logs. Host keys are never baked: each instance makes its own
-# at first boot (base's ssh-hostkeys service, and ssh.service's ExecStartPre on a VM).
+# modern algorithms only, verbose logs. Host keys are never baked: each VM makes its own at first
+# boot (base's ssh-hostkeys service, and ssh.service's ExecStartPre); a container runs no sshd.
 set -euo pipefail
 
 cat > /etc/ssh/sshd_config <<'CONF'
