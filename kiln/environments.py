@@ -137,6 +137,12 @@ class EnvironmentSpec:
     syslog: SyslogDestination | None = spec(
         None, help="a log host every instance's rsyslog forwards all its messages to"
     )
+    internal_tls: bool = spec(
+        False,
+        help="encrypt traffic between instances (PCI: all service traffic): PostgreSQL takes TCP "
+        "logins over TLS only, and the application and the standbys verify its certificate, issued "
+        "from the environment's CA at launch",
+    )
     # where rollout and drill events are sent (kiln/notify.py)
     notify: NotifySettings | None = spec(None, help="where rollout and drill events go: webhooks, email")
 

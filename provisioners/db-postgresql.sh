@@ -46,4 +46,4 @@ CONF
 chown postgres:postgres /etc/pgbackrest/pgbackrest.conf
 chmod 0640 /etc/pgbackrest/pgbackrest.conf
 chmod 0755 /usr/local/sbin/kiln-pgbackrest-archive-push /usr/local/sbin/kiln-db-bootstrap \
-  /usr/local/sbin/kiln-db-standby /usr/local/sbin/kiln-db-role-agent
+  /usr/local/sbin/kiln-db-standby /usr/local/sbin/kiln-db-role-agent /usr/local/sbin/kiln-db-tls

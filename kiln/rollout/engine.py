@@ -71,14 +71,31 @@ def replication_settings(
         return None
     others = [i for i in provider.instances("db") if i.name != instance]
     standby = instance != "db1" or bool(others)
-    # Its certificate: pgBackRest's TLS server, through which a standby's backup reads the primary.
-    names = list(dict.fromkeys([instance, provider.peer_address(instance, zone)]))
     return {
         "password": kept_secret(settings, env, "replication-password"),
         "primary": provider.database_address(zone) if standby else None,
-        "tls": tls.issue_instance(tls.authority(settings, env.name), names),
+        # pgBackRest's TLS server admits these: a standby's backup reads the primary through it
         "peers": [f"db{number}" for number in range(1, env.count("db") + 1)],
     }
+
+
+def instance_tls(
+    settings: Settings, env: Environment, provider: Provider, role: str, instance: str, zone: int
+):
+    """What an instance needs to speak TLS with its peers (the environment's CA, and for a db
+    instance its own certificate): for a db pair's pgBackRest, and everywhere with `internal_tls`.
+    A db certificate names every address the others reach it by: its own, and the database's as
+    each zone sees it (the load balancer's, in a pair)."""
+    internal = env.spec.internal_tls
+    if not (internal or (role == "db" and env.count("db") > 1)) or env.count("db") == 0:
+        return None
+    ca = tls.authority(settings, env.name)
+    if role != "db":
+        return {"ca": ca.pem.decode(), "internal": internal}
+    names = [instance, provider.peer_address(instance, zone)]
+    names += [provider.database_address(z) for z in range(len(env.zones))]
+    issued = tls.issue_instance(ca, list(dict.fromkeys(names)))
+    return {"ca": issued.ca, "certificate": issued.certificate, "key": issued.key, "internal": internal}
 
 
 @dataclass
@@ -119,6 +136,7 @@ class Engine:
                 if role == "db"
                 else None
             ),
+            "tls": instance_tls(self.settings, self.env, self.provider, role, instance, zone),
         }
         return cloudinit.render(self.settings, role, variables)
 

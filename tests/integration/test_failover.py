@@ -3,6 +3,7 @@ killed under a steady writer, `invoke failover`, and the lost writes counted aga
 the report gives; then `invoke up` makes the old primary's replacement a standby of the new one.
 
 Then the db role rolls out through its standby under the same writer, with no failed request.
+All of it with `internal_tls`: the application and the standby reach PostgreSQL over TLS only.
 
 The environment `fo<pid>` has web 1 and db 2 over two zones; everything labelled with it is
 removed at the end, even on failure. The writer posts records through the frontend (loopback),
@@ -37,6 +38,7 @@ instances: {web: 1, db: 2}
 frontend: {port: 0}
 health: {path: /health, interval: 0.5, rise: 2, fall: 2, timeout: 120}
 backup: {}
+internal_tls: true
 """
 WRITE_EVERY = 0.05  # seconds between two writes
 MAX_WRITES = 6000  # the writer's bound in count; MAX_SECONDS in time
@@ -109,6 +111,31 @@ def pair(kiln, baked_all, docker_client):
             yield ENV
     finally:
         remove_env(docker_client, kiln.project, ENV)  # the drills' environments, the repositories
+
+
+def test_with_internal_tls_every_login_from_the_network_is_encrypted(kiln, pair, docker_client):
+    """The app's sessions and the standby's replication arrive over TLS (checked against the
+    environment's CA by name: verify-full), and a plaintext login is refused."""
+    writer = Writer(status(kiln, ENV)["frontend"])
+    writer.start()
+    try:
+        writer.wait_acks(5)  # the app holds a database session
+    finally:
+        writer.stop.set()
+        writer.join(timeout=30)
+    sessions = psql(
+        docker_client, "db1",
+        "SELECT a.application_name || ' ' || s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+        "WHERE a.client_addr IS NOT NULL",
+    ).splitlines()  # fmt: skip
+    assert "db2 true" in sessions and "kiln-web true" in sessions, sessions
+    assert all(line.endswith(" true") for line in sessions), sessions
+    password = (kiln.project / ".kiln" / "envs" / ENV / "db-password").read_text().strip()
+    plaintext = docker_client.containers.get(f"kiln-{ENV}-db2").exec_run(
+        ["psql", "-XqAt", f"host=kiln-{ENV}-lb dbname=kiln user=kiln sslmode=disable", "-c", "SELECT 1"],
+        environment={"PGPASSWORD": password},
+    )
+    assert plaintext.exit_code != 0 and "no encryption" in plaintext.output.decode(), plaintext.output
 
 
 def test_a_drill_reads_its_reference_on_the_standby_and_restores_to_that_point(kiln, pair, docker_client):

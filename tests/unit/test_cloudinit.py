@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 VARIABLES = {
     "environment": "local", "zone": "z1", "zone_index": 1, "instance": "web4", "role": "web",
     "version": "abc123def456", "db": None, "app": {"greeting": "hi"}, "syslog": None, "replication": None,
+    "tls": None,
 }  # fmt: skip
 FORWARD = "/etc/rsyslog.d/90-kiln-forward.conf"
 

@@ -43,7 +43,7 @@ def test_the_seed_teams_environments_load_and_render_every_roles_user_data(name)
     for role in sorted(r for r, n in env.spec.instances.items() if n):
         variables = {
             "environment": name, "zone": env.zones[0], "zone_index": 0, "instance": f"{role}1",
-            "role": role, "version": "0" * 12, "app": env.spec.app, "replication": None,
+            "role": role, "version": "0" * 12, "app": env.spec.app, "replication": None, "tls": None,
             "db": {"host": "db", "port": 5432, "name": "kiln", "user": "kiln", "password": "x"},
             "syslog": environments.syslog_variables(settings, env),
         }  # fmt: skip

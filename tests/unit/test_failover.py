@@ -102,7 +102,7 @@ def test_each_instance_of_a_pair_gets_a_certificate_its_peers_trust(tmp_path, pr
         certificate = x509.load_pem_x509_certificate(pem.encode())
         certificate.verify_directly_issued_by(ca.certificate)
         names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert names.get_values_for_type(x509.DNSName) == [name, f"{name}.fake"]
+        assert names.get_values_for_type(x509.DNSName) == [name, f"{name}.fake", "lb.fake"]  # as reached
         usages = set(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
         assert usages == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
         key_entry, _ = written_file(user_data, "/etc/kiln/tls/instance.key")
@@ -111,3 +111,26 @@ def test_each_instance_of_a_pair_gets_a_certificate_its_peers_trust(tmp_path, pr
         assert re.findall(r"^tls-server-auth=(\S+)$", server, re.MULTILINE) == ["db1=main", "db2=main"]
     lone = WorkerRig(tmp_path / "lone", instances={"db": 1}, project=project)
     assert "/etc/kiln/tls/instance.pem" not in lone.provider.user_data["db1"]
+
+
+def test_internal_tls_makes_the_database_take_tls_logins_the_app_verifies(tmp_path, project):
+    """internal_tls: the db instance serves its certificate (naming every address it is reached
+    by) and refuses plaintext logins from the network; the app verifies it against the CA."""
+    rig = WorkerRig(tmp_path, instances={"web": 1, "db": 1}, project=project, settings={"internal_tls": True})
+    ca = tls.authority(rig.settings, rig.env.name)
+    db, web = rig.provider.user_data["db1"], rig.provider.user_data["web1"]
+    assert db_env(db)["KILN_DB_TLS"] == "required"  # kiln-db-tls makes pg_hba's network lines hostssl
+    _, conf = written_file(db, "/etc/postgresql/15/main/conf.d/90-kiln-tls.conf")
+    assert "ssl = on" in conf and "ssl_key_file = '/etc/kiln/tls/instance.key'" in conf
+    _, pem = written_file(db, "/etc/kiln/tls/instance.pem")
+    certificate = x509.load_pem_x509_certificate(pem.encode())
+    certificate.verify_directly_issued_by(ca.certificate)
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert web_db_host(web) in names.get_values_for_type(x509.DNSName)  # verify-full checks it
+    assert "/etc/pgbackrest/conf.d/server.conf" not in db  # no pair: no pgBackRest server
+    assert re.search(r"KILN_DB_SSLMODE=verify-full\s+KILN_DB_SSLROOTCERT=/etc/kiln/tls/ca.pem", web)
+    assert written_file(web, "/etc/kiln/tls/ca.pem")[1] == ca.pem.decode()
+
+    plain = WorkerRig(tmp_path / "plain", instances={"web": 1, "db": 1}, project=project)
+    assert "KILN_DB_SSLMODE" not in plain.provider.user_data["web1"]
+    assert "KILN_DB_TLS" not in plain.provider.user_data["db1"]

@@ -28,7 +28,12 @@ class WorkerRig:
     """web 1.0 behind the load balancer and worker 1.0 up on the fake; worker 2.0 baked."""
 
     def __init__(
-        self, tmp_path, script: Script | None = None, instances: dict | None = None, project: Path = REPO
+        self,
+        tmp_path,
+        script: Script | None = None,
+        instances: dict | None = None,
+        project: Path = REPO,
+        settings: dict | None = None,  # more of the environment file
     ):
         data = {
             "provider": "local",  # any registered name: the Engine is handed a FakeProvider
@@ -37,6 +42,7 @@ class WorkerRig:
             "frontend": {"port": 0},
             "health": {"timeout": 0.5, "rise": 2, "interval": 0.001},
             "rollout": {"drain_timeout": 0},
+            **(settings or {}),
         }
         self.env = Environment(
             "wk", parse(EnvironmentSpec, data, "environments/wk.yml"), "environments/wk.yml"

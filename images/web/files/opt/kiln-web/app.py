@@ -2,7 +2,8 @@
 keeps records in PostgreSQL and serves uploaded files, so both kinds of backup hold real data.
 
 Database settings come from the environment or /etc/kiln/web.env (KEY=VALUE lines written by
-cloud-init): KILN_DB_HOST, KILN_DB_PORT, KILN_DB_NAME, KILN_DB_USER, KILN_DB_PASSWORD. Without
+cloud-init): KILN_DB_HOST, KILN_DB_PORT, KILN_DB_NAME, KILN_DB_USER, KILN_DB_PASSWORD, and with
+internal_tls KILN_DB_SSLMODE and KILN_DB_SSLROOTCERT. Without
 KILN_DB_HOST the app runs without a database and /health still answers 200.
 """
 
@@ -82,6 +83,9 @@ def db():
         dbname=SETTINGS.get("KILN_DB_NAME", "kiln"),
         user=SETTINGS.get("KILN_DB_USER", "kiln"),
         password=SETTINGS.get("KILN_DB_PASSWORD", ""),
+        # internal_tls: verify-full against the environment's CA; libpq's default otherwise
+        sslmode=SETTINGS.get("KILN_DB_SSLMODE", "prefer"),
+        sslrootcert=SETTINGS.get("KILN_DB_SSLROOTCERT"),
         connect_timeout=3,
         application_name="kiln-web",
     )

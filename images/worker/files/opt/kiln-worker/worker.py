@@ -79,6 +79,9 @@ def connect(settings):
         dbname=settings.get("KILN_DB_NAME", "kiln"),
         user=settings.get("KILN_DB_USER", "kiln"),
         password=settings.get("KILN_DB_PASSWORD", ""),
+        # internal_tls: verify-full against the environment's CA; libpq's default otherwise
+        sslmode=settings.get("KILN_DB_SSLMODE", "prefer"),
+        sslrootcert=settings.get("KILN_DB_SSLROOTCERT"),
         connect_timeout=3,
         application_name="kiln-worker",
     )
