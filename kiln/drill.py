@@ -41,7 +41,14 @@ import yaml
 from kiln import console, environments, statestore, tls
 from kiln.backup import app, dbcheck
 from kiln.backup.base import BackupFault, BackupSettings
-from kiln.backup.operations import backup_settings, first_running, require_db, s3_access, source_environment
+from kiln.backup.operations import (
+    TLS_CERT,
+    backup_settings,
+    first_running,
+    require_db,
+    s3_access,
+    source_environment,
+)
 from kiln.backup.pgbackrest import PgBackRest
 from kiln.backup.restic import UPLOADS, Restic
 from kiln.backup.secrets import secret
@@ -566,10 +573,16 @@ class Drill:
 
     def check_certificates(self) -> str:
         """What a monthly drill would otherwise notice only once it is too late: the source's
-        HTTPS certificate or its CA expiring before the next drill."""
+        HTTPS certificate, its CA or an instance's certificate expiring before the next drill."""
         ca = tls.ca_file(self.settings, self.env)
         ca_pem = ca.read_bytes() if ca.exists() else None
-        return tls.expiring(self.env, self.source().https_frontend(), ca_pem, CERT_MARGIN_DAYS)
+        source = self.source()
+        certificates = {}
+        for instance in source.instances("db"):  # the roles Kiln issues certificates to
+            read = source.channel(instance).run(["cat", TLS_CERT]) if instance.running else None
+            if read is not None and read.ok:
+                certificates[instance.name] = read.out.encode()
+        return tls.expiring(self.env, source.https_frontend(), ca_pem, CERT_MARGIN_DAYS, certificates)
 
     def write_report(self) -> None:
         """JSON (the history), Markdown, and the HTML page with the trend of this environment's drills."""

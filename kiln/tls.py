@@ -265,10 +265,16 @@ def describe(certificate: dict) -> str:
     )
 
 
-def expiring(env: str, url: str | None, ca_pem: bytes | None, margin_days: int) -> str:
-    """A drill's check: the HTTPS frontend's certificate (served at `url`) and the environment's CA
-    both outlive `margin_days`; what they have left, or OperationFailed naming what expires first
-    and how to replace it."""
+def expiring(
+    env: str,
+    url: str | None,
+    ca_pem: bytes | None,
+    margin_days: int,
+    instances: dict[str, bytes] | None = None,
+) -> str:
+    """A drill's check: the HTTPS frontend's certificate (served at `url`), the environment's CA
+    and the instances' certificates (PEM by instance name) all outlive `margin_days`; what they
+    have left, or OperationFailed naming what expires first and how to replace it."""
     left, fixes = {}, {}
     if url:
         parsed = urllib.parse.urlsplit(url)
@@ -279,6 +285,12 @@ def expiring(env: str, url: str | None, ca_pem: bytes | None, margin_days: int) 
         left["the certificate authority"] = (expires - now()).days
         fixes["the certificate authority"] = (
             f"Kiln does not rotate it yet: replace secrets/{env}.ca.pem and KILN_CA_KEY"
+        )
+    for name, pem in sorted((instances or {}).items()):
+        expires = x509.load_pem_x509_certificate(pem).not_valid_after_utc
+        left[f"{name}'s certificate"] = (expires - now()).days
+        fixes[f"{name}'s certificate"] = (
+            f"`invoke rollout {env} --role {name.rstrip('0123456789')}` replaces it"
         )
     if not left:
         return "no HTTPS frontend and no certificate authority"

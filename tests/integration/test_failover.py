@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -164,6 +165,11 @@ def test_a_drill_reads_its_reference_on_the_standby_and_restores_to_that_point(k
     assert "option-backup-standby=true" in manifest.splitlines()
     assert "on standby db2, replay paused at LSN" in checks["source reference"]["detail"]
     assert "match the reference" in checks["tables"]["detail"], checks["tables"]
+    # both instances' certificates (pgBackRest's TLS server, internal_tls) outlive the next drill
+    assert re.search(
+        r"db1's certificate: \d+ days left, db2's certificate: \d+ days left",
+        checks["certificates"]["detail"],
+    )
     assert not writer.failed, "the primary kept taking writes while the reference was read"
 
 

@@ -166,3 +166,16 @@ def test_a_drill_flags_a_certificate_expiring_before_the_next_drill(settings, tm
     ):
         tls.expiring("prod", url, ca.pem, margin_days=30)
     assert tls.expiring("dev", None, None, 30) == "no HTTPS frontend and no certificate authority"
+
+
+def test_a_drill_flags_an_instance_certificate_expiring_before_the_next_drill(settings):
+    ca = tls.authority(settings, "prod")
+    fresh = tls.issue_instance(ca, ["db1"]).certificate.encode()
+    checked = tls.expiring("prod", None, None, 30, {"db1": fresh})
+    assert checked == f"db1's certificate: {tls.INSTANCE_DAYS - 1} days left"
+    spent = tls.issue_instance(ca, ["db2"], days=10).certificate.encode()
+    with pytest.raises(
+        OperationFailed,
+        match=r"db2's certificate expires in 9 days \(`invoke rollout prod --role db` replaces it\)",
+    ):
+        tls.expiring("prod", None, None, 30, {"db1": fresh, "db2": spent})
