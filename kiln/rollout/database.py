@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # the engine calls converge for the db role
 
 
 def pair(engine: Engine) -> tuple[list[Instance], list[Instance]]:
-    """The standbys, then the rest: the primary (or a stopped instance, replaced as one)."""
+    """The running standbys, then the rest: the primary, and any stopped instance (replaced as a
+    standby, with no switchover)."""
     standbys = running_standbys(engine.provider)
     return standbys, [i for i in engine.provider.instances("db") if i not in standbys]
 
@@ -34,11 +35,13 @@ def plan_lines(engine: Engine, image: ImageRecord) -> list[str]:
         if i.version != image.version
     ]
     for old in primaries:
-        if old.version != image.version:
-            lines.append(
-                f"switch over: remove {old.name} ({old.version}), promote a standby at {image.version}"
-            )
-            lines.append(f"launch {old.name} again as its standby and wait until healthy")
+        if old.version == image.version:
+            continue
+        if not old.running:
+            lines.append(f"replace stopped {old.name} ({old.version}) as a standby and wait until healthy")
+            continue
+        lines.append(f"switch over: remove {old.name} ({old.version}), promote a standby at {image.version}")
+        lines.append(f"launch {old.name} again as its standby and wait until healthy")
     return lines
 
 
@@ -50,7 +53,11 @@ def converge(engine: Engine, image: ImageRecord) -> None:
         if old.version != image.version:
             replace(engine, old, image)
     for old in primaries:
-        if old.version != image.version:
+        if old.version == image.version:
+            continue
+        # A stopped instance (a new standby that died, rolled back) holds no data: only a running
+        # primary hands over to a standby first.
+        if old.running:
             report = switch_over(provider, engine.say, version=image.version)
             engine.event(
                 "switched over",
@@ -59,7 +66,7 @@ def converge(engine: Engine, image: ImageRecord) -> None:
                 seconds=report.repointed_seconds,
                 lost=report.old_primary_state,
             )
-            replace(engine, old, image)
+        replace(engine, old, image)
 
 
 def replace(engine: Engine, old: Instance, image: ImageRecord) -> None:

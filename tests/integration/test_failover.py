@@ -255,3 +255,46 @@ def test_a_db_rollout_goes_through_the_standby_and_fails_no_request(kiln, pair, 
     assert view[primary][1] == "primary" and before[primary] == "standby", "the standby became the primary"
     assert not writer.failed, "no write failed at the web tier"
     assert not missing, f"acknowledged writes missing on the new primary: {sorted(missing)[:10]}"
+
+
+def test_a_db_version_that_dies_is_rolled_back_and_the_primary_never_changes(
+    kiln, pair, baked_all, docker_client
+):
+    """The standby, replaced first, dies at start: the rollout stops there and walks back, the
+    standby copying the primary again at the running version; the web tier sees no failure."""
+    store = DockerImageStore(docker_client, Settings(project_root=kiln.project, image_repo=kiln.prefix))
+    before = {
+        i["name"]: (i["version"], i["lb_role"]) for i in status(kiln, ENV)["instances"] if i["role"] == "db"
+    }
+    running_version = next(iter({v for v, _ in before.values()}))
+    baked = store.find("db", baked_all["db"])
+    shell = docker_client.containers.create(
+        baked.image, entrypoint=["/bin/false"], name=f"{kiln.prefix}-dies"
+    )
+    try:
+        dying = shell.commit(changes=['ENTRYPOINT ["/bin/false"]', "CMD []"])
+    finally:
+        shell.remove()
+    bad = f"{baked_all['db']}-dies"
+    relabelled(store, dying, "db", bad, OLDER, "verified")
+    writer = Writer(status(kiln, ENV)["frontend"])
+    writer.start()
+    try:
+        writer.wait_acks(30)
+        proc = kiln.invoke("rollout", ENV, "--role", "db", "--image", bad, timeout=600, check=False)
+        writer.wait_acks(30)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=30)
+    after = {
+        i["name"]: (i["version"], i["lb_role"]) for i in status(kiln, ENV)["instances"] if i["role"] == "db"
+    }
+    print(
+        f"db rollout of a dying version: {len(writer.acked)} writes acknowledged, "
+        f"{len(writer.failed)} failed; {after}"
+    )
+    assert proc.returncode != 0 and "rolled back" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert "stopped before passing its health check" in proc.stdout + proc.stderr
+    assert after == before, f"db instances changed: {before} -> {after}"
+    assert all(version == running_version for version, _ in after.values())
+    assert not writer.failed, "no write failed at the web tier"
