@@ -55,7 +55,7 @@ def test_kernel_sysctls_live(host):
 def test_nftables_ruleset_loaded(host):
     live = host.check_output("nft list ruleset")
     assert "policy drop;" in live, "no default-deny chain is loaded"
-    for port in PORTS | {22, 9100}:  # SSH and node metrics: base's, open on every instance
+    for port in PORTS | {22}:
         assert re.search(rf"tcp dport (\{{[^}}]*\b{port}\b|{port}\b)", live), f"port {port} not open live"
 
 
