@@ -68,6 +68,10 @@ RECOVERY_TIMEOUT = 900  # seconds PostgreSQL may take to replay WAL and promote
 BOOT_TIMEOUT = 120  # seconds an instance may take to apply its user-data and start services
 # (at least: a slower instance, a VM under TCG, is given its source's health.timeout)
 REACH_TIMEOUT = 20.0  # seconds for one command that asks whether an instance answers
+BOOTED = (
+    "test -f /var/lib/cloud/instance/boot-finished"
+    " && { test -d /run/systemd/system || test -f /run/kiln/services-started; }"
+)
 CERT_MARGIN_DAYS = 30  # monthly drills: what expires before the next one is flagged by this one
 
 
@@ -377,8 +381,10 @@ class Drill:
 
     @staticmethod
     def booted(channel: Channel) -> bool:
-        """kiln-init has applied the user-data (cloud-init's marker) and started the services."""
-        return channel.run(["test", "-f", "/var/lib/cloud/instance/boot-finished"]).ok
+        """First boot is over: the user-data applied (cloud-init's marker) and every service has had
+        its turn, so releasing a held cluster starts nothing behind the drill's back (kiln-init's
+        marker; systemd read the conditions at boot)."""
+        return channel.run(["sh", "-c", BOOTED]).ok
 
     def answering(self, instance: Instance) -> Channel:
         """The instance's channel once a command goes through it: a VM's sshd comes up with its
