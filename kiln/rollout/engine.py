@@ -80,16 +80,22 @@ def replication_settings(
 
 
 def instance_tls(
-    settings: Settings, env: Environment, provider: Provider, role: str, instance: str, zone: int
-):
+    authority: Callable[[], tls.Authority],
+    env: Environment,
+    provider: Provider,
+    role: str,
+    instance: str,
+    zone: int,
+) -> dict | None:
     """What an instance needs to speak TLS with its peers (the environment's CA, and for a db
     instance its own certificate): for a db pair's pgBackRest, and everywhere with `internal_tls`.
     A db certificate names every address the others reach it by: its own, and the database's as
     each zone sees it (the load balancer's, in a pair)."""
     internal = env.spec.internal_tls
-    if not (internal or (role == "db" and env.count("db") > 1)) or env.count("db") == 0:
+    in_a_pair = role == "db" and env.count("db") > 1
+    if env.count("db") == 0 or not (internal or in_a_pair):
         return None
-    ca = tls.authority(settings, env.name)
+    ca = authority()
     if role != "db":
         return {"ca": ca.pem.decode(), "internal": internal}
     names = [instance, provider.peer_address(instance, zone)]
@@ -117,8 +123,15 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kiln-rollout")
         self._stopping: list[Future] = []
         self._retiring: set[str] = set()  # out of the load balancer, being stopped
+        self._authority: tls.Authority | None = None
 
     # ---- user-data --------------------------------------------------------------------------
+
+    def authority(self) -> tls.Authority:
+        """The environment's CA, opened (an age decryption) once per engine, not per instance."""
+        if self._authority is None:
+            self._authority = tls.authority(self.settings, self.env.name)
+        return self._authority
 
     def user_data(self, role: str, instance: str, zone: int, image: ImageRecord) -> str:
         variables = {
@@ -136,7 +149,7 @@ class Engine:
                 if role == "db"
                 else None
             ),
-            "tls": instance_tls(self.settings, self.env, self.provider, role, instance, zone),
+            "tls": instance_tls(self.authority, self.env, self.provider, role, instance, zone),
         }
         return cloudinit.render(self.settings, role, variables)
 
