@@ -52,10 +52,11 @@ from kiln.backup.operations import (
 from kiln.backup.pgbackrest import PgBackRest
 from kiln.backup.restic import UPLOADS, Restic
 from kiln.backup.secrets import secret
-from kiln.channels.base import Channel
+from kiln.channels.base import Channel, ChannelError, Result
 from kiln.environments import Environment, EnvironmentSpec, Frontend
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
+from kiln.images import ImageRecord
 from kiln.notify import notify
 from kiln.polling import wait_for_service
 from kiln.providers import get_provider
@@ -72,6 +73,12 @@ BOOTED = (
     "test -f /var/lib/cloud/instance/boot-finished"
     " && { test -d /run/systemd/system || test -f /run/kiln/services-started; }"
 )
+# Promoted, or exit 3 once the cluster has stopped (recovery gave up), as pg_ctlcluster says.
+PROMOTED = (
+    '[ "$(psql -X -qAt -c "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ]'
+    " || { pg_ctlcluster 15 main status >/dev/null 2>&1; [ $? -ne 3 ] || exit 3; false; }"
+)
+WAIT_INTERVAL = 0.05  # seconds between two looks inside an instance
 CERT_MARGIN_DAYS = 30  # monthly drills: what expires before the next one is flagged by this one
 
 
@@ -224,6 +231,7 @@ class Drill:
         self.db: Channel | None = None
         self.web: Channel | None = None
         self.web_instance: Instance | None = None
+        self.web_launch: tuple[ImageRecord, str] | None = None  # the DR web's image and user-data
         self.boot_timeout = float(BOOT_TIMEOUT)
         self.provider: Provider | None = None
         self.provider_name = "local"
@@ -357,9 +365,7 @@ class Drill:
                 }
             ),
         )
-        web = self.provider.launch(
-            "web",
-            1,
+        self.web_launch = (
             web_image,
             user_data(
                 {
@@ -371,20 +377,18 @@ class Drill:
             ),
         )
         self.db = self.answering(db)
-        self.web_instance, self.web_address = web, web.address
         self.pg_tool().configure()  # before the restore and its pre-check start side by side
-        # The web instance boots while the database restores (see restore_files).
+        # The web instance is launched and boots while the database restores (see restore_files).
         return (
             f"{self.dr_env} ({self.provider_name}): db {db_image.version}, "
             f"web {web_image.version} ({web_image.status})"
         )
 
-    @staticmethod
-    def booted(channel: Channel) -> bool:
-        """First boot is over: the user-data applied (cloud-init's marker) and every service has had
-        its turn, so releasing a held cluster starts nothing behind the drill's back (kiln-init's
-        marker; systemd read the conditions at boot)."""
-        return channel.run(["sh", "-c", BOOTED]).ok
+    def wait_booted(self, channel: Channel, role: str) -> None:
+        """Until first boot is over: the user-data applied (cloud-init's marker) and every service
+        has had its turn, so releasing a held cluster starts nothing behind the drill's back
+        (kiln-init's marker; systemd read the conditions at boot)."""
+        wait_inside(channel, BOOTED, f"the DR {role} instance's first boot", self.boot_timeout)
 
     def answering(self, instance: Instance) -> Channel:
         """The instance's channel once a command goes through it: a VM's sshd comes up with its
@@ -421,18 +425,21 @@ class Drill:
 
     def precheck(self) -> str:
         pg = self.pg_tool()
-        latest = pg.latest()
+        records, archive = pg.listing()  # one `info`: beside the restore, the S3 server is busy
+        latest = pg.latest(records)
         self.report.backups["pgbackrest"] = latest.id
         self.backup_started = latest.started
-        pg.continuity(latest)
+        pg.continuity(latest, archive)
         return f"pgbackrest {latest.id} ({latest.kind}); WAL continuous after it"
 
     def restore_files(self) -> float:
         """Seconds the files took, from the restore's start (the web instance's boot included)."""
         started = time.monotonic()
-        assert self.web_instance is not None
+        assert self.provider is not None and self.web_launch is not None
+        self.web_instance = self.provider.launch("web", 1, *self.web_launch)
+        self.web_address = self.web_instance.address
         self.web = self.answering(self.web_instance)
-        wait_for_service(lambda: self.booted(self.web), "the DR web instance's first boot", self.boot_timeout)
+        self.wait_booted(self.web, "web")
         files = self.files_tool()
         files.configure()
         self.report.backups["restic"] = files.latest().id
@@ -457,15 +464,13 @@ class Drill:
                 raise BackupFault(exc.cause, f"{exc.detail}; {which_files(pg)}") from exc
             copied = time.monotonic()
             # The held cluster (KILN_DB_HOLD from the user-data) stays down until first boot is over.
-            wait_for_service(
-                lambda: self.booted(self.db), "the DR db instance's first boot", self.boot_timeout
-            )
+            self.wait_booted(self.db, "db")
             start = self.db.run(app.RELEASE_HOLD)
             if start.ok:
                 start = self.db.run(["pg_ctlcluster", "15", "main", "start"])
             if not start.ok:
                 raise recovery_fault(self.db)
-            wait_for_service(self.promoted, "PostgreSQL promotion", RECOVERY_TIMEOUT, interval=0.1)
+            self.wait_promoted()
             promoted = time.monotonic()
             files_seconds = restored_files.result()
         return (
@@ -474,14 +479,9 @@ class Drill:
             f"{files_seconds:.1f} s (in parallel)"
         )
 
-    def promoted(self) -> bool:
-        answer = self.db.run(["psql", "-X", "-qAt", "-c", "SELECT pg_is_in_recovery()"], user="postgres")
-        if not answer.ok:
-            status = self.db.run(["pg_ctlcluster", "15", "main", "status"])
-            if status.code == 3:  # stopped: recovery gave up
-                raise recovery_fault(self.db)
-            return False
-        return answer.out.strip() == "f"
+    def wait_promoted(self) -> None:
+        if wait_inside(self.db, PROMOTED, "PostgreSQL promotion", RECOVERY_TIMEOUT, "postgres").code == 3:
+            raise recovery_fault(self.db)
 
     def smoke_test(self) -> str:
         base = f"http://{self.web_address}"
@@ -612,6 +612,23 @@ STEP_CAUSES = {
     "restore": "restore-failed",
     "certificates": "certificate-expiring",
 }
+
+
+def wait_inside(channel: Channel, condition: str, what: str, timeout: float, user: str = "root") -> Result:
+    """Until the shell `condition` holds or exits 3, looked at inside the instance every
+    WAIT_INTERVAL: one command through the channel, where a look per command would cost a
+    `docker exec` or an SSH session each, on the CPU the restore is using."""
+    loop = (
+        f"while :; do {{ {condition}; }}; c=$?;"
+        f" [ $c -eq 0 ] || [ $c -eq 3 ] && exit $c; sleep {WAIT_INTERVAL}; done"
+    )
+    try:
+        result = channel.run(["sh", "-c", loop], user=user, timeout=timeout)
+    except ChannelError as exc:
+        raise OperationFailed(f"waiting for {what}: {exc}") from exc
+    if result.code not in (0, 3):
+        raise OperationFailed(f"waiting for {what}: {result.tail()}")
+    return result
 
 
 def _cause_of(step: str) -> str:

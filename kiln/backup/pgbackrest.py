@@ -249,24 +249,28 @@ class PgBackRest(BackupTool):
         return code, message, records, archive
 
     def list(self) -> list[BackupRecord]:
-        code, message, records, _ = self.info()
+        return self.listing()[0]
+
+    def listing(self) -> tuple[list[BackupRecord], dict]:
+        """The backups and the WAL archive's info, from one `pgbackrest info`."""
+        code, message, records, archive = self.info()
         if code in (1, 3):
             raise BackupFault("repository-missing", f"pgbackrest repository: {message}")
-        return records
+        return records, archive
 
-    def latest(self) -> BackupRecord:
-        records = [r for r in self.list() if not r.details["error"]]
-        if not records:
+    def latest(self, records: list[BackupRecord] | None = None) -> BackupRecord:
+        valid = [r for r in (self.list() if records is None else records) if not r.details["error"]]
+        if not valid:
             raise BackupFault("repository-missing", "pgbackrest repository holds no valid backup")
-        return records[-1]
+        return valid[-1]
 
     def archived_segments(self, archive_id: str) -> list[str]:
         result = self.pgbackrest("--recurse", "--output=json", "repo-ls", f"archive/{STANZA}/{archive_id}")
         return sorted(json.loads(result.out))
 
-    def continuity(self, latest: BackupRecord) -> None:
-        """BackupFault when a WAL segment after `latest` started is missing from the archive."""
-        _, _, _, archive = self.info()
+    def continuity(self, latest: BackupRecord, archive: dict) -> None:
+        """BackupFault when a WAL segment after `latest` started is missing from the archive
+        (`archive`: its info, from `listing`)."""
         gaps = wal_gaps(self.archived_segments(archive["id"]), latest.details["wal_start"])
         if gaps:
             shown = ", ".join(gaps[:3]) + (f" and {len(gaps) - 3} more" if len(gaps) > 3 else "")
@@ -286,11 +290,12 @@ class PgBackRest(BackupTool):
 
     def check(self) -> list[str]:
         """Every backup and archived segment readable with this key, and WAL continuous."""
-        latest = self.latest()
-        self.continuity(latest)
+        records, archive = self.listing()
+        latest = self.latest(records)
+        self.continuity(latest, archive)
         self.verify()
         return [
-            f"pgbackrest: every file of {len(self.list())} backups verified; WAL continuous after {latest.id}"
+            f"pgbackrest: every file of {len(records)} backups verified; WAL continuous after {latest.id}"
         ]
 
     def source_check(self) -> None:

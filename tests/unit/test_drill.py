@@ -1,11 +1,23 @@
-"""Drill reports, history and chart, and --target-time validation (no Docker needed)."""
+"""Drill reports, history and chart, and --target-time validation (no Docker needed), and the waits
+inside an instance, on this machine's shell."""
 
 import json
+import subprocess
+import threading
 
 import pytest
 
-from kiln.drill import Check, DrillReport, chart_svg, load_history, parse_target_time, pgbackrest_time
-from kiln.errors import KilnError
+from kiln.channels.base import Channel
+from kiln.drill import (
+    Check,
+    DrillReport,
+    chart_svg,
+    load_history,
+    parse_target_time,
+    pgbackrest_time,
+    wait_inside,
+)
+from kiln.errors import KilnError, OperationFailed
 from tests.unit.svgread import Chart
 
 
@@ -80,3 +92,32 @@ def test_history_leaves_out_a_bucket_this_machine_has_no_keys_for(settings, monk
     )
     assert [r["id"] for r in load_history(settings)] == ["here"]
     assert "left out the state store of far: " in capsys.readouterr().err
+
+
+class _LocalShell(Channel):
+    """This machine's shell as an instance: the loop wait_inside sends is run for real."""
+
+    def execute(self, argv, user, env, stdin, timeout):
+        done = subprocess.run(argv, capture_output=True, check=False, timeout=timeout + 5)
+        return done.returncode, done.stdout, done.stderr
+
+    def execute_stream(self, argv, user, env, timeout, deliver):
+        raise AssertionError("not used")
+
+    def put_tar(self, folder, archive, timeout=0):
+        raise AssertionError("not used")
+
+    def get_tar(self, path, timeout=0):
+        raise AssertionError("not used")
+
+
+def test_a_wait_inside_the_instance_ends_when_its_condition_holds_or_gives_up(tmp_path):
+    marker = tmp_path / "booted"
+    threading.Timer(0.3, marker.touch).start()
+    shell = _LocalShell("local")
+    assert wait_inside(shell, f"test -f {marker}", "first boot", timeout=10).code == 0
+    assert wait_inside(shell, "exit 3", "promotion", timeout=10).code == 3  # the caller's verdict
+    with pytest.raises(OperationFailed, match=r"waiting for first boot: .*within 1 s"):
+        wait_inside(shell, "false", "first boot", timeout=1)
+    with pytest.raises(OperationFailed, match=r"waiting for promotion: .*denied"):
+        wait_inside(shell, "echo denied >&2; exit 7", "promotion", timeout=10)
