@@ -140,8 +140,9 @@ class EnvironmentSpec:
     internal_tls: bool = spec(
         False,
         help="encrypt traffic between instances (PCI: all service traffic): PostgreSQL takes TCP "
-        "logins over TLS only, and the application and the standbys verify its certificate, issued "
-        "from the environment's CA at launch",
+        "logins over TLS only, and the application and the standbys verify its certificate; the "
+        "load balancer reaches web over HTTPS (443), which refuses plain HTTP from the network; "
+        "certificates are issued from the environment's CA at launch",
     )
     # where rollout and drill events are sent (kiln/notify.py)
     notify: NotifySettings | None = spec(None, help="where rollout and drill events go: webhooks, email")

@@ -27,7 +27,13 @@ AGENT_PORT = 5433  # kiln-db-role-agent in the db image: "up" on the primary onl
 MAINTENANCE_PAGE_LIMIT = 8192
 MAINTENANCE_FILE = "maintenance.http"
 CERTIFICATE_FILE = "frontend.pem"  # the certificate, its CA's, then its key (kiln/tls.py)
-HTTPS_PORT = 443
+HTTPS_PORT = 443  # the frontend's, and the instances' with internal_tls
+INSTANCE_CA_FILE = (
+    "instance-ca.pem"  # internal_tls: the environment's CA, instances' certificates chain to it
+)
+# The CA file must be in HAProxy's store before a server added at run time may name it: the
+# backend's `default-server` loads it at start (measured on 2.6: `add server` refuses it otherwise).
+TLS_TO_SERVERS = f"ssl verify required ca-file /run/haproxy/{INSTANCE_CA_FILE} check-ssl"
 DEFAULT_MAINTENANCE_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Down for maintenance</title></head>
 <body><h1>Down for maintenance</h1><p>We will be back shortly. Please try again in a minute.</p></body>
@@ -65,6 +71,15 @@ class Server:
     address: str
     port: int
     backup: bool = False
+    tls: bool = False  # internal_tls: requests and checks over TLS, the certificate naming the instance
+
+    def keywords(self) -> str:
+        """Where and how to reach it, as `server` and `add server` take it (a server added at run
+        time inherits no `default-server`, so everything is spelled out)."""
+        words = f"{self.address}:{self.port}"
+        if self.tls:
+            words += f" {TLS_TO_SERVERS} verifyhost {self.name}"
+        return words + (" backup" if self.backup else "")
 
 
 @dataclass(frozen=True)
@@ -132,8 +147,7 @@ class RuntimeAPI:
 
     def add_server(self, server: Server, checks: Checks, backend: str = BACKEND):
         ref = f"{backend}/{server.name}"
-        backup = " backup" if server.backup else ""
-        self.checked(f"add server {ref} {server.address}:{server.port} {checks.keywords()}{backup}")
+        self.checked(f"add server {ref} {server.keywords()} {checks.keywords()}")
         # One line, so no check or request can see it UP before `rise` checks pass.
         self.checked(f"enable health {ref}; enable server {ref}; set server {ref} health down")
 
@@ -249,8 +263,10 @@ def render_config(
     checks: Checks,
     https: Https | None = None,
     database: dict[str, str] | None = None,
+    tls_to_servers: bool = False,
 ) -> str:
-    """The whole config, listing exactly the servers in service, so a reload keeps them only."""
+    """The whole config, listing exactly the servers in service, so a reload keeps them only;
+    `tls_to_servers` (internal_tls) loads the instances' CA for the servers to come."""
     lines = [
         "# Written by Kiln: the servers in service. Do not edit; Kiln rewrites it as they change.",
         "global",
@@ -283,8 +299,8 @@ def render_config(
         "    option allbackups",
         f"    option httpchk GET {health_path}",
         "    http-check expect status 200",
-        f"    default-server {checks.keywords()}",
+        f"    default-server {checks.keywords()}" + (f" {TLS_TO_SERVERS}" if tls_to_servers else ""),
     ]
-    lines += [f"    server {s.name} {s.address}:{s.port}{' backup' if s.backup else ''}" for s in servers]
+    lines += [f"    server {s.name} {s.keywords()}" for s in servers]
     lines += database_lines(database) if database else []
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import http.client
 import ipaddress
 import socket
 import ssl
@@ -31,6 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kiln import secrets as sealed
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
+from kiln.haproxy import HTTPS_PORT
 from kiln.settings import Settings
 
 KEY_SECRET = "KILN_CA_KEY"
@@ -213,6 +215,20 @@ def due(bundle: Path, ca: Authority, names: list[str]) -> bool:
 
 def write_bundle(path: Path, bundle: bytes) -> None:
     write_atomic(path, bundle, mode=0o600)  # it holds the private key
+
+
+class InstanceHTTPS(http.client.HTTPSConnection):
+    """HTTPS to one instance by its address, its certificate checked against the environment's CA
+    and for the instance's name, as the load balancer checks it (internal_tls)."""
+
+    def __init__(self, address: str, instance: str, ca_pem: bytes, timeout: float = 5.0):
+        context = ssl.create_default_context(cadata=ca_pem.decode())
+        super().__init__(address, HTTPS_PORT, timeout=timeout, context=context)
+        self.instance = instance
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(raw, server_hostname=self.instance)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

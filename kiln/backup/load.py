@@ -13,13 +13,16 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 
-from kiln import console
+from kiln import console, tls
 from kiln.backup.app import DB_NAME
 from kiln.backup.operations import first_running, require_db, source_environment
 from kiln.drill import http
+from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
 from kiln.providers import get_provider
+from kiln.providers.base import Instance
 from kiln.settings import Settings
 
 BATCH_MB = 8
@@ -45,7 +48,7 @@ def load_data(settings: Settings, env: str, mb: int, seed: int | None = None) ->
     web = first_running(provider, "web")
     if web is None:
         raise KilnError(f"environment '{env}' has no running web instance: the load goes through the app")
-    base = f"http://{web.address}"
+    send = app_requests(settings, provider.env, web)
     rng = random.Random(seed)
     deadline = time.monotonic() + DEADLINE
     for i in range(10):
@@ -54,9 +57,9 @@ def load_data(settings: Settings, env: str, mb: int, seed: int | None = None) ->
             "amount": round(rng.uniform(1, 999), 2),
             "note": f"order {i} placed through the app",
         }
-        code, answer = http(base + "/records", "POST", json.dumps(body).encode())
+        code, answer = send("/records", "POST", json.dumps(body).encode())
         if code != 201:
-            raise OperationFailed(f"POST {base}/records answered {code}: {answer[:200]!r}")
+            raise OperationFailed(f"POST /records on {web.name} answered {code}: {answer[:200]!r}")
     db_bytes = mb * 1024 * 1024 * 4 // 5
     shell = provider.channel(db)
     batches = math.ceil(db_bytes / (BATCH_MB * 1024 * 1024))
@@ -89,9 +92,9 @@ def load_data(settings: Settings, env: str, mb: int, seed: int | None = None) ->
         for n in range(files):
             if time.monotonic() > deadline:
                 raise OperationFailed(f"load-data stopped after {DEADLINE} s with {n} of {files} files")
-            code, answer = http(f"{base}/files/upload-{stamp}-{n:05d}.bin", "PUT", os.urandom(FILE_BYTES))
+            code, answer = send(f"/files/upload-{stamp}-{n:05d}.bin", "PUT", os.urandom(FILE_BYTES))
             if code != 201:
-                raise OperationFailed(f"PUT {base}/files answered {code}: {answer[:200]!r}")
+                raise OperationFailed(f"PUT /files on {web.name} answered {code}: {answer[:200]!r}")
             step(f"file {n + 1}/{files}")
     size = shell.run(
         [
@@ -112,3 +115,24 @@ def load_data(settings: Settings, env: str, mb: int, seed: int | None = None) ->
         "files": files,
         "file_bytes": files * FILE_BYTES,
     }
+
+
+def app_requests(settings: Settings, env: Environment, web: Instance) -> Callable[..., tuple[int, bytes]]:
+    """(path, method, body) -> (status, body) on the web instance's app: plain HTTP, or HTTPS
+    checked against the environment's CA where internal_tls refuses plain HTTP from the network."""
+    if not env.spec.internal_tls:
+        return lambda path, method="GET", body=None: http(f"http://{web.address}{path}", method, body)
+    ca = tls.ca_file(settings, env.name).read_bytes()
+
+    def send(path: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
+        connection = tls.InstanceHTTPS(web.address, web.name, ca)
+        try:
+            connection.request(method, path, body, {"Content-Type": "application/json"} if body else {})
+            response = connection.getresponse()
+            return response.status, response.read()
+        except OSError as exc:
+            raise OperationFailed(f"HTTPS to {web.name} at {web.address}: {exc}") from exc
+        finally:
+            connection.close()
+
+    return send

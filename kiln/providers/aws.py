@@ -27,6 +27,7 @@ from kiln.settings import Settings
 
 USER_DATA_LIMIT = 16384  # bytes, before base64: EC2's limit
 APP_PORT = 80
+APP_TLS_PORT = 443  # internal_tls: the web instances' HTTPS (cloud-init/web.yml.j2)
 AZ_NAME = re.compile(r"^(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)[a-z]$")
 LIVE_STATES = ["pending", "running"]
 NOT_GONE = ["pending", "running", "shutting-down", "stopping", "stopped"]
@@ -270,7 +271,7 @@ class AwsProvider(cloud.CloudProvider):
         h, within = self.env.spec.health, self.whole_within
         interval = within("health.interval", h.interval, 5, 300, " s")
         return {
-            "HealthCheckProtocol": "HTTP",
+            "HealthCheckProtocol": self.target_protocol()[0],
             "HealthCheckPath": h.path,
             "HealthCheckIntervalSeconds": interval,
             "HealthCheckTimeoutSeconds": max(2, min(interval - 1, 120)),  # ELBv2: less than the interval
@@ -278,6 +279,11 @@ class AwsProvider(cloud.CloudProvider):
             "UnhealthyThresholdCount": within("health.fall", h.fall, 2, 10),
             "Matcher": {"HttpCode": "200"},
         }
+
+    def target_protocol(self) -> tuple[str, int]:
+        """How the ALB reaches the web instances: HTTPS with internal_tls (encrypted; an ALB does
+        not check a target's certificate, AWS documents), else HTTP."""
+        return ("HTTPS", APP_TLS_PORT) if self.env.spec.internal_tls else ("HTTP", APP_PORT)
 
     def ensure_lb(self, image: ImageRecord | None, user_data: str) -> None:
         health, port = self.health_check(), self.frontend_port()
@@ -299,10 +305,11 @@ class AwsProvider(cloud.CloudProvider):
             )["LoadBalancers"][0]
         group_arn = self.target_group_arn()
         if group_arn is None:
+            protocol, target_port = self.target_protocol()
             group_arn = self.elb.create_target_group(
                 Name=self.target_group_name,
-                Protocol="HTTP",
-                Port=APP_PORT,
+                Protocol=protocol,
+                Port=target_port,
                 VpcId=self.vpc_id(),
                 TargetType="instance",
                 Tags=self.tags(self.target_group_name),
@@ -557,7 +564,7 @@ class AwsProvider(cloud.CloudProvider):
 
     def targets_of(self, name: str, states: list[str] | None = None) -> list[dict]:
         found = self.describe_instances(self.name_filter(name, states))
-        return [{"Id": i["InstanceId"], "Port": APP_PORT} for i in found]
+        return [{"Id": i["InstanceId"], "Port": self.target_protocol()[1]} for i in found]
 
     def lb_register(self, instance: Instance) -> None:
         targets = self.targets_of(instance.name, LIVE_STATES)

@@ -127,6 +127,14 @@ class LocalProvider(Provider):
             container = None
         if container is not None and container.status == "running":
             self.renew_certificate()
+            started_with = (self.lb_folder / haproxy.INSTANCE_CA_FILE).exists()
+            if started_with != self.env.spec.internal_tls:
+                env = self.env.name
+                raise KilnError(
+                    f"{self.env.file}: field 'internal_tls': {name} was started with it "
+                    f"{'on' if started_with else 'off'} and cannot switch while it runs: "
+                    f"run `invoke down {env}`, then `invoke up {env}`"
+                )
             return
         if container is not None:
             container.remove(force=True)
@@ -138,6 +146,9 @@ class LocalProvider(Provider):
             self._https_port = tls_spec.port or free_loopback_port()
             ports[f"{haproxy.HTTPS_PORT}/tcp"] = ("127.0.0.1", self._https_port)
             self.renew_certificate(force=True)
+        if self.env.spec.internal_tls:
+            ca = tls.authority(self.settings, self.env.name).pem
+            write_atomic(self.lb_folder / haproxy.INSTANCE_CA_FILE, ca)
         self.sync_lb_config()
         seed = self._seed("lb", image, user_data)
         container = self.client.containers.create(
@@ -372,9 +383,12 @@ class LocalProvider(Provider):
         return health.port if health else 80
 
     def lb_server(self, instance: Instance) -> haproxy.Server:
-        """Outside the home zone (zone affinity) an instance is a backup server."""
+        """Outside the home zone (zone affinity) an instance is a backup server; with internal_tls
+        it is reached over HTTPS (its certificate from first boot, see cloud-init/web.yml.j2)."""
         home = self.env.spec.frontend.home_zone
         backup = home is not None and self.env.zones[instance.zone] != home
+        if self.env.spec.internal_tls:
+            return haproxy.Server(instance.name, instance.address, haproxy.HTTPS_PORT, backup, tls=True)
         return haproxy.Server(instance.name, instance.address, self.backend_port, backup)
 
     @docker_errors_fail
@@ -440,6 +454,7 @@ class LocalProvider(Provider):
             checks=self.checks,
             https=https,
             database=database,
+            tls_to_servers=self.env.spec.internal_tls,
         )
         write_atomic(self.lb_folder / "haproxy.cfg", text)
 

@@ -31,6 +31,7 @@ from kiln.settings import Settings
 
 USER_DATA_LIMIT = 65535  # bytes after base64: Nova's limit
 APP_PORT = 80
+APP_TLS_PORT = 443  # internal_tls: the web instances' HTTPS (cloud-init/web.yml.j2)
 GONE = ("DELETED", "SOFT_DELETED")
 
 
@@ -193,7 +194,7 @@ class OpenStackProvider(cloud.CloudProvider):
         h, within = self.env.spec.health, self.whole_within
         delay = within("health.interval", h.interval, 1, 3600)
         return {
-            "type": "HTTP",
+            "type": "HTTPS" if self.env.spec.internal_tls else "HTTP",
             "http_method": "GET",
             "url_path": h.path,
             "expected_codes": "200",
@@ -218,8 +219,14 @@ class OpenStackProvider(cloud.CloudProvider):
             self.settle(lb.id)
         pool = self.lb.find_pool(name)
         if pool is None:
+            # internal_tls: the amphora re-encrypts to the members (no CA reference from Barbican
+            # here, so it does not check their certificates)
             pool = self.lb.create_pool(
-                name=name, listener_id=listener.id, protocol="HTTP", lb_algorithm="ROUND_ROBIN"
+                name=name,
+                listener_id=listener.id,
+                protocol="HTTP",
+                lb_algorithm="ROUND_ROBIN",
+                **({"tls_enabled": True} if self.env.spec.internal_tls else {}),
             )
             self.settle(lb.id)
         existing = self.lb.find_health_monitor(name)
@@ -425,7 +432,7 @@ class OpenStackProvider(cloud.CloudProvider):
                 pool,
                 name=instance.name,
                 address=instance.address,
-                protocol_port=APP_PORT,
+                protocol_port=APP_TLS_PORT if self.env.spec.internal_tls else APP_PORT,
                 subnet_id=self.subnet(instance.zone).id,
                 weight=1,
             )

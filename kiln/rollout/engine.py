@@ -87,19 +87,24 @@ def instance_tls(
     instance: str,
     zone: int,
 ) -> dict | None:
-    """What an instance needs to speak TLS with its peers (the environment's CA, and for a db
-    instance its own certificate): for a db pair's pgBackRest, and everywhere with `internal_tls`.
-    A db certificate names every address the others reach it by: its own, and the database's as
-    each zone sees it (the load balancer's, in a pair)."""
+    """What an instance needs to speak TLS with its peers (the environment's CA, and a certificate
+    for an instance others connect to): for a db pair's pgBackRest, and everywhere with
+    `internal_tls`, where the load balancer reaches the balanced role over HTTPS too. A db
+    certificate names every address the others reach it by: its own, and the database's as each
+    zone sees it (the load balancer's, in a pair); a balanced instance's names the instance, as
+    the load balancer checks it."""
     internal = env.spec.internal_tls
     in_a_pair = role == "db" and env.count("db") > 1
-    if env.count("db") == 0 or not (internal or in_a_pair):
+    if not (internal or in_a_pair):
         return None
     ca = authority()
-    if role != "db":
+    if role == "db":
+        names = [instance, provider.peer_address(instance, zone)]
+        names += [provider.database_address(z) for z in range(len(env.zones))]
+    elif role == env.spec.balanced_role:
+        names = [instance, provider.peer_address(instance, zone)]
+    else:
         return {"ca": ca.pem.decode(), "internal": internal}
-    names = [instance, provider.peer_address(instance, zone)]
-    names += [provider.database_address(z) for z in range(len(env.zones))]
     issued = tls.issue_instance(ca, list(dict.fromkeys(names)))
     return {"ca": issued.ca, "certificate": issued.certificate, "key": issued.key, "internal": internal}
 

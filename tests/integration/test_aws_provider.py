@@ -215,6 +215,17 @@ def test_load_balancer_follows_the_environment(moto, tmp_path):
     assert listener["DefaultActions"][0]["TargetGroupArn"] == group["TargetGroupArn"]
 
 
+def test_with_internal_tls_the_target_group_reaches_the_instances_over_https(moto, tmp_path):
+    plain = make_env("mototls")
+    env = Environment(plain.name, replace(plain.spec, internal_tls=True), plain.file)
+    provider = AwsProvider(make_settings(tmp_path, moto), env)
+    provider.ensure_networks()
+    provider.ensure_lb(None, "")
+    [group] = client(moto, "elbv2").describe_target_groups(Names=["kiln-mototls-web"])["TargetGroups"]
+    assert (group["Protocol"], group["Port"], group["HealthCheckProtocol"]) == ("HTTPS", 443, "HTTPS")
+    provider.destroy()
+
+
 def test_settings_elbv2_refuses_are_refused_before_anything_changes(moto, tmp_path):
     settings = make_settings(tmp_path, moto)
     with pytest.raises(KilnError, match=r"field 'health.interval': 0.5 s is outside ELBv2's whole 5-300 s"):

@@ -3,7 +3,8 @@ killed under a steady writer, `invoke failover`, and the lost writes counted aga
 the report gives; then `invoke up` makes the old primary's replacement a standby of the new one.
 
 Then the db role rolls out through its standby under the same writer, with no failed request.
-All of it with `internal_tls`: the application and the standby reach PostgreSQL over TLS only.
+All of it with `internal_tls`: the application and the standby reach PostgreSQL over TLS only,
+and the load balancer reaches the web instance over HTTPS.
 
 The environment `fo<pid>` has web 1 and db 2 over two zones; everything labelled with it is
 removed at the end, even on failure. The writer posts records through the frontend (loopback),
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import threading
 import time
 import urllib.error
@@ -23,6 +25,7 @@ from datetime import datetime
 
 import pytest
 
+from kiln import haproxy, tls
 from kiln.images import DockerImageStore
 from kiln.settings import Settings
 from tests.integration.conftest import relabelled
@@ -137,6 +140,42 @@ def test_with_internal_tls_every_login_from_the_network_is_encrypted(kiln, pair,
         environment={"PGPASSWORD": password},
     )
     assert plaintext.exit_code != 0 and "no encryption" in plaintext.output.decode(), plaintext.output
+
+
+def test_with_internal_tls_the_load_balancer_reaches_web_over_https_it_verifies(kiln, pair, docker_client):
+    """HAProxy sends requests and checks to web1 over TLS, its certificate checked against the
+    environment's CA and for the instance's name; web1 serves that certificate and answers plain
+    HTTP from the network with 403 (its own loopback checks still pass)."""
+    api = haproxy.RuntimeAPI(kiln.project / ".kiln" / "envs" / ENV / "lb" / "admin.sock")
+    [row] = [line.split() for line in api.command("show servers state web").splitlines()[2:] if line.strip()]
+    assert (row[3], row[18], row[20]) == ("web1", "443", "1"), row  # name, port, srv_use_ssl
+    assert api.stats()["web1"].check.startswith("L7OK"), api.stats()["web1"]  # over TLS, so verified
+    web = docker_client.containers.get(f"kiln-{ENV}-web1")
+    address = next(iter(web.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    ca = (kiln.project / "secrets" / f"{ENV}.ca.pem").read_bytes()
+    connection = tls.InstanceHTTPS(address, "web1", ca)
+    connection.request("GET", "/health")
+    assert connection.getresponse().status == 200
+    connection.close()
+    with pytest.raises(ssl.SSLCertVerificationError):  # another instance's name: refused
+        tls.InstanceHTTPS(address, "web2", ca).request("GET", "/health")
+    with pytest.raises(urllib.error.HTTPError) as plain:
+        urllib.request.urlopen(f"http://{address}/health", timeout=10)
+    assert plain.value.code == 403
+    inside = web.exec_run(["python3", "-c", LOOPBACK_HEALTH])
+    assert inside.output.decode().strip() == "200", inside.output
+    env_file = kiln.project / "environments" / f"{ENV}.yml"
+    env_file.write_text(ENV_FILE.replace("internal_tls: true", "internal_tls: false"))
+    try:  # the running HAProxy's servers cannot change protocol under it
+        refused = kiln.invoke("up", ENV, check=False)
+    finally:
+        env_file.write_text(ENV_FILE)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"field 'internal_tls': kiln-{ENV}-lb was started with it on" in refused.stderr
+    assert f"run `invoke down {ENV}`, then `invoke up {ENV}`" in refused.stderr
+
+
+LOOPBACK_HEALTH = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1/health').status)"
 
 
 def test_a_drill_reads_its_reference_on_the_standby_and_restores_to_that_point(kiln, pair, docker_client):

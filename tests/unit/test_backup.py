@@ -16,9 +16,9 @@ from kiln.backup.base import (
 from kiln.backup.dbcheck import TableSum, compare, parse_rows
 from kiln.backup.operations import backup_settings, unreachable
 from kiln.backup.secrets import ensure_secrets, secret, secrets_file
-from kiln.channels.base import Channel
 from kiln.config import parse
 from kiln.errors import KilnError
+from tests.unit.commandchannel import CommandOnlyChannel
 
 INFO = [
     {
@@ -230,18 +230,9 @@ def test_psql_rows_are_parsed_into_tables_and_the_newest_commit():
     assert newest == 1795305280
 
 
-class _Echo(Channel):
+class _Echo(CommandOnlyChannel):
     def execute(self, argv, user, env, stdin, timeout):
         return 1, b"", " ".join(argv).encode()
-
-    def execute_stream(self, argv, user, env, timeout, deliver):
-        raise AssertionError("not used")
-
-    def put_tar(self, folder, archive, timeout=0):
-        raise AssertionError("not used")
-
-    def get_tar(self, path, timeout=0):
-        raise AssertionError("not used")
 
 
 def test_a_failing_tool_never_quotes_its_key():

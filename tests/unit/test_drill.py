@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-from kiln.channels.base import Channel
 from kiln.drill import (
     Check,
     DrillReport,
@@ -18,6 +17,7 @@ from kiln.drill import (
     wait_inside,
 )
 from kiln.errors import KilnError, OperationFailed
+from tests.unit.commandchannel import CommandOnlyChannel
 from tests.unit.svgread import Chart
 
 
@@ -94,21 +94,12 @@ def test_history_leaves_out_a_bucket_this_machine_has_no_keys_for(settings, monk
     assert "left out the state store of far: " in capsys.readouterr().err
 
 
-class _LocalShell(Channel):
+class _LocalShell(CommandOnlyChannel):
     """This machine's shell as an instance: the loop wait_inside sends is run for real."""
 
     def execute(self, argv, user, env, stdin, timeout):
         done = subprocess.run(argv, capture_output=True, check=False, timeout=timeout + 5)
         return done.returncode, done.stdout, done.stderr
-
-    def execute_stream(self, argv, user, env, timeout, deliver):
-        raise AssertionError("not used")
-
-    def put_tar(self, folder, archive, timeout=0):
-        raise AssertionError("not used")
-
-    def get_tar(self, path, timeout=0):
-        raise AssertionError("not used")
 
 
 def test_a_wait_inside_the_instance_ends_when_its_condition_holds_or_gives_up(tmp_path):

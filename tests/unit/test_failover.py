@@ -134,3 +134,29 @@ def test_internal_tls_makes_the_database_take_tls_logins_the_app_verifies(tmp_pa
     plain = WorkerRig(tmp_path / "plain", instances={"web": 1, "db": 1}, project=project)
     assert "KILN_DB_SSLMODE" not in plain.provider.user_data["web1"]
     assert "KILN_DB_TLS" not in plain.provider.user_data["db1"]
+
+
+def test_internal_tls_gives_balanced_instances_a_certificate_the_load_balancer_checks(tmp_path, project):
+    """internal_tls: a web instance serves HTTPS with a certificate from the environment's CA that
+    names it (HAProxy's verifyhost), its key root's alone, and refuses plain HTTP from the network;
+    a worker, which nothing connects to, gets the CA only."""
+    rig = WorkerRig(
+        tmp_path, instances={"web": 1, "worker": 1, "db": 1}, project=project, settings={"internal_tls": True}
+    )
+    ca = tls.authority(rig.settings, rig.env.name)
+    web = rig.provider.user_data["web1"]
+    _, pem = written_file(web, "/etc/kiln/tls/instance.pem")
+    certificate = x509.load_pem_x509_certificate(pem.encode())
+    certificate.verify_directly_issued_by(ca.certificate)
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["web1", "web1.fake"]
+    key_entry, _ = written_file(web, "/etc/kiln/tls/instance.key")
+    assert (key_entry["owner"], key_entry["permissions"]) == ("root:root", "0600")
+    _, site = written_file(web, "/etc/nginx/kiln-site.d/internal-tls.conf")
+    assert "listen 443 ssl;" in site and "ssl_certificate_key /etc/kiln/tls/instance.key;" in site
+    assert "return 403;" in site  # plain HTTP from anywhere but loopback
+    worker = rig.provider.user_data["worker1"]
+    assert "/etc/kiln/tls/instance.pem" not in worker and written_file(worker, "/etc/kiln/tls/ca.pem")
+    plain = WorkerRig(tmp_path / "plain", instances={"web": 1, "db": 1}, project=project)
+    assert "/etc/kiln/tls/instance.pem" not in plain.provider.user_data["web1"]
+    assert "kiln-site.d" not in plain.provider.user_data["web1"]

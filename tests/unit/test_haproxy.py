@@ -27,6 +27,20 @@ def test_config_lists_exactly_the_servers_in_service():
     assert "balance roundrobin" in lines  # dynamic servers need a dynamic algorithm
 
 
+def test_with_internal_tls_servers_are_reached_over_https_checked_against_the_environments_ca():
+    checks = haproxy.Checks(interval=0.5, rise=2, fall=3)
+    server = haproxy.Server("web4", "172.20.0.3", 443, tls=True)
+    tls_words = "ssl verify required ca-file /run/haproxy/instance-ca.pem check-ssl"
+    assert server.keywords() == f"172.20.0.3:443 {tls_words} verifyhost web4"
+    text = haproxy.render_config([server], port=80, health_path="/health", checks=checks, tls_to_servers=True)
+    lines = [line.strip() for line in text.splitlines()]
+    assert f"server web4 172.20.0.3:443 {tls_words} verifyhost web4" in lines
+    # loaded at start, so servers added at run time may name it
+    assert f"default-server check inter 500 rise 2 fall 3 {tls_words}" in lines
+    plain = haproxy.render_config([], port=80, health_path="/health", checks=checks)
+    assert "ca-file" not in plain
+
+
 def test_with_a_standby_database_connections_go_to_the_server_whose_agent_says_primary():
     checks = haproxy.Checks(interval=0.5, rise=2, fall=3)
     database = {"db2": "kiln-shop-db2", "db1": "kiln-shop-db1"}

@@ -8,6 +8,7 @@ nothing is ever PENDING_*). These tests check which calls the provider makes, wi
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import re
 
@@ -361,6 +362,24 @@ def test_load_balancer_and_health_monitor_follow_the_environment(conn, provider)
         "create_pool",
     ]
     assert provider.frontend() == "http://10.42.0.5:8080/"
+
+
+def test_with_internal_tls_the_pool_reaches_the_members_over_https(conn, tmp_path):
+    """The amphora re-encrypts to the web instances' HTTPS (443) and checks them over HTTPS."""
+    plain = make_env()
+    env = Environment(plain.name, dataclasses.replace(plain.spec, internal_tls=True), plain.file)
+    provider = OpenStackProvider(Settings(state_dir=tmp_path, cloud_poll=0.01, cloud_timeout=5), env, conn)
+    provider.ensure_networks()
+    provider.ensure_lb(None, "")
+    [pool] = conn.cloud.objects["pool"].values()
+    [monitor] = conn.cloud.objects["monitor"].values()
+    assert (pool.protocol, pool.tls_enabled, monitor.type) == ("HTTP", True, "HTTPS")
+    image = provider.image(
+        "web", glance(conn, "web", "1.0", "verified", "2026-01-01T00:00:00Z").properties["kiln.version"]
+    )
+    provider.lb_register(provider.launch("web", 1, image, "#cloud-config\nhostname: web1\n"))
+    [member] = conn.cloud.objects["member"].values()
+    assert member.protocol_port == 443
 
 
 def test_unknown_zone_names_the_field(conn, tmp_path):
