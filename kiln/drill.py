@@ -584,7 +584,8 @@ class Drill:
         ca_pem = ca.read_bytes() if ca.exists() else None
         source = self.source()
         certificates = {}
-        for instance in source.instances("db"):  # the roles Kiln issues certificates to
+        issued_to = ["db", source.env.spec.balanced_role]  # the roles Kiln issues certificates to
+        for instance in [i for role in issued_to for i in source.instances(role)]:
             read = source.channel(instance).run(["cat", TLS_CERT]) if instance.running else None
             if read is not None and read.ok:
                 certificates[instance.name] = read.out.encode()
