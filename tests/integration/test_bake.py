@@ -137,7 +137,9 @@ def test_unknown_role_names_the_known_ones(kiln):
 
 def test_malformed_role_file_names_file_and_field(scratch_project):
     role_file = scratch_project.project / "images" / "web" / "role.yml"
-    role_file.write_text(role_file.read_text().replace("ports: [80]", "ports: [http]"))
+    text = role_file.read_text()
+    assert "ports: [80, 443]" in text  # the replacement below must hit
+    role_file.write_text(text.replace("ports: [80, 443]", "ports: [http, 443]"))
     proc = scratch_project.invoke("bake", "web", check=False)
     assert proc.returncode == 2
     assert "images/web/role.yml: field 'ports[0]': expected an integer, got str 'http'" in proc.stderr
