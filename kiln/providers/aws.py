@@ -20,6 +20,7 @@ from kiln import cloudinit
 from kiln.cloudinit import UserData
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
+from kiln.haproxy import HTTPS_PORT  # the web instances' with internal_tls
 from kiln.images import ImageRecord
 from kiln.providers import cloud
 from kiln.providers.base import Instance, LbServer
@@ -27,7 +28,6 @@ from kiln.settings import Settings
 
 USER_DATA_LIMIT = 16384  # bytes, before base64: EC2's limit
 APP_PORT = 80
-APP_TLS_PORT = 443  # internal_tls: the web instances' HTTPS (cloud-init/web.yml.j2)
 AZ_NAME = re.compile(r"^(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)[a-z]$")
 LIVE_STATES = ["pending", "running"]
 NOT_GONE = ["pending", "running", "shutting-down", "stopping", "stopped"]
@@ -283,7 +283,7 @@ class AwsProvider(cloud.CloudProvider):
     def target_protocol(self) -> tuple[str, int]:
         """How the ALB reaches the web instances: HTTPS with internal_tls (encrypted; an ALB does
         not check a target's certificate, AWS documents), else HTTP."""
-        return ("HTTPS", APP_TLS_PORT) if self.env.spec.internal_tls else ("HTTP", APP_PORT)
+        return ("HTTPS", HTTPS_PORT) if self.env.spec.internal_tls else ("HTTP", APP_PORT)
 
     def ensure_lb(self, image: ImageRecord | None, user_data: str) -> None:
         health, port = self.health_check(), self.frontend_port()

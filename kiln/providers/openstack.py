@@ -24,6 +24,7 @@ from kiln import cloudinit
 from kiln.cloudinit import UserData
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
+from kiln.haproxy import HTTPS_PORT  # the web instances' with internal_tls
 from kiln.images import ImageRecord
 from kiln.providers import cloud
 from kiln.providers.base import Instance, LbServer
@@ -31,7 +32,6 @@ from kiln.settings import Settings
 
 USER_DATA_LIMIT = 65535  # bytes after base64: Nova's limit
 APP_PORT = 80
-APP_TLS_PORT = 443  # internal_tls: the web instances' HTTPS (cloud-init/web.yml.j2)
 GONE = ("DELETED", "SOFT_DELETED")
 
 
@@ -432,7 +432,7 @@ class OpenStackProvider(cloud.CloudProvider):
                 pool,
                 name=instance.name,
                 address=instance.address,
-                protocol_port=APP_TLS_PORT if self.env.spec.internal_tls else APP_PORT,
+                protocol_port=HTTPS_PORT if self.env.spec.internal_tls else APP_PORT,
                 subnet_id=self.subnet(instance.zone).id,
                 weight=1,
             )

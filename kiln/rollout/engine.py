@@ -98,13 +98,11 @@ def instance_tls(
     if not (internal or in_a_pair):
         return None
     ca = authority()
-    if role == "db":
-        names = [instance, provider.peer_address(instance, zone)]
-        names += [provider.database_address(z) for z in range(len(env.zones))]
-    elif role == env.spec.balanced_role:
-        names = [instance, provider.peer_address(instance, zone)]
-    else:
+    if role not in ("db", env.spec.balanced_role):
         return {"ca": ca.pem.decode(), "internal": internal}
+    names = [instance, provider.peer_address(instance, zone)]
+    if role == "db":
+        names += [provider.database_address(z) for z in range(len(env.zones))]
     issued = tls.issue_instance(ca, list(dict.fromkeys(names)))
     return {"ca": issued.ca, "certificate": issued.certificate, "key": issued.key, "internal": internal}
 
