@@ -19,9 +19,9 @@ PROJECT_PARTS = ("images", "provisioners", "cloud-init", "tasks.py")
 TOKEN = "s3cr3thooktoken"  # a webhook token the tests assert is never printed
 
 
-def copy_project(dest: Path) -> Path:
+def copy_project(dest: Path, source: Path = REPO) -> Path:
     for part in PROJECT_PARTS:
-        src = REPO / part
+        src = source / part
         if src.is_dir():
             shutil.copytree(src, dest / part, symlinks=True)
         else:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,26 @@ class KilnRun:
     def with_project(self, project: Path) -> KilnRun:
         return KilnRun(project, self.prefix)
 
+    def copy(self, dest: Path) -> KilnRun:
+        """A private copy of this run's project (its refreshed locks included), same prefix."""
+        return self.with_project(copy_project(dest, source=self.project))
+
+    def refresh_locks(self) -> list[str]:
+        """Re-lock every role against the mirror, parents first: the lines that changed.
+
+        Debian replaces a package's version when it ships a security update, so the committed
+        locks fall behind the mirror between two lock-refresh pipelines; the suite tests Kiln
+        against today's mirror, not the committed locks' age (test_package_locks tests a lock
+        the mirror no longer satisfies)."""
+        roles = sorted(p.parent.name for p in (self.project / "images").glob("*/role.yml"))
+        changed = []
+        for role in sorted(roles, key=lambda r: r != "base"):
+            proc = self.invoke("lock", role, "--update")
+            changed += [
+                f"{role}: {line}" for line in proc.stdout.splitlines() if line[:2] in ("~ ", "+ ", "- ")
+            ]
+        return changed
+
 
 def relabelled(
     store: DockerImageStore, source, role: str, version: str, built: str, status: str, parent: str = ""
@@ -99,8 +120,15 @@ def docker_client() -> docker.DockerClient:
 def kiln(tmp_path_factory, docker_client) -> KilnRun:
     prefix = f"kilntest{os.getpid()}"
     run = KilnRun(copy_project(tmp_path_factory.mktemp("project")), prefix)
-    yield run
-    remove_prefixed(docker_client, prefix)
+    try:
+        behind = run.refresh_locks()
+        if behind:
+            warnings.warn(
+                f"the committed package locks are behind the mirror: {'; '.join(behind)}", stacklevel=2
+            )
+        yield run
+    finally:
+        remove_prefixed(docker_client, prefix)
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +151,7 @@ def baked_all(kiln: KilnRun, baked_web: dict[str, str]) -> dict[str, str]:
 @pytest.fixture
 def scratch_project(tmp_path, kiln: KilnRun) -> KilnRun:
     """A private project copy (to change roles or provisioners) sharing the session's images."""
-    return kiln.with_project(copy_project(tmp_path / "project"))
+    return kiln.copy(tmp_path / "project")
 
 
 @pytest.fixture(scope="session")

@@ -111,7 +111,6 @@ def v1(kiln) -> str:
 def versions(kiln, v1, tmp_path_factory) -> dict[str, str]:
     """v1 (the project's web), v2 (a changed app), both verified, and bad (/health answers 503),
     rejected as verification would: `up` takes the newest verified web, never the bad one."""
-    from tests.conftest import copy_project
 
     def changed_app(root: Path) -> None:
         with (root / "images/web/files/opt/kiln-web/app.py").open("a") as f:
@@ -123,10 +122,8 @@ def versions(kiln, v1, tmp_path_factory) -> dict[str, str]:
         assert "server_tokens off;\n" in text, "the web site config changed: update this test's edit"
         site.write_text(text.replace("server_tokens off;\n", "server_tokens off;\n" + BAD_HEALTH))
 
-    v2 = bake_variant(kiln, kiln.with_project(copy_project(tmp_path_factory.mktemp("v2"))), changed_app)
-    bad = bake_variant(
-        kiln, kiln.with_project(copy_project(tmp_path_factory.mktemp("bad"))), failing_health, "rejected"
-    )
+    v2 = bake_variant(kiln, kiln.copy(tmp_path_factory.mktemp("v2")), changed_app)
+    bad = bake_variant(kiln, kiln.copy(tmp_path_factory.mktemp("bad")), failing_health, "rejected")
     return {"v1": v1, "v2": v2, "bad": bad}
 
 
