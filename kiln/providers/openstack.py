@@ -3,24 +3,26 @@
 Everything carries the environment's name: `kiln-<env>` for the router, security group and
 load balancer (and its listener, pool and health monitor), `kiln-<env>-<zone>` for each zone's
 network and subnet (tagged `kiln.env=<env>`), `kiln-<env>-<instance>` for servers (metadata
-kiln.env, kiln.role, kiln.instance, kiln.version, kiln.zone). Images are Glance images found by
-their kiln.* properties (kiln/targets/openstack.py). The cloud is a clouds.yaml entry.
+kiln.env, kiln.role, kiln.instance, kiln.version, kiln.zone), `kiln-<env>-instance-ca-<digest>`
+for the Barbican secret holding the environment's CA (internal_tls). Images are Glance images
+found by their kiln.* properties (kiln/targets/openstack.py). The cloud is a clouds.yaml entry.
 
 No OpenStack exists where Kiln is developed: this module is tested only at the SDK boundary,
 against an in-memory fake of the Connection proxies it calls (tests/unit/test_openstack_provider.py),
-never against a real Nova, Neutron, Octavia or Glance.
+never against a real Nova, Neutron, Octavia, Glance or Barbican.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterator
 
 import keystoneauth1.exceptions
 import openstack
 import openstack.exceptions
 
-from kiln import cloudinit
+from kiln import cloudinit, tls
 from kiln.cloudinit import UserData
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
@@ -110,6 +112,9 @@ class OpenStackProvider(cloud.CloudProvider):
         self.network = OpenStackApi(conn, "network", cloud)
         self.lb = OpenStackApi(conn, "load_balancer", cloud)
         self.glance = OpenStackApi(conn, "image", cloud)
+        self.barbican = OpenStackApi(conn, "key_manager", cloud)
+        self.has_barbican = lambda: conn.has_service("key-manager")
+        self.cloud_name = cloud
 
     # ---- names ------------------------------------------------------------------------------
 
@@ -207,6 +212,10 @@ class OpenStackProvider(cloud.CloudProvider):
     def ensure_lb(self, image: ImageRecord | None, user_data: str) -> None:
         port, monitor = self.frontend_port(), self.health_monitor()
         name = self.base_name
+        # internal_tls: the amphora re-encrypts to the members and checks their certificates
+        # against the environment's CA, which Octavia reads from Barbican
+        ca_ref = self.instance_ca_ref()
+        member_tls = {"tls_enabled": True, "ca_tls_container_ref": ca_ref} if ca_ref else {}
         lb = self.lb.find_load_balancer(name)
         if lb is None:
             lb = self.lb.create_load_balancer(name=name, vip_subnet_id=self.subnet(0).id)
@@ -219,15 +228,12 @@ class OpenStackProvider(cloud.CloudProvider):
             self.settle(lb.id)
         pool = self.lb.find_pool(name)
         if pool is None:
-            # internal_tls: the amphora re-encrypts to the members (no CA reference from Barbican
-            # here, so it does not check their certificates)
             pool = self.lb.create_pool(
-                name=name,
-                listener_id=listener.id,
-                protocol="HTTP",
-                lb_algorithm="ROUND_ROBIN",
-                **({"tls_enabled": True} if self.env.spec.internal_tls else {}),
+                name=name, listener_id=listener.id, protocol="HTTP", lb_algorithm="ROUND_ROBIN", **member_tls
             )
+            self.settle(lb.id)
+        elif member_tls and pool.ca_tls_container_ref != member_tls["ca_tls_container_ref"]:
+            self.lb.update_pool(pool, **member_tls)  # a rotated CA, or a pool made before it was checked
             self.settle(lb.id)
         existing = self.lb.find_health_monitor(name)
         if existing is None:
@@ -235,6 +241,32 @@ class OpenStackProvider(cloud.CloudProvider):
         else:  # the environment's health settings may have changed since
             self.lb.update_health_monitor(existing, **{k: v for k, v in monitor.items() if k != "type"})
         self.settle(lb.id)
+
+    def instance_ca_ref(self) -> str | None:
+        """The environment's CA as a Barbican secret, for Octavia to check the members against:
+        one per CA certificate, named by its digest (Barbican secrets cannot change). Asked before
+        the load balancer exists, so a cloud without Barbican is refused before anything is made."""
+        if not self.env.spec.internal_tls:
+            return None
+        if not self.has_barbican():
+            raise KilnError(
+                f"{self.env.file}: field 'internal_tls': Octavia checks the instances' certificates "
+                f"against the environment's CA kept in Barbican, and cloud '{self.cloud_name}' has no "
+                "key-manager service: ask for Barbican, or set internal_tls: false"
+            )
+        pem = tls.authority(self.settings, self.env.name).pem
+        name = f"{self.ca_secret_prefix}{hashlib.sha256(pem).hexdigest()[:12]}"
+        found = self.barbican.secrets(name=name)
+        if found:
+            return found[0].secret_ref
+        made = self.barbican.create_secret(
+            name=name, secret_type="certificate", payload=pem.decode(), payload_content_type="text/plain"
+        )
+        return made.secret_ref
+
+    @property
+    def ca_secret_prefix(self) -> str:
+        return f"{self.base_name}-instance-ca-"
 
     def settle(self, lb_id: str) -> None:
         self.lb.wait_for_load_balancer(
@@ -268,6 +300,11 @@ class OpenStackProvider(cloud.CloudProvider):
                 lambda: self.lb.find_load_balancer(self.base_name) is None,
             )
             removed.append(self.base_name)
+        if self.has_barbican():
+            for secret in self.barbican.secrets():
+                if (secret.name or "").startswith(self.ca_secret_prefix):
+                    self.barbican.delete_secret(secret)
+                    removed.append(f"secret {secret.name}")
         subnets = self.network.subnets(tags=self.tag)
         for router in self.network.routers(tags=self.tag):
             for subnet in subnets:

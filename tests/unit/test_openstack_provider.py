@@ -41,7 +41,7 @@ class FakeCloud:
     def __init__(self):
         self.ids = itertools.count(1)
         self.calls: list[tuple[str, str]] = []  # (operation, name) of every change, in order
-        kinds = "network subnet router port sg rule server image lb listener pool monitor member"
+        kinds = "network subnet router port sg rule server image lb listener pool monitor member secret"
         self.objects: dict[str, dict[str, Res]] = {kind: {} for kind in kinds.split()}
 
     def add(self, kind: str, operation: str, **attrs) -> Res:
@@ -224,7 +224,11 @@ class FakeLoadBalancer:
         return self.c.find("pool", name)
 
     def create_pool(self, **attrs):
-        return self.c.add("pool", "create_pool", **attrs)
+        return self.c.add("pool", "create_pool", **{"ca_tls_container_ref": None, **attrs})
+
+    def update_pool(self, pool, **attrs):
+        pool.__dict__.update(attrs)
+        self.c.calls.append(("update_pool", pool.name))
 
     def find_health_monitor(self, name):
         return self.c.find("monitor", name)
@@ -267,14 +271,35 @@ class FakeLoadBalancer:
         self.c.remove("lb", lb, "delete_load_balancer")
 
 
+class FakeKeyManager:
+    def __init__(self, cloud: FakeCloud):
+        self.c = cloud
+
+    def secrets(self, **query):
+        return (s for s in list(self.c.objects["secret"].values()) if query.get("name", s.name) == s.name)
+
+    def create_secret(self, **attrs):
+        made = self.c.add("secret", "create_secret", **attrs)
+        made.secret_ref = f"https://barbican.example/v1/secrets/{made.id}"
+        return made
+
+    def delete_secret(self, secret):
+        self.c.remove("secret", secret, "delete_secret")
+
+
 class FakeConnection:
-    def __init__(self):
+    def __init__(self, services=("compute", "network", "image", "load-balancer", "key-manager")):
+        self.services = services
         self.cloud = FakeCloud()
         self.config = Res(name="fake")
         self.network = FakeNetwork(self.cloud)
         self.compute = FakeCompute(self.cloud)
         self.image = FakeImage(self.cloud)
         self.load_balancer = FakeLoadBalancer(self.cloud)
+        self.key_manager = FakeKeyManager(self.cloud)
+
+    def has_service(self, service_type):
+        return service_type in self.services
 
 
 def make_env(drain_timeout: float = 30, zones: list[str] = ZONES, **health) -> Environment:
@@ -364,22 +389,61 @@ def test_load_balancer_and_health_monitor_follow_the_environment(conn, provider)
     assert provider.frontend() == "http://10.42.0.5:8080/"
 
 
-def test_with_internal_tls_the_pool_reaches_the_members_over_https(conn, tmp_path):
-    """The amphora re-encrypts to the web instances' HTTPS (443) and checks them over HTTPS."""
+def tls_provider(conn, project) -> OpenStackProvider:
     plain = make_env()
     env = Environment(plain.name, dataclasses.replace(plain.spec, internal_tls=True), plain.file)
-    provider = OpenStackProvider(Settings(state_dir=tmp_path, cloud_poll=0.01, cloud_timeout=5), env, conn)
+    settings = Settings(project_root=project, state_dir=project / ".kiln", cloud_poll=0.01, cloud_timeout=5)
+    return OpenStackProvider(settings, env, conn)
+
+
+def test_with_internal_tls_the_pool_checks_the_members_against_the_environment_ca(conn, tmp_path):
+    """The amphora re-encrypts to the web instances' HTTPS (443), checks them over HTTPS, and
+    verifies their certificates against the environment's CA, which Octavia reads from Barbican."""
+    provider = tls_provider(conn, tmp_path)
     provider.ensure_networks()
     provider.ensure_lb(None, "")
+    provider.ensure_lb(None, "")  # converges: no second secret, no pool update
     [pool] = conn.cloud.objects["pool"].values()
     [monitor] = conn.cloud.objects["monitor"].values()
+    [secret] = conn.cloud.objects["secret"].values()
     assert (pool.protocol, pool.tls_enabled, monitor.type) == ("HTTP", True, "HTTPS")
+    assert pool.ca_tls_container_ref == secret.secret_ref
+    ca_pem = (tmp_path / "secrets" / "ostest.ca.pem").read_text()
+    assert (secret.secret_type, secret.payload) == ("certificate", ca_pem)
+    assert "PRIVATE KEY" not in secret.payload
+    assert [c[0] for c in changes(conn, "create_secret", "create_pool")] == ["create_secret", "create_pool"]
+    assert not changes(conn, "update_pool")
     image = provider.image(
         "web", glance(conn, "web", "1.0", "verified", "2026-01-01T00:00:00Z").properties["kiln.version"]
     )
     provider.lb_register(provider.launch("web", 1, image, "#cloud-config\nhostname: web1\n"))
     [member] = conn.cloud.objects["member"].values()
     assert member.protocol_port == 443
+
+
+def test_a_new_environment_ca_gets_its_own_secret_and_the_pool_follows(conn, tmp_path):
+    before = tls_provider(conn, tmp_path / "first")
+    before.ensure_networks()
+    before.ensure_lb(None, "")
+    first = {s.secret_ref for s in conn.cloud.objects["secret"].values()}
+    tls_provider(conn, tmp_path / "second").ensure_lb(None, "")  # another checkout's CA: a rotation
+    [pool] = conn.cloud.objects["pool"].values()
+    [new_ref] = {s.secret_ref for s in conn.cloud.objects["secret"].values()} - first
+    assert pool.ca_tls_container_ref == new_ref
+    assert changes(conn, "update_pool") == [("update_pool", "kiln-ostest")]
+    removed = tls_provider(conn, tmp_path / "second").destroy()
+    assert not conn.cloud.objects["secret"]
+    assert sum(r.startswith("secret kiln-ostest-instance-ca-") for r in removed) == 2
+
+
+def test_internal_tls_on_a_cloud_without_barbican_is_refused_before_anything_is_made(tmp_path):
+    conn = FakeConnection(services=("compute", "network", "image", "load-balancer"))
+    provider = tls_provider(conn, tmp_path)
+    provider.ensure_networks()
+    made = list(conn.cloud.calls)
+    with pytest.raises(KilnError, match=r"field 'internal_tls': .* cloud 'fake' has no key-manager service"):
+        provider.ensure_lb(None, "")
+    assert conn.cloud.calls == made
 
 
 def test_unknown_zone_names_the_field(conn, tmp_path):
