@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import abc
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kiln.channels.base import Channel
 from kiln.cloudinit import UserData
 from kiln.environments import Environment
+from kiln.errors import KilnError
 from kiln.images import ImageRecord
 from kiln.settings import Settings
 
@@ -99,6 +101,15 @@ class Provider(abc.ABC):
     def https_frontend(self) -> str | None:
         """The HTTPS URL (`frontend.tls`), or None when the frontend serves none."""
         return None
+
+    def lb_versions(self) -> list[str]:
+        """The lb image versions the load balancer runs (lb_from_image), oldest first: one, or
+        two while a handover runs (or was interrupted); none when it is down."""
+        return []
+
+    def replace_lb(self, image: ImageRecord, user_data: str, say: Callable[[str], None]) -> None:
+        """Hand the running load balancer over to `image` with no connection refused (lb_from_image)."""
+        raise KilnError(f"the {self.env.spec.provider} provider cannot replace its load balancer in place")
 
     @abc.abstractmethod
     def destroy(self) -> list[str]:

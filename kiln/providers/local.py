@@ -1,7 +1,8 @@
 """The local provider: Docker containers on per-zone networks behind an HAProxy container.
 
-Everything carries the environment's name: containers `kiln-<env>-<instance>` and
-`kiln-<env>-lb`, networks `kiln-<env>-z<N>`, label `kiln.env=<env>`. The load balancer's
+Everything carries the environment's name: containers `kiln-<env>-<instance>`, the load
+balancer's network holder `kiln-<env>-lb` and its HAProxy `kiln-<env>-lb-<version>`
+(kiln/providers/lbcontainers.py), networks `kiln-<env>-z<N>`, label `kiln.env=<env>`. The load balancer's
 folder (config, stats socket) and each instance's NoCloud seed live under
 <state store folder>/envs/<env>/ (KILN_STATE_STORE, shared by checkouts; default .kiln/) and
 are bind-mounted.
@@ -29,6 +30,7 @@ from kiln.environments import Environment, maintenance_page
 from kiln.errors import KilnError, OperationFailed
 from kiln.files import write_atomic
 from kiln.images import DockerImageStore, ImageRecord, docker_client
+from kiln.providers import lbcontainers
 from kiln.providers.base import Instance, LbServer, Provider
 from kiln.roles import RoleCatalog
 from kiln.settings import Settings
@@ -78,9 +80,9 @@ class LocalProvider(Provider):
     @docker_errors_fail
     def refuse_another_state_folder(self) -> None:
         """The running load balancer's folder is another checkout's: its lock and state are there."""
-        try:
-            lb = self.client.containers.get(self.container_name("lb"))
-        except docker.errors.NotFound:
+        running = [c for c in self.haproxies() if c.status == "running"]
+        lb = running[-1] if running else lbcontainers.find(self.client, self.container_name("lb"))
+        if lb is None:
             return
         mounted = next(
             (m["Source"] for m in lb.attrs.get("Mounts", []) if m["Destination"] == "/run/haproxy"), None
@@ -117,15 +119,16 @@ class LocalProvider(Provider):
                     name, driver="bridge", labels={**self.labels, "kiln.zone": zone_name}
                 )
 
+    def haproxies(self) -> list:
+        return lbcontainers.haproxies(self.client, self.env.name)
+
     @docker_errors_fail
     def ensure_lb(self, image: ImageRecord | None, user_data: str) -> None:
         assert image is not None, "the local load balancer runs the lb image"
         name = self.container_name("lb")
-        try:
-            container = self.client.containers.get(name)
-        except docker.errors.NotFound:
-            container = None
-        if container is not None and container.status == "running":
+        holder = lbcontainers.find(self.client, name)
+        running = [c for c in self.haproxies() if c.status == "running"]
+        if lbcontainers.is_holder(holder) and holder.status == "running" and running:
             self.renew_certificate()
             started_with = (self.lb_folder / haproxy.INSTANCE_CA_FILE).exists()
             if started_with != self.env.spec.internal_tls:
@@ -136,8 +139,9 @@ class LocalProvider(Provider):
                     f"run `invoke down {env}`, then `invoke up {env}`"
                 )
             return
-        if container is not None:
-            container.remove(force=True)
+        # None yet, a stopped one, or one from before holders: the load balancer starts afresh.
+        for stale in [*self.haproxies(), *([holder] if holder else [])]:
+            stale.remove(force=True)
         self.lb_folder.mkdir(parents=True, exist_ok=True)
         tls_spec = self.env.spec.frontend.tls
         ports = {"80/tcp": ("127.0.0.1", self.env.spec.frontend.port or None)}
@@ -150,23 +154,20 @@ class LocalProvider(Provider):
             ca = tls.authority(self.settings, self.env.name).pem
             write_atomic(self.lb_folder / haproxy.INSTANCE_CA_FILE, ca)
         self.sync_lb_config()
-        seed = self._seed("lb", image, user_data)
-        container = self.client.containers.create(
+        options = container_options.run_options(self.client, image.id, self.settings.name_prefix)
+        holder = lbcontainers.create_holder(
+            self.client,
+            name,
             image.image,
-            name=name,
-            hostname="lb",
-            labels={**self.labels, "kiln.role": "lb", "kiln.version": image.version},
-            network=self.network_name(0),
-            ports=ports,
-            volumes={
-                str(self.lb_folder): {"bind": "/run/haproxy", "mode": "rw"},
-                str(seed): {"bind": "/var/lib/cloud/seed/nocloud", "mode": "ro"},
-            },
-            **container_options.run_options(self.client, image.id, self.settings.name_prefix),
+            {**self.labels, "kiln.role": "lb", "kiln.version": image.version},
+            ports,
+            self.network_name(0),
+            options["sysctls"],
         )
         for zone in range(1, len(self.env.zones)):
-            self.client.networks.get(self.network_name(zone)).connect(container)
-        container.start()
+            self.client.networks.get(self.network_name(zone)).connect(holder)
+        holder.start()
+        container = self.start_haproxy(image, user_data)
         deadline = time.monotonic() + LB_START_TIMEOUT
         while not self.api.ready():
             container.reload()
@@ -174,8 +175,81 @@ class LocalProvider(Provider):
                 tail = container.logs(tail=5).decode(errors="replace").strip() or "no output"
                 late = f"no answer in {LB_START_TIMEOUT} s"
                 why = container.status if container.status != "running" else late
-                raise OperationFailed(f"the load balancer {name} did not start ({why}): {tail}")
+                raise OperationFailed(f"the load balancer {container.name} did not start ({why}): {tail}")
             time.sleep(0.2)
+
+    def start_haproxy(self, image: ImageRecord, user_data: str):
+        """HAProxy of `image` in the holder's network namespace, started; an earlier container of
+        the same name (a handover that failed) goes first."""
+        name = self.container_name(f"lb-{image.version}")
+        leftover = lbcontainers.find(self.client, name)
+        if leftover is not None:
+            leftover.remove(force=True)
+        seed = self._seed(f"lb-{image.version}", image, user_data)
+        drain = int(self.env.spec.rollout.drain_timeout)
+        container = lbcontainers.create_haproxy(
+            self.client,
+            name,
+            image.image,
+            self.container_name("lb"),
+            {
+                **self.labels,
+                "kiln.role": "lb",
+                "kiln.version": image.version,
+                "kiln.stop-timeout": str(drain + STOP_MARGIN),  # soft-stop: in-flight requests finish
+            },
+            {
+                str(self.lb_folder): {"bind": "/run/haproxy", "mode": "rw"},
+                str(seed): {"bind": "/var/lib/cloud/seed/nocloud", "mode": "ro"},
+            },
+            container_options.run_options(self.client, image.id, self.settings.name_prefix),
+        )
+        container.start()
+        return container
+
+    @docker_errors_fail
+    def lb_versions(self) -> list[str]:
+        return [c.labels["kiln.version"] for c in self.haproxies() if c.status == "running"]
+
+    @docker_errors_fail
+    def replace_lb(self, image: ImageRecord, user_data: str, say) -> None:
+        """Hand the frontend over to HAProxy of `image`: it starts in the holder's namespace, takes
+        the listening sockets over, then the old HAProxy stops softly. If it never takes over, it
+        is removed and the old one never stopped serving."""
+        holder = lbcontainers.find(self.client, self.container_name("lb"))
+        old = [c for c in self.haproxies() if c.status == "running"]
+        if not old or holder is None or holder.status != "running":
+            raise KilnError(
+                f"environment {self.env.name} has no load balancer running: run `invoke up {self.env.name}`"
+            )
+        if not lbcontainers.is_holder(holder):
+            raise KilnError(
+                f"the load balancer {holder.name} was started before lb rollouts existed: run "
+                f"`invoke down {self.env.name}`, then `invoke up {self.env.name}`, once"
+            )
+        held = [name for name, s in self.database_servers().items() if s.state == "maint"]
+        # One of `image` already running: a handover that was interrupted before the old stopped.
+        new = next((c for c in old if c.labels["kiln.version"] == image.version), None)
+        old = [c for c in old if c is not new]
+        if new is None:
+            self.sync_lb_config()  # what the new HAProxy starts from: the servers in service now
+            new = self.start_haproxy(image, user_data)
+        say(
+            f"{new.name} started beside {', '.join(c.name for c in old)}; waiting for it to take the frontend"
+        )
+        try:
+            lbcontainers.wait_listening(new, self.env.spec.health.timeout)
+        except OperationFailed:
+            new.remove(force=True)
+            # Its firewall replaced the shared namespace's ruleset at start: the old one's again.
+            old[-1].exec_run(lbcontainers.FIREWALL)
+            raise
+        for container in old:
+            stop(container)  # SIGUSR1 to HAProxy through kiln-init: in-flight requests finish
+            container.remove(force=True)
+        for name in held:  # a fenced database stays fenced under the new HAProxy
+            self.database_hold(name)
+        say(f"{new.name} holds the frontend; {', '.join(c.name for c in old)} stopped softly")
 
     @docker_errors_fail
     def frontend(self) -> str | None:

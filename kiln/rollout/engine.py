@@ -10,6 +10,7 @@ policy's minimum. Providers turn their SDK's errors into Kiln's; the engine catc
 from __future__ import annotations
 
 import collections
+import importlib
 import os
 import secrets
 import threading
@@ -34,6 +35,18 @@ from kiln.stamps import epoch_of, utc_iso
 
 class RolloutFailed(OperationFailed):
     """A step failed (health never passed, an instance died, a timeout): roll back."""
+
+
+# Roles whose instances are replaced in place by a module of their own (plan_lines, converge)
+# rather than zone by zone behind the load balancer.
+IN_PLACE = {"db": "kiln.rollout.database", "lb": "kiln.rollout.balancer"}
+
+
+def in_place(role: str):
+    """The module rolling out `role` in place, or None. Imported when asked: the database's
+    pulls in failover and replication."""
+    module = IN_PLACE.get(role)
+    return importlib.import_module(module) if module else None
 
 
 def kept_secret(settings: Settings, env: Environment, name: str) -> str:
@@ -120,7 +133,8 @@ class Engine:
     def __post_init__(self) -> None:
         self.store = Store(self.settings, self.env.name)
         self.role = self.role or self.env.spec.balanced_role
-        self.gate = gate_for(self.provider, self.env, self.role)
+        # Roles replaced in place by their own module have no gate: nothing routes to them by it.
+        self.gate = None if in_place(self.role) else gate_for(self.provider, self.env, self.role)
         self.state: RolloutState | None = None
         self._lock = threading.Lock()  # events come from launch and terminate threads too
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kiln-rollout")
@@ -371,6 +385,12 @@ class Engine:
                 f"{previous.status}: continue it with `invoke rollout {self.env.name} --resume` "
                 f"or undo it with `invoke rollback {self.env.name}`"
             )
+        if self.role == "lb":  # one load balancer, not instances in zones
+            from kiln.rollout import balancer
+
+            changes = balancer.running_versions(self) != [target.version]
+            current = balancer.running_version(self)
+            return RolloutState(self.env.name, self.role, current, target.version, [0] if changes else [])
         instances = self.instances(self.role)
         if not instances:
             raise KilnError(
@@ -395,10 +415,9 @@ class Engine:
         if not resumed:
             self.tell("rollout-started")
         try:
-            if self.role == "db":  # a primary and its standby, through a switchover
-                from kiln.rollout import database
-
-                database.converge(self, target)
+            special = in_place(self.role)
+            if special:  # a primary and its standby; the load balancer's handover
+                special.converge(self, target)
                 state.status = "succeeded"
                 return self.finish()
             for zone in state.zones:
@@ -449,11 +468,10 @@ class Engine:
         instances = self.instances(self.role)
         touched = sorted({i.zone for i in instances if i.version != version}, reverse=True)
         try:
-            if self.role == "db":
-                from kiln.rollout import database
-
-                self.say(f"rolling the db instances back to {version}")
-                database.converge(self, image)
+            special = in_place(self.role)
+            if special:
+                self.say(f"rolling {self.role} back to {version}")
+                special.converge(self, image)
             else:
                 for zone in touched:
                     name = self.env.zones[zone]

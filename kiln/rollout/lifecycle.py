@@ -20,8 +20,7 @@ from kiln.providers import get_provider
 from kiln.providers.base import Instance, LbServer, Provider
 from kiln.replication import standbys_behind
 from kiln.roles import RoleCatalog
-from kiln.rollout import database
-from kiln.rollout.engine import Engine
+from kiln.rollout.engine import Engine, in_place
 from kiln.rollout.planning import describe, majority_version, missing_numbers, plan, require_deployable
 from kiln.rollout.state import RolloutState
 from kiln.settings import Settings
@@ -41,6 +40,15 @@ def why_not_rolled_out(env: Environment, role: str) -> str | None:
     return None
 
 
+def rolls_out_lb(provider: Provider) -> None:
+    """Only a load balancer running Kiln's lb image has a version to roll out."""
+    if not provider.lb_from_image:
+        raise KilnError(
+            f"lb does not roll out on the {provider.env.spec.provider} provider: its load balancer is "
+            "the cloud's managed service, with no Kiln image in it"
+        )
+
+
 def open_engine(settings: Settings, env_name: str, say: Callable[[str], None]) -> Engine:
     env = environments.load(settings, env_name)
     return Engine(settings, env, get_provider(settings, env), say)
@@ -52,6 +60,9 @@ def engine_for(engine: Engine, role: str | None) -> Engine:
     if not role or role == engine.role:
         return engine
     env = engine.env
+    if role == "lb":
+        rolls_out_lb(engine.provider)
+        return Engine(engine.settings, env, engine.provider, engine.say, role=role)
     if not env.count(role):
         running = ", ".join(r for r, n in sorted(env.spec.instances.items()) if n)
         raise KilnError(f"{env.file} runs no {role} instances (it runs {running}): nothing to roll out")
@@ -90,8 +101,9 @@ def plan_rollout(engine: Engine, role: str | None = None, image: str | None = No
     engine = engine_for(engine, role)
     target = target_image(engine, image)
     state = engine.start(target)
-    if engine.role == "db":
-        lines = database.plan_lines(engine, target)
+    special = in_place(engine.role)
+    if special:
+        lines = special.plan_lines(engine, target)
     else:
         instances = engine.provider.instances(engine.role)
         steps = plan(engine.env, engine.role, instances, state.to_version, state.zones)

@@ -1,7 +1,8 @@
 """Rolling a release manifest (kiln/release.py) out to an environment, role by role.
 
 Every role is checked before anything changes: its image exists and may be deployed here, and
-it can roll out (db and lb cannot yet: a manifest may list them only at the version that runs).
+it can roll out (db only with a standby: without one a manifest may list it only at the version
+that runs; lb only where the load balancer runs Kiln's lb image, and is skipped elsewhere).
 Roles the environment does not run are skipped, so one manifest serves environments of different
 shapes (a DR environment without workers). The roles then roll out in the manifest's order under
 one lock; the first failure is rolled back by the engine as any rollout is, and stops the release:
@@ -41,6 +42,9 @@ def plan_release(engine: Engine, release: Release) -> list[ReleaseStep]:
     """What the release would do here, role by role, refusing (KilnError) before any change."""
     env, steps = engine.env, []
     for role, wanted in release.versions.items():
+        if role == "lb":
+            steps.append(load_balancer_step(engine, wanted))
+            continue
         if not env.count(role):
             steps.append(ReleaseStep(role, None, wanted, f"skip: {env.file} runs no {role} instances"))
             continue
@@ -63,6 +67,17 @@ def plan_release(engine: Engine, release: Release) -> list[ReleaseStep]:
         action = "unchanged" if target.version == running and not mixed else "roll out"
         steps.append(ReleaseStep(role, running, target.version, action))
     return steps
+
+
+def load_balancer_step(engine: Engine, wanted: str) -> ReleaseStep:
+    if not engine.provider.lb_from_image:
+        return ReleaseStep("lb", None, wanted, "skip: the cloud's managed load balancer runs no lb image")
+    running = (engine.provider.lb_versions() or [None])[0]
+    target = image_of(engine.provider, "lb", wanted)
+    require_deployable(target, engine.env)
+    return ReleaseStep(
+        "lb", running, target.version, "unchanged" if target.version == running else "roll out"
+    )
 
 
 def deploy_release(engine: Engine, approve: Approve, release: Release) -> list[ReleaseStep]:

@@ -240,8 +240,10 @@ def test_concurrent_rollout_is_refused_and_a_killed_rollout_resumes(kiln, env, v
     assert load.failed == 0, load.summary()
     assert_consistent(kiln, target)
     containers = docker_client.containers.list(all=True, filters={"label": f"kiln.env={env}"})
+    (haproxy_version,) = {c.labels["kiln.version"] for c in containers if "kiln.lb-haproxy" in c.labels}
     assert sorted(c.name for c in containers) == sorted(
-        [f"kiln-{env}-lb"] + [f"kiln-{env}-{i['name']}" for i in status(kiln)["instances"]]
+        [f"kiln-{env}-lb", f"kiln-{env}-lb-{haproxy_version}"]
+        + [f"kiln-{env}-{i['name']}" for i in status(kiln)["instances"]]
     ), "no orphan container may remain"
 
 
@@ -350,7 +352,7 @@ def test_https_from_the_environments_ca_http_redirected_and_renewed_without_a_re
         assert plain.value.headers["Location"] == f"https://127.0.0.1:{port}/health?from=http"
 
         # A leaf the CA did not sign is due: `up` issues a new one and HAProxy takes it live.
-        lb = docker_client.containers.get(f"kiln-{name}-lb")
+        (lb,) = docker_client.containers.list(filters={"label": [f"kiln.env={name}", "kiln.lb-haproxy"]})
         started = lb.attrs["State"]["StartedAt"]
         before = tls.served("127.0.0.1", port).serial
         bundle = kiln.project / ".kiln" / "envs" / name / "lb" / "frontend.pem"

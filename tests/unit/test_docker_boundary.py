@@ -16,6 +16,7 @@ KILN = Path(__file__).resolve().parents[2] / "kiln"
 KNOWS_DOCKER = {
     # Deploying: the runtime that is Docker, and the channel into its containers.
     "kiln.providers.local": "the local provider: instances are containers",
+    "kiln.providers.lbcontainers": "the local load balancer's network holder and HAProxy containers",
     "kiln.providers.qemu": "the qemu provider: its VMs join the local provider's Docker bridges and LB",
     "kiln.channels.docker": "the channel into a container: docker exec and the archive API",
     "kiln.backup.containers": "the local provider's backup volumes; sites tests and benchmarks start",

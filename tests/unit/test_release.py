@@ -135,7 +135,7 @@ def test_what_cannot_roll_out_is_refused_before_any_change_and_absent_roles_are_
     write(project, "lb", "roles: [{role: lb, version: '1.0'}, {role: worker, version: '2.0'}]\n")
     plan = releases.plan_release(rig.engine(), release_of(rig, "lb"))
     assert [s.line() for s in plan] == [
-        "lb: skip: environments/wk.yml runs no lb instances (1.0)",
+        "lb: skip: the cloud's managed load balancer runs no lb image (1.0)",  # the fake's is one
         "worker: 1.0 -> 2.0",
     ]
 

@@ -4,6 +4,7 @@ within the policy, rolled back, resumed after a kill; and the roles that may not
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from kiln.providers.fake import Crash, FakeProvider, Script
 from kiln.rollout import lifecycle
 from kiln.rollout.engine import Engine
 from kiln.settings import Settings
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_project
 
 ZONES, WORKERS = 2, 4
 
@@ -130,13 +131,21 @@ def test_rollback_and_resume_follow_the_role_the_rollout_was_of(tmp_path):
             "cron",
             r"environments/wk.yml runs no cron instances \(it runs web, worker\)",
         ),
-        # lb stands for any role without a health_command (run here as plain instances)
-        ({"web": 2, "worker": 2, "lb": 1}, "lb", r"images/lb/role.yml declares no health_command"),
+        # a role of its own (see the test) with no health_command
+        ({"web": 2, "worker": 2, "cron": 1}, "cron", r"images/cron/role.yml declares no health_command"),
+        # the fake provider's load balancer is a managed one, like a cloud's
+        ({"web": 2, "worker": 2}, "lb", r"lb does not roll out on the \w+ provider: .* managed service"),
     ],
-    ids=["db", "not-in-environment", "no-health-command"],
+    ids=["db", "not-in-environment", "no-health-command", "managed-load-balancer"],
 )
 def test_roles_that_cannot_roll_out_are_refused_before_any_change(tmp_path, instances, role, message):
-    rig = WorkerRig(tmp_path, instances=instances)
+    project = copy_project(tmp_path / "project")
+    (project / "images" / "cron").mkdir()
+    (project / "images" / "cron" / "role.yml").write_text(
+        "name: cron\ndescription: no health\nparent: base\n"
+    )
+    shutil.copy(project / "cloud-init" / "worker.yml.j2", project / "cloud-init" / "cron.yml.j2")
+    rig = WorkerRig(tmp_path, instances=instances, project=project)
     with pytest.raises(KilnError, match=message):
         lifecycle.deploy(rig.engine(), approve, role=role)
     assert len(rig.provider.changes) == rig.after_up
