@@ -26,6 +26,9 @@ AGENT_PORT = 5433  # kiln-db-role-agent in the db image: "up" on the primary onl
 # HAProxy reads an error file into one buffer (16 KiB by default) with its headers.
 MAINTENANCE_PAGE_LIMIT = 8192
 MAINTENANCE_FILE = "maintenance.http"
+# Every server's state (drain, maint, health) as `show servers state` writes it, for the next
+# HAProxy to start from: an lb handover keeps a drained or fenced server as it was.
+SERVER_STATE_FILE = "server-state"
 CERTIFICATE_FILE = "frontend.pem"  # the certificate, its CA's, then its key (kiln/tls.py)
 HTTPS_PORT = 443  # the frontend's, and the instances' with internal_tls
 INSTANCE_CA_FILE = (
@@ -274,7 +277,7 @@ def render_config(
         "    stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners",
         "    stats timeout 30s",
         "    pidfile /run/haproxy/haproxy.pid",
-        "    server-state-file /run/haproxy/server-state",
+        f"    server-state-file /run/haproxy/{SERVER_STATE_FILE}",
         "",
         "defaults",
         "    mode http",
@@ -285,6 +288,9 @@ def render_config(
         "    timeout client 30s",
         "    timeout server 30s",
         "    load-server-state-from-file global",
+        # soft-stop (an lb handover): an idle keep-alive connection gets its next answer with
+        # `Connection: close` instead of being closed under a request the client just sent
+        "    option idle-close-on-response",
         # no server up (nor a backup): the maintenance page, not HAProxy's bare 503
         f"    errorfile 503 /run/haproxy/{MAINTENANCE_FILE}",
         "",

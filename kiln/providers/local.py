@@ -142,6 +142,7 @@ class LocalProvider(Provider):
         # None yet, a stopped one, or one from before holders: the load balancer starts afresh.
         for stale in [*self.haproxies(), *([holder] if holder else [])]:
             stale.remove(force=True)
+        (self.lb_folder / haproxy.SERVER_STATE_FILE).unlink(missing_ok=True)  # an earlier one's
         self.lb_folder.mkdir(parents=True, exist_ok=True)
         tls_spec = self.env.spec.frontend.tls
         ports = {"80/tcp": ("127.0.0.1", self.env.spec.frontend.port or None)}
@@ -227,12 +228,13 @@ class LocalProvider(Provider):
                 f"the load balancer {holder.name} was started before lb rollouts existed: run "
                 f"`invoke down {self.env.name}`, then `invoke up {self.env.name}`, once"
             )
-        held = [name for name, s in self.database_servers().items() if s.state == "maint"]
         # One of `image` already running: a handover that was interrupted before the old stopped.
         new = next((c for c in old if c.labels["kiln.version"] == image.version), None)
         old = [c for c in old if c is not new]
         if new is None:
-            self.sync_lb_config()  # what the new HAProxy starts from: the servers in service now
+            # What the new HAProxy starts from: the servers in service now, in their states.
+            self.sync_lb_config()
+            write_atomic(self.lb_folder / haproxy.SERVER_STATE_FILE, self.api.command("show servers state"))
             new = self.start_haproxy(image, user_data)
         say(
             f"{new.name} started beside {', '.join(c.name for c in old)}; waiting for it to take the frontend"
@@ -247,8 +249,6 @@ class LocalProvider(Provider):
         for container in old:
             stop(container)  # SIGUSR1 to HAProxy through kiln-init: in-flight requests finish
             container.remove(force=True)
-        for name in held:  # a fenced database stays fenced under the new HAProxy
-            self.database_hold(name)
         say(f"{new.name} holds the frontend; {', '.join(c.name for c in old)} stopped softly")
 
     @docker_errors_fail
