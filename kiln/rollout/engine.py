@@ -133,8 +133,8 @@ class Engine:
     def __post_init__(self) -> None:
         self.store = Store(self.settings, self.env.name)
         self.role = self.role or self.env.spec.balanced_role
-        # Roles replaced in place by their own module have no gate: nothing routes to them by it.
-        self.gate = None if in_place(self.role) else gate_for(self.provider, self.env, self.role)
+        # The load balancer is handed over (kiln/rollout/balancer.py), no instance of it gated.
+        self.gate = None if self.role == "lb" else gate_for(self.provider, self.env, self.role)
         self.state: RolloutState | None = None
         self._lock = threading.Lock()  # events come from launch and terminate threads too
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kiln-rollout")
