@@ -29,7 +29,9 @@ ZONE_NAME = "[a-z0-9][a-z0-9-]*"
 @dataclass(frozen=True)
 class FrontendTls:
     port: int = spec(
-        help="port HTTPS is served on (local: on 127.0.0.1; 0 picks a free one)", minimum=0, maximum=65535
+        help="port HTTPS is served on (local: on 127.0.0.1, where 0 picks a free one)",
+        minimum=0,
+        maximum=65535,
     )
     names: list[str] = spec(
         ["localhost", "127.0.0.1"],
@@ -265,7 +267,9 @@ def validate(name: str, s: EnvironmentSpec, display: str) -> None:
             f"the {s.provider} provider's load balancer does not route by zone; remove it",
         )
     if s.frontend.tls is not None and not provider_class(s.provider).terminates_tls:
-        fail("frontend.tls", f"the {s.provider} provider's load balancer does not serve HTTPS yet; remove it")
+        fail("frontend.tls", f"the {s.provider} provider's load balancer does not serve HTTPS; remove it")
+    if s.frontend.tls is not None and s.frontend.tls.port and s.frontend.tls.port == s.frontend.port:
+        fail("frontend.tls.port", f"{s.frontend.port} is frontend.port too: give HTTPS a port of its own")
     if s.instances.get("db", 0) > 1 and not provider_class(s.provider).routes_database:
         fail(
             "instances.db",

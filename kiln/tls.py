@@ -154,8 +154,14 @@ def subject_names(names: list[str]) -> list[x509.GeneralName]:
 def issue(ca: Authority, names: list[str], days: int) -> bytes:
     """A server certificate for `names` (host names or addresses), valid `days`: HAProxy's `crt`
     file, the certificate, then the CA's, then the new private key."""
-    certificate, key = leaf(ca, names, days, [ExtendedKeyUsageOID.SERVER_AUTH])
+    certificate, key = issue_server(ca, names, days)
     return certificate + ca.pem + key
+
+
+def issue_server(ca: Authority, names: list[str], days: int) -> tuple[bytes, bytes]:
+    """(certificate, private key) as PEM of a server for `names`, valid `days`: what a cloud's
+    certificate store takes apart (ACM, Barbican) where HAProxy takes one file."""
+    return leaf(ca, names, days, [ExtendedKeyUsageOID.SERVER_AUTH])
 
 
 def issue_instance(ca: Authority, names: list[str], days: int = INSTANCE_DAYS) -> InstanceCredentials:
@@ -192,11 +198,17 @@ def leaf(
 
 
 def due(bundle: Path, ca: Authority, names: list[str]) -> bool:
-    """A new leaf is needed: none yet, another CA's, other names, or most of its life spent."""
-    if not bundle.exists():
+    """A new leaf is needed for the bundle file: see leaf_due."""
+    return leaf_due(bundle.read_bytes() if bundle.exists() else None, ca, names)
+
+
+def leaf_due(pem: bytes | None, ca: Authority, names: list[str]) -> bool:
+    """A new leaf is needed in place of `pem` (a leaf first, as in a bundle): none yet, another
+    CA's, other names, or most of its life spent."""
+    if pem is None:
         return True
     try:
-        current = x509.load_pem_x509_certificate(bundle.read_bytes())  # the first: the leaf
+        current = x509.load_pem_x509_certificate(pem)  # the first: the leaf
     except ValueError:
         return True
     try:  # signed by this CA, not merely by one of the same name (a CA made again)

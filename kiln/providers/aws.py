@@ -2,9 +2,11 @@
 
 Everything carries the environment's name: tag `kiln.env=<env>` and Name `kiln-<env>-...` on
 the VPC, its internet gateway, subnets (one per zone), security group and instances; the load
-balancer is `kiln-<env>` and its target group `kiln-<env>-<balanced role>`. Images are AMIs
-found by their kiln.* tags (kiln/targets/amazon_ebs.py). Tested against moto's server, which
-answers the API calls but fakes behaviour (targets are healthy at once, no draining).
+balancer is `kiln-<env>` and its target group `kiln-<env>-<balanced role>`; with `frontend.tls`
+its HTTPS listener serves the ACM certificate `kiln-<env>-frontend` (tags as above), issued from
+the environment's CA (kiln/tls.py). Images are AMIs found by their kiln.* tags
+(kiln/targets/amazon_ebs.py). Tested against moto's server, which answers the API calls but
+fakes behaviour (targets are healthy at once, no draining, no TLS served).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from kiln import cloudinit
+from kiln import cloudinit, tls
 from kiln.cloudinit import UserData
 from kiln.environments import Environment
 from kiln.errors import KilnError, OperationFailed
@@ -26,11 +28,15 @@ from kiln.providers import cloud
 from kiln.providers.base import Instance, LbServer
 from kiln.settings import Settings
 
+REDIRECT_KEYS = ("Protocol", "Port", "StatusCode")
 USER_DATA_LIMIT = 16384  # bytes, before base64: EC2's limit
 APP_PORT = 80
 AZ_NAME = re.compile(r"^(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)[a-z]$")
 LIVE_STATES = ["pending", "running"]
 NOT_GONE = ["pending", "running", "shutting-down", "stopping", "stopped"]
+# TLS 1.2 and 1.3 only: the ALB's default policy still accepts TLS 1.0
+SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+CERTIFICATE_KEY_TYPE = "EC_prime256v1"  # kiln/tls.py's keys; ACM lists only RSA_2048 unless asked
 AUTH_CODES = {"AuthFailure", "UnrecognizedClientException", "InvalidClientTokenId", "SignatureDoesNotMatch"}
 # describe_target_health state -> (load-balancer state, sessions). ELBv2 counts no connections per
 # target: a draining target counts as one session until its deregistration delay ends and it is gone,
@@ -89,6 +95,10 @@ class AwsApi:
                     ) from None
                 message = " ".join(str(error.get("Message", "")).split())
                 raise AwsError(f"AWS {operation} failed: {code}: {message}", code) from None
+            except botocore.exceptions.ParamValidationError:  # its message quotes the values: a key
+                raise OperationFailed(
+                    f"AWS {operation}: botocore refused Kiln's parameters (values not shown): a bug in Kiln"
+                ) from None
             except botocore.exceptions.BotoCoreError as exc:  # timeouts, TLS: messages hold no secrets
                 raise OperationFailed(f"AWS {operation} failed: {exc}") from None
 
@@ -97,6 +107,7 @@ class AwsApi:
 
 class AwsProvider(cloud.CloudProvider):
     lb_service = "ELBv2"
+    terminates_tls = True
     image_target = "amazon-ebs"
 
     def __init__(self, settings: Settings, env: Environment):
@@ -110,6 +121,7 @@ class AwsProvider(cloud.CloudProvider):
         try:
             self.ec2 = AwsApi(session.client("ec2", endpoint_url=endpoint, config=config), settings)
             self.elb = AwsApi(session.client("elbv2", endpoint_url=endpoint, config=config), settings)
+            self.acm = AwsApi(session.client("acm", endpoint_url=endpoint, config=config), settings)
         except (botocore.exceptions.InvalidRegionError, ValueError):
             raise KilnError(
                 f"KILN_AWS_REGION={self.region!r} is not an AWS region name, like eu-west-1"
@@ -140,6 +152,10 @@ class AwsProvider(cloud.CloudProvider):
     def target_group_name(self) -> str:
         return self.name(self.env.spec.balanced_role)
 
+    @property
+    def certificate_name(self) -> str:
+        return self.name("frontend")
+
     def tags(self, name: str, **extra: str) -> list[dict]:
         return [{"Key": k, "Value": v} for k, v in {"Name": name, "kiln.env": self.env.name, **extra}.items()]
 
@@ -166,6 +182,7 @@ class AwsProvider(cloud.CloudProvider):
                 )
         self.health_check()
         self.frontend_port()
+        self.tls_port()
         if self.env.spec.rollout.drain_timeout > 3600:
             raise KilnError(f"{self.env.file}: field 'rollout.drain_timeout': ELBv2 allows at most 3600 s")
 
@@ -218,25 +235,36 @@ class AwsProvider(cloud.CloudProvider):
                         "subnet", self.name(zone_name), **{"kiln.zone": zone_name}
                     ),
                 )
-        if self.security_group_id() is None:
+        group = self.security_group_id()
+        if group is None:
             group = self.ec2.create_security_group(
                 GroupName=self.name("sg"),
                 Description=f"Kiln environment {self.env.name}",
                 VpcId=vpc_id,
                 TagSpecifications=self.tag_spec("security-group", self.name("sg")),
             )["GroupId"]
-            port = self.frontend_port()
+            # The load balancer and the instances (web to db) reach each other.
+            self.ec2.authorize_security_group_ingress(
+                GroupId=group, IpPermissions=[{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]}]
+            )
+        self.open_frontend_ports(group)
+
+    def open_frontend_ports(self, group: str) -> None:
+        """The frontend's ports open to everyone: HTTP's, and HTTPS's once frontend.tls names one."""
+        [found] = self.ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"]
+        open_ports = {
+            rule.get("FromPort")
+            for rule in found.get("IpPermissions", [])
+            if any(r.get("CidrIp") == "0.0.0.0/0" for r in rule.get("IpRanges", []))
+        }
+        wanted = [self.frontend_port(), self.tls_port()]
+        missing = [port for port in wanted if port is not None and port not in open_ports]
+        if missing:
             self.ec2.authorize_security_group_ingress(
                 GroupId=group,
                 IpPermissions=[
-                    {
-                        "IpProtocol": "tcp",
-                        "FromPort": port,
-                        "ToPort": port,
-                        "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
-                    },
-                    # The load balancer and the instances (web to db) reach each other.
-                    {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]},
+                    {"IpProtocol": "tcp", "FromPort": p, "ToPort": p, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+                    for p in missing
                 ],
             )
 
@@ -266,6 +294,17 @@ class AwsProvider(cloud.CloudProvider):
             )
         return port
 
+    def tls_port(self) -> int | None:
+        """The HTTPS listener's port, or None without frontend.tls."""
+        tls_spec = self.env.spec.frontend.tls
+        if tls_spec is None:
+            return None
+        if tls_spec.port == 0:
+            raise KilnError(
+                f"{self.env.file}: field 'frontend.tls.port': an AWS load balancer needs a fixed port"
+            )
+        return tls_spec.port
+
     def health_check(self) -> dict:
         """The target group's health check from the environment, within ELBv2's limits."""
         h, within = self.env.spec.health, self.whole_within
@@ -286,13 +325,14 @@ class AwsProvider(cloud.CloudProvider):
         return ("HTTPS", HTTPS_PORT) if self.env.spec.internal_tls else ("HTTP", APP_PORT)
 
     def ensure_lb(self, image: ImageRecord | None, user_data: str) -> None:
-        health, port = self.health_check(), self.frontend_port()
+        health, port, tls_port = self.health_check(), self.frontend_port(), self.tls_port()
         delay = int(self.env.spec.rollout.drain_timeout)
         subnets, group = self.subnets(), self.security_group_id()
         if len(subnets) < len(self.env.zones) or group is None:
             raise KilnError(
                 f"the networks of {self.env.name} are incomplete: run `invoke up {self.env.name}`"
             )
+        certificate = self.frontend_certificate()  # a CA that cannot be opened stops here
         lb = self.load_balancer()
         if lb is None:
             lb = self.elb.create_load_balancer(
@@ -321,18 +361,95 @@ class AwsProvider(cloud.CloudProvider):
             TargetGroupArn=group_arn,
             Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": str(delay)}],
         )
-        listeners = self.elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
-        if not any(listener["Port"] == port for listener in listeners):
-            self.elb.create_listener(
-                LoadBalancerArn=lb["LoadBalancerArn"],
-                Protocol="HTTP",
-                Port=port,
-                DefaultActions=[{"Type": "forward", "TargetGroupArn": group_arn}],
-            )
+        lb_arn = lb["LoadBalancerArn"]
+        listeners = {
+            found["Port"]: found for found in self.elb.describe_listeners(LoadBalancerArn=lb_arn)["Listeners"]
+        }
+        forward = [{"Type": "forward", "TargetGroupArn": group_arn}]
+        tls_spec = self.env.spec.frontend.tls
+        http_actions = forward
+        if tls_spec is not None and tls_spec.redirect:
+            redirect = {"Protocol": "HTTPS", "Port": str(tls_port), "StatusCode": "HTTP_301"}
+            http_actions = [{"Type": "redirect", "RedirectConfig": redirect}]
+        self.ensure_listener(
+            lb_arn, listeners.get(port), {"Protocol": "HTTP", "Port": port, "DefaultActions": http_actions}
+        )
+        for stale in listeners.values():
+            if stale["Protocol"] == "HTTPS" and stale["Port"] not in (port, tls_port):  # tls removed or moved
+                self.elb.delete_listener(ListenerArn=stale["ListenerArn"])
+                if certificate is None:
+                    self.delete_certificates([c["CertificateArn"] for c in stale.get("Certificates", [])])
+        if certificate is not None:
+            https = {
+                "Protocol": "HTTPS",
+                "Port": tls_port,
+                "DefaultActions": forward,
+                "Certificates": [{"CertificateArn": certificate}],
+                "SslPolicy": SSL_POLICY,
+            }
+            self.ensure_listener(lb_arn, listeners.get(tls_port), https)
         self.wait(
             f"load balancer {self.lb_name} to become active",
             lambda: (self.load_balancer() or {}).get("State", {}).get("Code") == "active",
         )
+
+    def ensure_listener(self, lb_arn: str, found: dict | None, wanted: dict) -> None:
+        """The listener `wanted` describes, created, or changed where it differs (redirect turned on
+        or off, another certificate); left alone when it matches."""
+        if found is None:
+            self.elb.create_listener(LoadBalancerArn=lb_arn, **wanted)
+        elif listener_shape(found) != listener_shape(wanted):
+            self.elb.modify_listener(ListenerArn=found["ListenerArn"], **wanted)
+
+    def frontend_certificate(self) -> str | None:
+        """The ARN of the HTTPS listener's certificate in ACM, issued from the environment's CA.
+        A due one (kiln/tls.py: spent, other names, another CA) is re-imported into the same ARN,
+        so the listener keeps it. ACM's copy decides: its key is kept nowhere else."""
+        tls_spec = self.env.spec.frontend.tls
+        if tls_spec is None:
+            return None
+        ca = tls.authority(self.settings, self.env.name)
+        arn = next(iter(self.certificate_arns()), None)
+        current = self.acm.get_certificate(CertificateArn=arn)["Certificate"].encode() if arn else None
+        if not tls.leaf_due(current, ca, tls_spec.names):
+            return arn
+        certificate, key = tls.issue_server(ca, tls_spec.names, tls_spec.days)
+        if arn is None:
+            return self.acm.import_certificate(
+                Certificate=certificate,
+                PrivateKey=key,
+                CertificateChain=ca.pem,
+                Tags=self.tags(self.certificate_name),
+            )["CertificateArn"]
+        self.acm.import_certificate(
+            CertificateArn=arn, Certificate=certificate, PrivateKey=key, CertificateChain=ca.pem
+        )
+        # ACM keeps the tags of a re-imported certificate, moto's server drops them: tag it again
+        self.acm.add_tags_to_certificate(CertificateArn=arn, Tags=self.tags(self.certificate_name))
+        return arn
+
+    def certificate_arns(self) -> list[str]:
+        """This environment's frontend certificates in ACM, by their tags (ACM filters by none)."""
+        found, token = [], None
+        while True:
+            page = self.acm.list_certificates(
+                Includes={"keyTypes": [CERTIFICATE_KEY_TYPE]}, **({"NextToken": token} if token else {})
+            )
+            for summary in page["CertificateSummaryList"]:
+                tags = tag_dict(self.acm.list_tags_for_certificate(CertificateArn=summary["CertificateArn"]))
+                if tags.get("kiln.env") == self.env.name and tags.get("Name") == self.certificate_name:
+                    found.append(summary["CertificateArn"])
+            token = page.get("NextToken")
+            if not token:
+                return found
+
+    def delete_certificates(self, arns: list[str]) -> list[str]:
+        for arn in arns:
+            # ACM counts it in use by a deleted listener or load balancer for a little while
+            self.retry_dependent(
+                lambda a=arn: self.acm.delete_certificate(CertificateArn=a), "ResourceInUseException"
+            )
+        return [self.certificate_name] * len(arns)
 
     def load_balancer(self) -> dict | None:
         try:
@@ -355,6 +472,11 @@ class AwsProvider(cloud.CloudProvider):
         lb = self.load_balancer()
         return f"http://{lb['DNSName']}:{self.env.spec.frontend.port}/" if lb else None
 
+    def https_frontend(self) -> str | None:
+        tls_port = self.tls_port()
+        lb = self.load_balancer() if tls_port else None
+        return f"https://{lb['DNSName']}:{tls_port}/" if lb else None
+
     def destroy(self) -> list[str]:
         removed = []
         doomed = self.describe_instances(
@@ -372,6 +494,7 @@ class AwsProvider(cloud.CloudProvider):
         if group_arn is not None:
             self.elb.delete_target_group(TargetGroupArn=group_arn)
             removed.append(self.target_group_name)
+        removed += self.delete_certificates(self.certificate_arns())
         group = self.security_group_id()
         if group is not None:
             # The load balancer's network interfaces linger a little after it is deleted.
@@ -393,14 +516,14 @@ class AwsProvider(cloud.CloudProvider):
             removed.append(self.name("vpc"))
         return removed
 
-    def retry_dependent(self, delete) -> None:
+    def retry_dependent(self, delete, code: str = "DependencyViolation") -> None:
         deadline = time.monotonic() + self.settings.cloud_timeout
         for _ in range(cloud.polls(self.settings)):
             try:
                 delete()
                 return
             except AwsError as exc:
-                if exc.code != "DependencyViolation" or time.monotonic() > deadline:
+                if exc.code != code or time.monotonic() > deadline:
                     raise
             time.sleep(self.settings.cloud_poll)
         delete()  # the last try reports why
@@ -615,6 +738,18 @@ class AwsProvider(cloud.CloudProvider):
 
 def tag_dict(resource: dict) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
+
+
+def listener_shape(listener: dict) -> tuple:
+    """What Kiln sets on a listener, comparable between a description and a request (ELBv2
+    describes more: a redirect's host, path and query)."""
+    actions = tuple(
+        (a["Type"], a.get("TargetGroupArn"), *(a.get("RedirectConfig", {}).get(k) for k in REDIRECT_KEYS))
+        for a in listener["DefaultActions"]
+    )
+    https = listener["Protocol"] == "HTTPS"
+    certificates = tuple(c["CertificateArn"] for c in listener.get("Certificates", []))
+    return listener["Protocol"], actions, certificates, listener.get("SslPolicy") if https else None
 
 
 def image_record(raw: dict) -> ImageRecord:

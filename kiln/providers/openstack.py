@@ -4,7 +4,10 @@ Everything carries the environment's name: `kiln-<env>` for the router, security
 load balancer (and its listener, pool and health monitor), `kiln-<env>-<zone>` for each zone's
 network and subnet (tagged `kiln.env=<env>`), `kiln-<env>-<instance>` for servers (metadata
 kiln.env, kiln.role, kiln.instance, kiln.version, kiln.zone), `kiln-<env>-instance-ca-<digest>`
-for the Barbican secret holding the environment's CA (internal_tls). Images are Glance images
+for the Barbican secret holding the environment's CA (internal_tls). With `frontend.tls`, the
+listener `kiln-<env>-https` terminates HTTPS with the PKCS12 bundle in the Barbican secret
+`kiln-<env>-frontend-<digest>` (a certificate from the environment's CA, its key and the CA), and
+the L7 policy `kiln-<env>-redirect` answers plain HTTP with a 301 to it. Images are Glance images
 found by their kiln.* properties (kiln/targets/openstack.py). The cloud is a clouds.yaml entry.
 
 No OpenStack exists where Kiln is developed: this module is tested only at the SDK boundary,
@@ -21,6 +24,9 @@ from collections.abc import Iterator
 import keystoneauth1.exceptions
 import openstack
 import openstack.exceptions
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from kiln import cloudinit, tls
 from kiln.cloudinit import UserData
@@ -100,12 +106,14 @@ def connect(settings: Settings):
 
 class OpenStackProvider(cloud.CloudProvider):
     lb_service = "Octavia"
+    terminates_tls = True
     image_target = "openstack"
 
     def __init__(self, settings: Settings, env: Environment, connection=None):
         super().__init__(settings, env)
         self.health_monitor()  # what Octavia would refuse, refused before anything is created
         self.frontend_port()
+        self.tls_port()
         conn = connection if connection is not None else connect(settings)
         cloud = settings.openstack_cloud or getattr(conn.config, "name", None) or "default"
         self.compute = OpenStackApi(conn, "compute", cloud)
@@ -127,6 +135,14 @@ class OpenStackProvider(cloud.CloudProvider):
 
     def server_name(self, instance: str) -> str:
         return f"{self.base_name}-{instance}"
+
+    @property
+    def https_name(self) -> str:
+        return f"{self.base_name}-https"
+
+    @property
+    def redirect_name(self) -> str:
+        return f"{self.base_name}-redirect"
 
     @property
     def tag(self) -> str:
@@ -194,6 +210,17 @@ class OpenStackProvider(cloud.CloudProvider):
             raise KilnError(f"{self.env.file}: field 'frontend.port': an Octavia listener needs a fixed port")
         return self.env.spec.frontend.port
 
+    def tls_port(self) -> int | None:
+        """The HTTPS listener's port, or None without frontend.tls."""
+        tls_spec = self.env.spec.frontend.tls
+        if tls_spec is None:
+            return None
+        if tls_spec.port == 0:
+            raise KilnError(
+                f"{self.env.file}: field 'frontend.tls.port': an Octavia listener needs a fixed port"
+            )
+        return tls_spec.port
+
     def health_monitor(self) -> dict:
         """The pool's health monitor from the environment, within Octavia's limits."""
         h, within = self.env.spec.health, self.whole_within
@@ -216,6 +243,7 @@ class OpenStackProvider(cloud.CloudProvider):
         # against the environment's CA, which Octavia reads from Barbican
         ca_ref = self.instance_ca_ref()
         member_tls = {"tls_enabled": True, "ca_tls_container_ref": ca_ref} if ca_ref else {}
+        certificate_ref = self.frontend_certificate_ref()
         lb = self.lb.find_load_balancer(name)
         if lb is None:
             lb = self.lb.create_load_balancer(name=name, vip_subnet_id=self.subnet(0).id)
@@ -241,6 +269,122 @@ class OpenStackProvider(cloud.CloudProvider):
         else:  # the environment's health settings may have changed since
             self.lb.update_health_monitor(existing, **{k: v for k, v in monitor.items() if k != "type"})
         self.settle(lb.id)
+        self.ensure_https(lb.id, pool.id, certificate_ref)
+        self.ensure_redirect(lb.id, listener.id)
+        self.delete_secrets(self.frontend_secret_prefix, keep=certificate_ref)  # renewed: the old one
+
+    def ensure_https(self, lb_id: str, pool_id: str, certificate_ref: str | None) -> None:
+        """The TERMINATED_HTTPS listener on frontend.tls.port, serving `certificate_ref` to the same
+        pool as plain HTTP; removed (or moved) when frontend.tls is removed (or its port changed)."""
+        listener, port = self.lb.find_listener(self.https_name), self.tls_port()
+        if listener is not None and listener.protocol_port != port:
+            self.lb.delete_listener(listener)
+            self.settle(lb_id)
+            listener = None
+        if certificate_ref is None:
+            return
+        if listener is None:
+            self.lb.create_listener(
+                name=self.https_name,
+                loadbalancer_id=lb_id,
+                protocol="TERMINATED_HTTPS",
+                protocol_port=port,
+                default_pool_id=pool_id,
+                default_tls_container_ref=certificate_ref,
+            )
+            self.settle(lb_id)
+        elif listener.default_tls_container_ref != certificate_ref:
+            self.lb.update_listener(listener, default_tls_container_ref=certificate_ref)
+            self.settle(lb_id)
+
+    def ensure_redirect(self, lb_id: str, listener_id: str) -> None:
+        """With frontend.tls and its redirect, plain HTTP answers 301 to the HTTPS listener under
+        the certificate's first name; else the L7 policy is gone and HTTP goes to the pool."""
+        tls_spec = self.env.spec.frontend.tls
+        policy = self.lb.find_l7_policy(self.redirect_name)
+        if tls_spec is None or not tls_spec.redirect:
+            if policy is not None:
+                self.lb.delete_l7_policy(policy)
+                self.settle(lb_id)
+            return
+        host = f"[{tls_spec.names[0]}]" if ":" in tls_spec.names[0] else tls_spec.names[0]  # IPv6
+        prefix = f"https://{host}:{tls_spec.port}"
+        if policy is None:
+            self.lb.create_l7_policy(
+                name=self.redirect_name,
+                listener_id=listener_id,
+                action="REDIRECT_PREFIX",
+                redirect_prefix=prefix,
+                redirect_http_code=301,
+                position=1,
+                # a policy without rules matches nothing: this rule matches every path
+                rules=[{"type": "PATH", "compare_type": "STARTS_WITH", "value": "/"}],
+            )
+            self.settle(lb_id)
+        elif policy.redirect_prefix != prefix:
+            self.lb.update_l7_policy(policy, redirect_prefix=prefix)
+            self.settle(lb_id)
+
+    def frontend_certificate_ref(self) -> str | None:
+        """The Barbican secret the HTTPS listener serves: the one it serves now, or a new one when
+        that is due (kiln/tls.py: spent, other names, another CA). Asked before the load balancer
+        exists, so a cloud without Barbican is refused before anything is made. The key is kept
+        in Barbican only."""
+        tls_spec = self.env.spec.frontend.tls
+        if tls_spec is None:
+            return None
+        if not self.has_barbican():
+            raise KilnError(
+                f"{self.env.file}: field 'frontend.tls': Octavia reads the HTTPS certificate from "
+                f"Barbican, and cloud '{self.cloud_name}' has no key-manager service: ask for Barbican, "
+                "or remove frontend.tls"
+            )
+        ca = tls.authority(self.settings, self.env.name)
+        listener = self.lb.find_listener(self.https_name)
+        served = listener.default_tls_container_ref if listener is not None else None
+        if served and not tls.leaf_due(self.bundled_certificate(served), ca, tls_spec.names):
+            return served
+        certificate_pem, key_pem = tls.issue_server(ca, tls_spec.names, tls_spec.days)
+        certificate = x509.load_pem_x509_certificate(certificate_pem)
+        bundle = pkcs12.serialize_key_and_certificates(
+            name=self.https_name.encode(),
+            key=serialization.load_pem_private_key(key_pem, None),
+            cert=certificate,
+            cas=[ca.certificate],
+            encryption_algorithm=serialization.NoEncryption(),  # Octavia takes no passphrase
+        )
+        digest = certificate.fingerprint(hashes.SHA256()).hex()[:12]
+        return self.barbican.create_secret(
+            name=f"{self.frontend_secret_prefix}{digest}",
+            secret_type="opaque",
+            payload=base64.b64encode(bundle).decode(),
+            payload_content_type="application/octet-stream",
+            payload_content_encoding="base64",
+        ).secret_ref
+
+    def bundled_certificate(self, secret_ref: str) -> bytes | None:
+        """The certificate (PEM) in the PKCS12 bundle of a Barbican secret, None when unreadable."""
+        payload = self.barbican.get_secret(secret_ref.rstrip("/").rsplit("/", 1)[-1]).payload
+        try:
+            certificate = pkcs12.load_key_and_certificates(payload, None)[1]
+        except (ValueError, TypeError):
+            return None
+        return certificate.public_bytes(serialization.Encoding.PEM) if certificate else None
+
+    @property
+    def frontend_secret_prefix(self) -> str:
+        return f"{self.base_name}-frontend-"
+
+    def delete_secrets(self, prefix: str, keep: str | None = None) -> list[str]:
+        """Delete this environment's Barbican secrets named `prefix`..., but `keep`; their names."""
+        if not self.has_barbican():
+            return []
+        removed = []
+        for secret in self.barbican.secrets():
+            if (secret.name or "").startswith(prefix) and secret.secret_ref != keep:
+                self.barbican.delete_secret(secret)
+                removed.append(f"secret {secret.name}")
+        return removed
 
     def instance_ca_ref(self) -> str | None:
         """The environment's CA as a Barbican secret, for Octavia to check the members against:
@@ -281,6 +425,11 @@ class OpenStackProvider(cloud.CloudProvider):
         lb = self.lb.find_load_balancer(self.base_name)
         return f"http://{lb.vip_address}:{self.env.spec.frontend.port}/" if lb else None
 
+    def https_frontend(self) -> str | None:
+        tls_port = self.tls_port()
+        lb = self.lb.find_load_balancer(self.base_name) if tls_port else None
+        return f"https://{lb.vip_address}:{tls_port}/" if lb else None
+
     def destroy(self) -> list[str]:
         removed = []
         servers = self.servers()
@@ -300,11 +449,8 @@ class OpenStackProvider(cloud.CloudProvider):
                 lambda: self.lb.find_load_balancer(self.base_name) is None,
             )
             removed.append(self.base_name)
-        if self.has_barbican():
-            for secret in self.barbican.secrets():
-                if (secret.name or "").startswith(self.ca_secret_prefix):
-                    self.barbican.delete_secret(secret)
-                    removed.append(f"secret {secret.name}")
+        removed += self.delete_secrets(self.ca_secret_prefix)
+        removed += self.delete_secrets(self.frontend_secret_prefix)
         subnets = self.network.subnets(tags=self.tag)
         for router in self.network.routers(tags=self.tag):
             for subnet in subnets:

@@ -8,6 +8,7 @@ settings; the draining mapping is checked on a recorded describe_target_health a
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 import socket
 import subprocess
@@ -21,9 +22,11 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
+from cryptography import x509
 
+from kiln import tls
 from kiln.channels.ssh import Bastion, SshSettings
-from kiln.environments import Environment, EnvironmentSpec, Frontend, HealthCheck, RolloutPolicy
+from kiln.environments import Environment, EnvironmentSpec, Frontend, FrontendTls, HealthCheck, RolloutPolicy
 from kiln.errors import KilnError
 from kiln.providers import get_provider
 from kiln.providers.aws import AwsProvider, lb_server
@@ -224,6 +227,184 @@ def test_with_internal_tls_the_target_group_reaches_the_instances_over_https(mot
     [group] = client(moto, "elbv2").describe_target_groups(Names=["kiln-mototls-web"])["TargetGroups"]
     assert (group["Protocol"], group["Port"], group["HealthCheckProtocol"]) == ("HTTPS", 443, "HTTPS")
     provider.destroy()
+
+
+NAMES = ["shop.example.test", "10.42.0.99"]
+
+
+def https_env(name="motohttps", port=8443, names=NAMES, days=90, redirect=True) -> Environment:
+    plain = make_env(name)
+    frontend = replace(plain.spec.frontend, tls=FrontendTls(port, list(names), days, redirect))
+    return Environment(name, replace(plain.spec, frontend=frontend), plain.file)
+
+
+def https_provider(project: Path, url: str, **tls_settings) -> AwsProvider:
+    """Settings on a copy of the project: the environment's CA is written to its secrets/."""
+    settings = Settings(
+        project_root=project, state_dir=project / ".kiln", aws_endpoint_url=url, cloud_poll=0.05
+    )
+    return AwsProvider(settings, https_env(**tls_settings))
+
+
+def listeners_by_port(url: str, env: str) -> dict[int, dict]:
+    elb = client(url, "elbv2")
+    [lb] = elb.describe_load_balancers(Names=[f"kiln-{env}"])["LoadBalancers"]
+    return {
+        found["Port"]: found
+        for found in elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
+    }
+
+
+def env_certificates(url: str, env: str) -> list[str]:
+    acm = client(url, "acm")
+    arns = [
+        c["CertificateArn"]
+        for c in acm.list_certificates(Includes={"keyTypes": ["EC_prime256v1"]})["CertificateSummaryList"]
+    ]
+    return [
+        a for a in arns if tags_of(acm.list_tags_for_certificate(CertificateArn=a)).get("kiln.env") == env
+    ]
+
+
+def served_leaf(url: str, arn: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(
+        client(url, "acm").get_certificate(CertificateArn=arn)["Certificate"].encode()
+    )
+
+
+def test_https_listener_serves_a_certificate_of_the_environment_ca_imported_into_acm(moto, project):
+    provider = https_provider(project, moto)
+    provider.ensure_networks()
+    provider.ensure_lb(None, "")
+    [arn] = env_certificates(moto, "motohttps")
+    acm = client(moto, "acm")
+    assert tags_of(acm.list_tags_for_certificate(CertificateArn=arn)) == {
+        "Name": "kiln-motohttps-frontend",
+        "kiln.env": "motohttps",
+    }
+    ca_pem = (project / "secrets" / "motohttps.ca.pem").read_bytes()
+    leaf = served_leaf(moto, arn)
+    leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(names) == tls.subject_names(NAMES)
+    # moto, as it says AWS does, appends Amazon's root to the chain it was given
+    assert acm.get_certificate(CertificateArn=arn)["CertificateChain"].encode().startswith(ca_pem)
+
+    listeners = listeners_by_port(moto, "motohttps")
+    [group] = client(moto, "elbv2").describe_target_groups(Names=["kiln-motohttps-web"])["TargetGroups"]
+    https = listeners[8443]
+    assert (https["Protocol"], https["Certificates"], https["SslPolicy"]) == (
+        "HTTPS",
+        [{"CertificateArn": arn}],
+        "ELBSecurityPolicy-TLS13-1-2-2021-06",
+    )
+    assert [(a["Type"], a["TargetGroupArn"]) for a in https["DefaultActions"]] == [
+        ("forward", group["TargetGroupArn"])
+    ]
+    [redirect] = listeners[8080]["DefaultActions"]
+    assert (redirect["Type"], redirect["RedirectConfig"]) == (
+        "redirect",
+        {"Protocol": "HTTPS", "Port": "8443", "StatusCode": "HTTP_301"},
+    )
+    [lb] = client(moto, "elbv2").describe_load_balancers(Names=["kiln-motohttps"])["LoadBalancers"]
+    assert provider.https_frontend() == f"https://{lb['DNSName']}:8443/"
+    [sg] = env_resources(moto, "motohttps")["groups"]
+    world = {r["FromPort"] for r in sg["IpPermissions"] if {"CidrIp": "0.0.0.0/0"} in r.get("IpRanges", [])}
+    assert world == {8080, 8443}
+
+    # The key went to ACM only: nothing in the project (its state folder included) holds it in clear.
+    plain_keys = [f for f in project.rglob("*") if f.is_file() and b"PRIVATE KEY" in f.read_bytes()]
+    assert plain_keys == []
+
+
+def test_a_second_ensure_lb_changes_nothing(moto, project):
+    provider = https_provider(project, moto)
+    provider.ensure_networks()
+    provider.ensure_lb(None, "")
+    [arn] = env_certificates(moto, "motohttps")
+    listeners, serial = listeners_by_port(moto, "motohttps"), served_leaf(moto, arn).serial_number
+    https_provider(project, moto).ensure_networks()
+    https_provider(project, moto).ensure_lb(None, "")  # a new process: nothing remembered but the cloud
+    assert env_certificates(moto, "motohttps") == [arn]
+    assert served_leaf(moto, arn).serial_number == serial
+    assert listeners_by_port(moto, "motohttps") == listeners
+
+
+def test_plain_http_forwards_without_redirect_and_follows_the_setting(moto, project):
+    provider = https_provider(project, moto, redirect=False)
+    provider.ensure_networks()
+    provider.ensure_lb(None, "")
+    [group] = client(moto, "elbv2").describe_target_groups(Names=["kiln-motohttps-web"])["TargetGroups"]
+    forward = [("forward", group["TargetGroupArn"])]
+    listeners = listeners_by_port(moto, "motohttps")
+    assert [(a["Type"], a.get("TargetGroupArn")) for a in listeners[8080]["DefaultActions"]] == forward
+    assert listeners[8443]["Protocol"] == "HTTPS"
+
+    https_provider(project, moto, redirect=True).ensure_lb(None, "")
+    [action] = listeners_by_port(moto, "motohttps")[8080]["DefaultActions"]
+    assert (action["Type"], action["RedirectConfig"]["Port"]) == ("redirect", "8443")
+
+    # frontend.tls removed: the HTTPS listener and its certificate go, plain HTTP forwards again
+    plain = https_env()
+    plain = Environment(plain.name, replace(plain.spec, frontend=Frontend(8080)), plain.file)
+    AwsProvider(provider.settings, plain).ensure_lb(None, "")
+    listeners = listeners_by_port(moto, "motohttps")
+    assert list(listeners) == [8080]
+    assert [(a["Type"], a.get("TargetGroupArn")) for a in listeners[8080]["DefaultActions"]] == forward
+    assert env_certificates(moto, "motohttps") == []
+    assert AwsProvider(provider.settings, plain).https_frontend() is None
+
+
+def test_a_due_certificate_is_reimported_into_the_same_arn(moto, project, monkeypatch):
+    provider = https_provider(project, moto, days=3)
+    provider.ensure_networks()
+    provider.ensure_lb(None, "")
+    [arn] = env_certificates(moto, "motohttps")
+    # Two days and an hour ago, a 3-day leaf of the same CA was issued: most of its life is spent.
+    ca = tls.authority(provider.settings, "motohttps")
+    issued_at = tls.now() - datetime.timedelta(days=2, hours=1)
+    with monkeypatch.context() as clock:
+        clock.setattr(tls, "now", lambda: issued_at)
+        old_certificate, old_key = tls.issue_server(ca, NAMES, days=3)
+    acm = client(moto, "acm")
+    tags = acm.list_tags_for_certificate(CertificateArn=arn)["Tags"]
+    acm.import_certificate(
+        CertificateArn=arn, Certificate=old_certificate, PrivateKey=old_key, CertificateChain=ca.pem
+    )
+    acm.add_tags_to_certificate(CertificateArn=arn, Tags=tags)  # moto drops them on a re-import
+    old = served_leaf(moto, arn)
+    provider.ensure_lb(None, "")
+    assert env_certificates(moto, "motohttps") == [arn]
+    renewed = served_leaf(moto, arn)
+    assert renewed.serial_number != old.serial_number
+    assert renewed.not_valid_after_utc > old.not_valid_after_utc + datetime.timedelta(days=1)
+    assert listeners_by_port(moto, "motohttps")[8443]["Certificates"] == [{"CertificateArn": arn}]
+
+    https_provider(project, moto, days=3, names=["shop.example.test", "www.example.test"]).ensure_lb(None, "")
+    assert env_certificates(moto, "motohttps") == [arn]
+    names = served_leaf(moto, arn).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["shop.example.test", "www.example.test"]
+
+
+def test_destroy_deletes_the_certificate_after_the_load_balancer(moto, project):
+    provider = https_provider(project, moto)
+    provider.ensure_networks()
+    provider.ensure_lb(None, "")
+    assert len(env_certificates(moto, "motohttps")) == 1
+    removed = provider.destroy()
+    assert removed.index("kiln-motohttps-frontend") > removed.index("kiln-motohttps")
+    assert env_certificates(moto, "motohttps") == []
+    assert all(not found for found in env_resources(moto, "motohttps").values())
+
+
+def test_an_https_port_of_0_is_refused_before_anything_changes(moto, project):
+    with pytest.raises(KilnError) as caught:
+        https_provider(project, moto, port=0)
+    assert str(caught.value) == (
+        "environments/motohttps.yml: field 'frontend.tls.port': an AWS load balancer needs a fixed port"
+    )
+    assert not any(env_resources(moto, "motohttps").values())
+    assert env_certificates(moto, "motohttps") == []
 
 
 def test_settings_elbv2_refuses_are_refused_before_anything_changes(moto, tmp_path):

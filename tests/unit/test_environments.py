@@ -161,8 +161,8 @@ def test_bad_fields_name_file_and_field(project, extra, message):
             r"field 'frontend.tls.port': required field is missing",
         ),
         (
-            GOOD.replace("local", "aws").replace("{port: 8480}", "{port: 8480, tls: {port: 443}}"),
-            r"field 'frontend.tls': the aws provider's load balancer does not serve HTTPS yet; remove it$",
+            GOOD.replace("{port: 8480}", "{port: 8480, tls: {port: 8480}}"),
+            r"field 'frontend.tls.port': 8480 is frontend.port too: give HTTPS a port of its own$",
         ),
         (
             GOOD.replace("{port: 8480}", "{port: 8480, tls: {port: 8443, names: []}}"),
@@ -177,6 +177,25 @@ def test_bad_fields_name_file_and_field(project, extra, message):
 def test_bad_values_name_the_field(project, text, message):
     write(project, text)
     with pytest.raises(KilnError, match=message):
+        environments.load(project, "t")
+
+
+@pytest.mark.parametrize("provider", ["local", "qemu", "aws", "openstack"])
+def test_every_provider_takes_frontend_tls(project, provider):
+    write(project, GOOD.replace("local", provider).replace("{port: 8480}", "{port: 8480, tls: {port: 8443}}"))
+    assert environments.load(project, "t").spec.frontend.tls.port == 8443
+
+
+def test_frontend_tls_is_refused_where_the_load_balancer_serves_no_https(project, monkeypatch):
+    """No registered provider lacks it now; a provider class that does not set terminates_tls
+    (the base class's default) is refused, not silently served plain HTTP."""
+    from kiln.providers.aws import AwsProvider
+
+    monkeypatch.setattr(AwsProvider, "terminates_tls", False)
+    write(project, GOOD.replace("local", "aws").replace("{port: 8480}", "{port: 8480, tls: {port: 443}}"))
+    with pytest.raises(
+        KilnError, match=r"field 'frontend.tls': the aws provider's .* does not serve HTTPS; remove it$"
+    ):
         environments.load(project, "t")
 
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import itertools
 import re
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs12
 
-from kiln.environments import Environment, EnvironmentSpec, Frontend, HealthCheck, RolloutPolicy
+from kiln import tls
+from kiln.environments import Environment, EnvironmentSpec, Frontend, FrontendTls, HealthCheck, RolloutPolicy
 from kiln.errors import KilnError, OperationFailed
 from kiln.providers.openstack import OpenStackProvider
 from kiln.settings import Settings
@@ -41,7 +45,9 @@ class FakeCloud:
     def __init__(self):
         self.ids = itertools.count(1)
         self.calls: list[tuple[str, str]] = []  # (operation, name) of every change, in order
-        kinds = "network subnet router port sg rule server image lb listener pool monitor member secret"
+        kinds = (
+            "network subnet router port sg rule server image lb listener l7policy pool monitor member secret"
+        )
         self.objects: dict[str, dict[str, Res]] = {kind: {} for kind in kinds.split()}
 
     def add(self, kind: str, operation: str, **attrs) -> Res:
@@ -220,6 +226,26 @@ class FakeLoadBalancer:
     def create_listener(self, **attrs):
         return self.c.add("listener", "create_listener", **attrs)
 
+    def update_listener(self, listener, **attrs):
+        listener.__dict__.update(attrs)
+        self.c.calls.append(("update_listener", listener.name))
+
+    def delete_listener(self, listener):
+        self.c.remove("listener", listener, "delete_listener")
+
+    def find_l7_policy(self, name):
+        return self.c.find("l7policy", name)
+
+    def create_l7_policy(self, **attrs):
+        return self.c.add("l7policy", "create_l7_policy", **attrs)
+
+    def update_l7_policy(self, policy, **attrs):
+        policy.__dict__.update(attrs)
+        self.c.calls.append(("update_l7_policy", policy.name))
+
+    def delete_l7_policy(self, policy):
+        self.c.remove("l7policy", policy, "delete_l7_policy")
+
     def find_pool(self, name):
         return self.c.find("pool", name)
 
@@ -266,7 +292,7 @@ class FakeLoadBalancer:
 
     def delete_load_balancer(self, lb, cascade):
         assert cascade
-        for kind in ("member", "monitor", "pool", "listener"):
+        for kind in ("member", "monitor", "pool", "l7policy", "listener"):
             self.c.objects[kind].clear()
         self.c.remove("lb", lb, "delete_load_balancer")
 
@@ -282,6 +308,15 @@ class FakeKeyManager:
         made = self.c.add("secret", "create_secret", **attrs)
         made.secret_ref = f"https://barbican.example/v1/secrets/{made.id}"
         return made
+
+    def get_secret(self, secret_id):
+        """As the SDK's: the payload as Barbican returns it, raw bytes for a non-text type (a
+        base64-encoded upload is stored decoded)."""
+        secret = self.c.objects["secret"][secret_id]
+        payload = secret.payload
+        if getattr(secret, "payload_content_encoding", None) == "base64":
+            payload = base64.b64decode(payload)
+        return Res(**{**secret.__dict__, "payload": payload})
 
     def delete_secret(self, secret):
         self.c.remove("secret", secret, "delete_secret")
@@ -444,6 +479,164 @@ def test_internal_tls_on_a_cloud_without_barbican_is_refused_before_anything_is_
     with pytest.raises(KilnError, match=r"field 'internal_tls': .* cloud 'fake' has no key-manager service"):
         provider.ensure_lb(None, "")
     assert conn.cloud.calls == made
+
+
+NAMES = ["shop.example.test", "10.42.0.99"]
+CHANGES = ("create_", "update_", "delete_", "add_", "remove_", "set_")
+
+
+def https_provider(conn, project, port=8443, names=NAMES, days=90, redirect=True) -> OpenStackProvider:
+    plain = make_env()
+    frontend = dataclasses.replace(plain.spec.frontend, tls=FrontendTls(port, list(names), days, redirect))
+    env = Environment(plain.name, dataclasses.replace(plain.spec, frontend=frontend), plain.file)
+    settings = Settings(project_root=project, state_dir=project / ".kiln", cloud_poll=0.01, cloud_timeout=5)
+    return OpenStackProvider(settings, env, conn)
+
+
+def made_changes(conn) -> list[tuple[str, str]]:
+    """The changes made, but the health monitor's: ensure_lb re-applies its settings every time."""
+    return [c for c in conn.cloud.calls if c[0].startswith(CHANGES) and c[0] != "update_health_monitor"]
+
+
+def frontend_secrets(conn) -> list:
+    return [s for s in conn.cloud.objects["secret"].values() if s.name.startswith("kiln-ostest-frontend-")]
+
+
+def bundle_of(conn, secret):
+    """The secret's PKCS12 bundle as Octavia reads it: (key, certificate, CA certificates)."""
+    return pkcs12.load_key_and_certificates(base64.b64decode(secret.payload), None)
+
+
+def test_https_listener_serves_a_pkcs12_bundle_of_the_environment_ca_from_barbican(conn, tmp_path):
+    provider = https_provider(conn, tmp_path)
+    provider.ensure_networks()
+    provider.ensure_lb(None, "")
+    [secret] = frontend_secrets(conn)
+    assert re.fullmatch(r"kiln-ostest-frontend-[0-9a-f]{12}", secret.name)
+    assert (secret.secret_type, secret.payload_content_type, secret.payload_content_encoding) == (
+        "opaque",
+        "application/octet-stream",
+        "base64",
+    )
+    key, leaf, cas = bundle_of(conn, secret)
+    ca = x509.load_pem_x509_certificate((tmp_path / "secrets" / "ostest.ca.pem").read_bytes())
+    leaf.verify_directly_issued_by(ca)
+    assert list(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == (
+        tls.subject_names(NAMES)
+    )
+    assert key.public_key() == leaf.public_key() and cas == [ca]
+
+    http = conn.cloud.find("listener", "kiln-ostest")
+    https = conn.cloud.find("listener", "kiln-ostest-https")
+    [pool] = conn.cloud.objects["pool"].values()
+    assert (https.protocol, https.protocol_port, https.loadbalancer_id) == (
+        "TERMINATED_HTTPS",
+        8443,
+        http.loadbalancer_id,
+    )
+    assert (https.default_pool_id, https.default_tls_container_ref) == (pool.id, secret.secret_ref)
+    [policy] = conn.cloud.objects["l7policy"].values()
+    assert (policy.listener_id, policy.action, policy.redirect_prefix, policy.redirect_http_code) == (
+        http.id,
+        "REDIRECT_PREFIX",
+        "https://shop.example.test:8443",
+        301,
+    )
+    assert policy.rules == [{"type": "PATH", "compare_type": "STARTS_WITH", "value": "/"}]
+    assert provider.https_frontend() == "https://10.42.0.5:8443/"
+    # The key went to Barbican only: nothing in the project (its state folder included) holds it.
+    assert [f for f in tmp_path.rglob("*") if f.is_file() and b"PRIVATE KEY" in f.read_bytes()] == []
+
+
+def test_a_second_ensure_lb_changes_nothing(conn, tmp_path):
+    https_provider(conn, tmp_path).ensure_networks()
+    https_provider(conn, tmp_path).ensure_lb(None, "")
+    made = made_changes(conn)
+    https_provider(conn, tmp_path).ensure_lb(None, "")  # a new process: nothing remembered but the cloud
+    assert made_changes(conn) == made
+
+
+def test_the_redirect_and_the_https_listener_follow_the_environment(conn, tmp_path):
+    https_provider(conn, tmp_path, redirect=False).ensure_networks()
+    https_provider(conn, tmp_path, redirect=False).ensure_lb(None, "")
+    assert not conn.cloud.objects["l7policy"] and conn.cloud.find("listener", "kiln-ostest-https")
+
+    https_provider(conn, tmp_path, redirect=True).ensure_lb(None, "")
+    [policy] = conn.cloud.objects["l7policy"].values()
+    assert policy.redirect_prefix == "https://shop.example.test:8443"
+    https_provider(conn, tmp_path, names=["::1"]).ensure_lb(None, "")
+    assert policy.redirect_prefix == "https://[::1]:8443"
+
+    plain = OpenStackProvider(https_provider(conn, tmp_path).settings, make_env(), conn)  # tls removed
+    plain.ensure_lb(None, "")
+    assert [listener.name for listener in conn.cloud.objects["listener"].values()] == ["kiln-ostest"]
+    assert not conn.cloud.objects["l7policy"] and not frontend_secrets(conn)
+    assert plain.https_frontend() is None
+
+
+def test_a_due_certificate_gets_a_new_secret_the_listener_follows_then_the_old_goes(
+    conn, tmp_path, monkeypatch
+):
+    issued_at = tls.now() - datetime.timedelta(days=2, hours=1)
+    with monkeypatch.context() as clock:
+        clock.setattr(tls, "now", lambda: issued_at)  # a 3-day leaf issued 2 days and an hour ago
+        https_provider(conn, tmp_path, days=3).ensure_networks()
+        https_provider(conn, tmp_path, days=3).ensure_lb(None, "")
+    [old] = frontend_secrets(conn)
+    conn.cloud.calls.clear()
+    https_provider(conn, tmp_path, days=3).ensure_lb(None, "")
+    [new] = frontend_secrets(conn)
+    assert new.name != old.name
+    assert conn.cloud.find("listener", "kiln-ostest-https").default_tls_container_ref == new.secret_ref
+    assert made_changes(conn) == [
+        ("create_secret", new.name),
+        ("update_listener", "kiln-ostest-https"),
+        ("delete_secret", old.name),
+    ]
+    assert bundle_of(conn, new)[1].not_valid_after_utc > bundle_of(conn, old)[1].not_valid_after_utc
+
+    https_provider(conn, tmp_path, days=3, names=["www.example.test"]).ensure_lb(None, "")  # other names
+    [renamed] = frontend_secrets(conn)
+    leaf = bundle_of(conn, renamed)[1]
+    assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    ) == ["www.example.test"]
+
+
+def test_frontend_tls_on_a_cloud_without_barbican_is_refused_before_anything_is_made(tmp_path):
+    conn = FakeConnection(services=("compute", "network", "image", "load-balancer"))
+    provider = https_provider(conn, tmp_path)
+    provider.ensure_networks()
+    made = list(conn.cloud.calls)
+    with pytest.raises(KilnError) as caught:
+        provider.ensure_lb(None, "")
+    assert str(caught.value) == (
+        "environments/ostest.yml: field 'frontend.tls': Octavia reads the HTTPS certificate from "
+        "Barbican, and cloud 'fake' has no key-manager service: ask for Barbican, or remove frontend.tls"
+    )
+    assert conn.cloud.calls == made
+
+
+def test_an_https_port_of_0_is_refused_in_one_line(conn, tmp_path):
+    with pytest.raises(KilnError) as caught:
+        https_provider(conn, tmp_path, port=0)
+    assert str(caught.value) == (
+        "environments/ostest.yml: field 'frontend.tls.port': an Octavia listener needs a fixed port"
+    )
+    assert conn.cloud.calls == []
+
+
+def test_destroy_removes_the_frontend_secrets_after_the_load_balancer(conn, tmp_path):
+    provider = https_provider(conn, tmp_path)
+    provider.ensure_networks()
+    provider.ensure_lb(None, "")
+    [secret] = frontend_secrets(conn)
+    conn.cloud.calls.clear()
+    removed = provider.destroy()
+    order = [c for c in made_changes(conn) if c[0] in ("delete_load_balancer", "delete_secret")]
+    assert order == [("delete_load_balancer", "kiln-ostest"), ("delete_secret", secret.name)]
+    assert f"secret {secret.name}" in removed
+    assert not conn.cloud.objects["secret"] and not conn.cloud.objects["l7policy"]
 
 
 def test_unknown_zone_names_the_field(conn, tmp_path):
