@@ -286,25 +286,6 @@ class AwsProvider(cloud.CloudProvider):
         )["SecurityGroups"]
         return groups[0]["GroupId"] if groups else None
 
-    def frontend_port(self) -> int:
-        port = self.env.spec.frontend.port
-        if port == 0:
-            raise KilnError(
-                f"{self.env.file}: field 'frontend.port': an AWS load balancer needs a fixed port"
-            )
-        return port
-
-    def tls_port(self) -> int | None:
-        """The HTTPS listener's port, or None without frontend.tls."""
-        tls_spec = self.env.spec.frontend.tls
-        if tls_spec is None:
-            return None
-        if tls_spec.port == 0:
-            raise KilnError(
-                f"{self.env.file}: field 'frontend.tls.port': an AWS load balancer needs a fixed port"
-            )
-        return tls_spec.port
-
     def health_check(self) -> dict:
         """The target group's health check from the environment, within ELBv2's limits."""
         h, within = self.env.spec.health, self.whole_within

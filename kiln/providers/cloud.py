@@ -44,6 +44,22 @@ class CloudProvider(Provider):
         check_zone_count(env)
         self.identity = SshIdentity(settings.store_dir / "envs" / env.name / "ssh", f"kiln-{env.name}")
 
+    def frontend_port(self) -> int:
+        return self.fixed_port("frontend.port", self.env.spec.frontend.port)
+
+    def tls_port(self) -> int | None:
+        """The HTTPS listener's port, or None without frontend.tls."""
+        tls_spec = self.env.spec.frontend.tls
+        return None if tls_spec is None else self.fixed_port("frontend.tls.port", tls_spec.port)
+
+    def fixed_port(self, field: str, port: int) -> int:
+        """A listener's port: a managed load balancer has no free port to pick (0 is local's)."""
+        if port == 0:
+            raise KilnError(
+                f"{self.env.file}: field '{field}': an {self.lb_service} listener needs a fixed port"
+            )
+        return port
+
     def with_login(self, user_data: str) -> str:
         """The user-data, creating the account Kiln logs in as with the environment's key."""
         return authorize(user_data, self.env.spec.ssh.user, self.identity.public_key())

@@ -205,22 +205,6 @@ class OpenStackProvider(cloud.CloudProvider):
             )
         return subnet
 
-    def frontend_port(self) -> int:
-        if self.env.spec.frontend.port == 0:
-            raise KilnError(f"{self.env.file}: field 'frontend.port': an Octavia listener needs a fixed port")
-        return self.env.spec.frontend.port
-
-    def tls_port(self) -> int | None:
-        """The HTTPS listener's port, or None without frontend.tls."""
-        tls_spec = self.env.spec.frontend.tls
-        if tls_spec is None:
-            return None
-        if tls_spec.port == 0:
-            raise KilnError(
-                f"{self.env.file}: field 'frontend.tls.port': an Octavia listener needs a fixed port"
-            )
-        return tls_spec.port
-
     def health_monitor(self) -> dict:
         """The pool's health monitor from the environment, within Octavia's limits."""
         h, within = self.env.spec.health, self.whole_within

@@ -401,7 +401,7 @@ def test_an_https_port_of_0_is_refused_before_anything_changes(moto, project):
     with pytest.raises(KilnError) as caught:
         https_provider(project, moto, port=0)
     assert str(caught.value) == (
-        "environments/motohttps.yml: field 'frontend.tls.port': an AWS load balancer needs a fixed port"
+        "environments/motohttps.yml: field 'frontend.tls.port': an ELBv2 listener needs a fixed port"
     )
     assert not any(env_resources(moto, "motohttps").values())
     assert env_certificates(moto, "motohttps") == []
