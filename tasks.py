@@ -224,7 +224,7 @@ def status(c, env, json=False):
 @task(
     help={
         "env": "environment name",
-        "role": "role to roll out: the load-balanced one (default) or one taking no traffic, e.g. worker",
+        "role": "role to roll out: the load-balanced one (default), a worker, db (through its standby) or lb",
         "image": "image version to roll out (default: the newest verified)",
         "plan": "print exactly what would change, change nothing",
         "resume": "continue an interrupted or paused rollout",
