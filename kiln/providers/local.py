@@ -168,7 +168,7 @@ class LocalProvider(Provider):
         for zone in range(1, len(self.env.zones)):
             self.client.networks.get(self.network_name(zone)).connect(holder)
         holder.start()
-        container = self.start_haproxy(image, user_data)
+        container = self.start_haproxy(image, user_data, options)
         deadline = time.monotonic() + LB_START_TIMEOUT
         while not self.api.ready():
             container.reload()
@@ -179,9 +179,10 @@ class LocalProvider(Provider):
                 raise OperationFailed(f"the load balancer {container.name} did not start ({why}): {tail}")
             time.sleep(0.2)
 
-    def start_haproxy(self, image: ImageRecord, user_data: str):
-        """HAProxy of `image` in the holder's network namespace, started; an earlier container of
-        the same name (a handover that failed) goes first."""
+    def start_haproxy(self, image: ImageRecord, user_data: str, options: dict):
+        """HAProxy of `image` in the holder's network namespace, started (options: the image's
+        container_options.run_options); an earlier container of the same name (a handover that
+        failed) goes first."""
         name = self.container_name(f"lb-{image.version}")
         leftover = lbcontainers.find(self.client, name)
         if leftover is not None:
@@ -203,7 +204,7 @@ class LocalProvider(Provider):
                 str(self.lb_folder): {"bind": "/run/haproxy", "mode": "rw"},
                 str(seed): {"bind": "/var/lib/cloud/seed/nocloud", "mode": "ro"},
             },
-            container_options.run_options(self.client, image.id, self.settings.name_prefix),
+            options,
         )
         container.start()
         return container
@@ -235,7 +236,8 @@ class LocalProvider(Provider):
             # What the new HAProxy starts from: the servers in service now, in their states.
             self.sync_lb_config()
             write_atomic(self.lb_folder / haproxy.SERVER_STATE_FILE, self.api.command("show servers state"))
-            new = self.start_haproxy(image, user_data)
+            options = container_options.run_options(self.client, image.id, self.settings.name_prefix)
+            new = self.start_haproxy(image, user_data, options)
         say(
             f"{new.name} started beside {', '.join(c.name for c in old)}; waiting for it to take the frontend"
         )

@@ -31,15 +31,11 @@ def running_versions(engine: Engine) -> list[str]:
     return versions
 
 
-def running_version(engine: Engine) -> str:
-    """What served before any handover began: the oldest HAProxy running."""
-    return running_versions(engine)[0]
-
-
 def plan_lines(engine: Engine, image: ImageRecord) -> list[str]:
-    if running_versions(engine) == [image.version]:
+    versions = running_versions(engine)
+    if versions == [image.version]:
         return []
-    current = running_version(engine)
+    current = versions[0]  # what served before any handover began
     return [
         f"start HAProxy {image.version} beside {current} in the frontend's network namespace",
         f"wait until it holds the frontend's sockets (health.timeout: {engine.env.spec.health.timeout:g} s)",
@@ -49,9 +45,10 @@ def plan_lines(engine: Engine, image: ImageRecord) -> list[str]:
 
 def converge(engine: Engine, image: ImageRecord) -> None:
     """The load balancer at `image` alone (also after a handover interrupted half-way)."""
-    if running_versions(engine) == [image.version]:
+    versions = running_versions(engine)
+    if versions == [image.version]:
         return
-    current = running_version(engine)
+    current = versions[0]
     began = engine.elapsed()
     user_data = engine.user_data(ROLE, ROLE, 0, image)
     engine.provider.check_user_data(image, [UserData(ROLE, user_data)])  # before anything changes

@@ -388,9 +388,9 @@ class Engine:
         if self.role == "lb":  # one load balancer, not instances in zones
             from kiln.rollout import balancer
 
-            changes = balancer.running_versions(self) != [target.version]
-            current = balancer.running_version(self)
-            return RolloutState(self.env.name, self.role, current, target.version, [0] if changes else [])
+            versions = balancer.running_versions(self)  # the oldest served before any handover
+            zones = [] if versions == [target.version] else [0]
+            return RolloutState(self.env.name, self.role, versions[0], target.version, zones)
         instances = self.instances(self.role)
         if not instances:
             raise KilnError(

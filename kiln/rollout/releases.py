@@ -72,12 +72,11 @@ def plan_release(engine: Engine, release: Release) -> list[ReleaseStep]:
 def load_balancer_step(engine: Engine, wanted: str) -> ReleaseStep:
     if not engine.provider.lb_from_image:
         return ReleaseStep("lb", None, wanted, "skip: the cloud's managed load balancer runs no lb image")
-    running = (engine.provider.lb_versions() or [None])[0]
+    versions = engine.provider.lb_versions()
     target = image_of(engine.provider, "lb", wanted)
     require_deployable(target, engine.env)
-    return ReleaseStep(
-        "lb", running, target.version, "unchanged" if target.version == running else "roll out"
-    )
+    action = "unchanged" if versions == [target.version] else "roll out"  # two running: converge
+    return ReleaseStep("lb", versions[0] if versions else None, target.version, action)
 
 
 def deploy_release(engine: Engine, approve: Approve, release: Release) -> list[ReleaseStep]:
