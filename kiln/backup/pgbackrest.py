@@ -110,6 +110,9 @@ def render_conf(settings: BackupSettings, key: str, s3: S3Access | None = None) 
             # restore's --job-retry=0 relies on it too.
             f"io-timeout={repo.timeout_seconds:g}",
             "job-retry=1",
+            # Small files go into bundles: one request instead of one per file (a cluster has a
+            # thousand), which an object store bills and makes wait a round trip each.
+            "repo1-bundle=y",
         ]
     else:
         lines += ["repo1-type=posix", f"repo1-path={REPO_PATH}"]

@@ -298,17 +298,18 @@ def test_an_s3_endpoint_with_a_scheme_is_refused_where_declared(settings):
         backup_settings(settings, "offsite")
 
 
-def test_an_s3_repository_bounds_each_request_and_retries_a_job_once():
+def test_an_s3_repository_bounds_each_request_retries_a_job_once_and_bundles_small_files():
     repo = S3Repository(bucket="b", endpoint="10.0.0.1:9000", timeout_seconds=12.5)
     access = S3Access(repo, "A", "S")
     conf = pgbackrest.render_conf(BackupSettings(repository="s3", s3=repo), "k" * 20, access)
-    assert {"io-timeout=12.5", "job-retry=1"} <= set(conf.splitlines())
+    assert {"io-timeout=12.5", "job-retry=1", "repo1-bundle=y"} <= set(conf.splitlines())
     assert "io-timeout=30" in pgbackrest.render_conf(
         BackupSettings(repository="s3", s3=S3Repository(bucket="b", endpoint="h")), "k" * 20,
         S3Access(S3Repository(bucket="b", endpoint="h"), "A", "S"),
     )  # fmt: skip
     volume = pgbackrest.render_conf(BackupSettings(), "k" * 20)
-    assert "io-timeout" not in volume and "job-retry" not in volume  # a volume keeps pgBackRest's own
+    # a volume keeps pgBackRest's own, and one file per file
+    assert "io-timeout" not in volume and "job-retry" not in volume and "bundle" not in volume
 
 
 @pytest.mark.parametrize("value", [0, -1, 601, "soon"])
