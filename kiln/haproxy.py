@@ -232,8 +232,9 @@ class Https:
 
 def database_lines(hosts: dict[str, str]) -> list[str]:
     """A TCP section sending database connections to the one db instance whose agent says it is
-    the primary. Instances are named, not addressed: Docker's DNS resolves each at run time, so an
-    instance replaced after a failover is found again with no reload."""
+    the primary. Containers are named, not addressed: Docker's DNS resolves each at run time, so an
+    instance replaced after a failover is found again with no reload. VMs keep their planned
+    address across a replacement, so they are given by it."""
     return [
         "",
         "resolvers docker",
@@ -288,15 +289,16 @@ def render_config(
         "    timeout client 30s",
         "    timeout server 30s",
         "    load-server-state-from-file global",
-        # soft-stop (an lb handover): an idle keep-alive connection gets its next answer with
-        # `Connection: close` instead of being closed under a request the client just sent
-        "    option idle-close-on-response",
         # no server up (nor a backup): the maintenance page, not HAProxy's bare 503
         f"    errorfile 503 /run/haproxy/{MAINTENANCE_FILE}",
         "",
         "frontend web",
         f"    bind :{port}",
         *(https.frontend_lines() if https else []),
+        # soft-stop (an lb handover): an idle keep-alive connection gets its next answer with
+        # `Connection: close` instead of being closed under a request the client just sent
+        # (an HTTP frontend's option: the database's TCP section would warn of it)
+        "    option idle-close-on-response",
         f"    default_backend {BACKEND}",
         "",
         f"backend {BACKEND}",

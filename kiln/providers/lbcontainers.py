@@ -48,10 +48,19 @@ def is_holder(container: Container | None) -> bool:
 
 
 def create_holder(
-    client: docker.DockerClient, name: str, image: str, labels: dict, ports: dict, network: str, sysctls: dict
+    client: docker.DockerClient,
+    name: str,
+    image: str,
+    labels: dict,
+    ports: dict,
+    network: str,
+    sysctls: dict,
+    address: str | None = None,
 ) -> Container:
-    """The network namespace's owner. The namespace's sysctls are set here: a container that
-    joins it cannot set them. SIGKILL stops it at once (`sleep` ignores SIGTERM as PID 1)."""
+    """The network namespace's owner, at `address` on `network` when given (else Docker picks).
+    The namespace's sysctls are set here: a container that joins it cannot set them. SIGKILL
+    stops it at once (`sleep` ignores SIGTERM as PID 1)."""
+    endpoint = {network: client.api.create_endpoint_config(ipv4_address=address)} if address else None
     return client.containers.create(
         image,
         ["infinity"],
@@ -60,6 +69,7 @@ def create_holder(
         hostname="lb",
         labels={**labels, HOLDER_LABEL: "1"},
         network=network,
+        networking_config=endpoint,
         ports=ports,
         sysctls=sysctls,
         stop_signal="SIGKILL",

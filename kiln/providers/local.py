@@ -164,9 +164,11 @@ class LocalProvider(Provider):
             ports,
             self.network_name(0),
             options["sysctls"],
+            self.lb_address(0),
         )
         for zone in range(1, len(self.env.zones)):
-            self.client.networks.get(self.network_name(zone)).connect(holder)
+            network = self.client.networks.get(self.network_name(zone))
+            network.connect(holder, ipv4_address=self.lb_address(zone))
         holder.start()
         container = self.start_haproxy(image, user_data, options)
         deadline = time.monotonic() + LB_START_TIMEOUT
@@ -393,6 +395,11 @@ class LocalProvider(Provider):
     def peer_address(self, instance: str, zone: int = 0) -> str:
         return self.container_name(instance)  # Docker's DNS on every zone network it joins
 
+    def lb_address(self, zone: int) -> str | None:
+        """The load balancer's fixed address on zone's network, for instances that do not use
+        Docker's DNS; None: Docker picks one, and containers reach it by name."""
+        return None
+
     @docker_errors_fail
     def instances(self, role: str | None = None) -> list[Instance]:
         filters = {"label": [f"kiln.env={self.env.name}", "kiln.instance"]}
@@ -522,7 +529,8 @@ class LocalProvider(Provider):
             haproxy.Https(self.https_port() or haproxy.HTTPS_PORT, tls_spec.redirect) if tls_spec else None
         )
         dbs = self.env.count("db")
-        database = {f"db{n}": self.container_name(f"db{n}") for n in range(1, dbs + 1)} if dbs > 1 else None
+        # by name where Docker's DNS knows the instances (containers), by address where not (VMs)
+        database = {f"db{n}": self.peer_address(f"db{n}") for n in range(1, dbs + 1)} if dbs > 1 else None
         text = haproxy.render_config(
             servers,
             port=80,

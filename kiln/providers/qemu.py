@@ -169,7 +169,15 @@ class QemuProvider(LocalProvider):
             return [self.env.zone_of(number)]
         return list(range(len(self.env.zones)))
 
+    def lb_address(self, zone: int) -> str:
+        """The top of Docker's /24 in the zone: Docker hands out that /24 from its bottom, and a
+        VM has no Docker DNS to find the load balancer by name."""
+        octet = self.network_octet() or self.free_network_octet()
+        return f"10.{octet}.{zone * 16 + LB_RANGE}.254"
+
     def peer_address(self, instance: str, zone: int = 0) -> str:
+        if instance == "lb":  # a db pair's primary, through the load balancer
+            return self.lb_address(zone)
         for vm in self.records():
             if vm.name == instance:
                 return next(nic.address.split("/")[0] for nic in vm.nics if nic.zone == zone)
