@@ -1,6 +1,6 @@
 """The whole VM scenario of the qemu provider, on the hardened images: too long for CI.
 
-    .venv/bin/python benchmarks/vm_scenario.py [--mb 16]
+    .venv/bin/python benchmarks/vm_scenario.py [--mb 16] [--pair]
 
 CI runs the smaller scenario (tests/integration/test_qemu_provider.py: `up`, a rollout under
 load and `down`, on the small VM fixture chain). This runs all of it through `invoke`, as a
@@ -19,6 +19,12 @@ user would, on the newest verified web and db VM disks of this checkout (`invoke
    a web version (it boots, and nothing answers /health);
 6. `down`: no QEMU process, tap device, container, network or VM folder left, the DR
    environment's included.
+With --pair it runs a PostgreSQL primary and its streaming standby instead (web 1, db 2 over the
+two zones, as tests/integration/test_failover.py does with containers):
+1. `up`; 2. under a steady writer through the frontend, the primary's QEMU killed (SIGKILL: a
+power loss), `invoke failover`, and the acknowledged writes the new primary lacks counted
+against the window its report gives; 3. `up` again: a new VM in the old primary's place copies
+the new primary and streams from it; 4. `down`, nothing left.
 Prints the figures as JSON (seconds per step, load, RTO, RPO, what was left). Everything it
 made (environment, stand-in disks, bucket, secrets) is removed at the end, even when a step
 fails; exit 1 when one did.
@@ -31,6 +37,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,20 +50,24 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from kiln import environments, tls, vmdisk
 from kiln import secrets as sealed
-from kiln import vmdisk
 from kiln.diskimages import DiskImageStore
 from kiln.errors import KilnError
 from kiln.images import ImageRecord
+from kiln.providers import get_provider
 from kiln.settings import Settings
 from kiln.vmdisk import PARTITION_START
 from tests.integration import provider_contract as contract
 from tests.integration import vm_chain
 from tests.integration.conftest import KilnRun
+from tests.integration.test_failover import Writer, epoch
+from tests.integration.test_rollout import status
 from tests.s3server import S3Server
 
 ENV = f"vms{os.getpid()}"
 HEALTH_TIMEOUT = 300  # what the bad image waits out; a hardened VM boots in 2-3 min under TCG
+PAIR_HEALTH_TIMEOUT = 600  # web's health needs the primary: its first boot took 4.5 min beside two VMs
 LOAD_SECONDS = 1200  # bound of each load: the rollout boots two VMs
 
 
@@ -174,6 +185,56 @@ class Scenario:
         )
         self.figures["rollback_load"] = {k: load[k] for k in ("requests", "failed", "errors")}
 
+    def pair_steps(self) -> None:
+        run = self.run
+        self.spec["instances"] = {"web": 1, "db": 2}
+        self.spec["health"]["timeout"] = PAIR_HEALTH_TIMEOUT
+        self.write_environment()
+        self.timed("up", lambda: run.invoke("up", ENV, timeout=1800))
+        assert self.db_roles() == {"db1": "primary", "db2": "standby"}, self.db_roles()
+        writer = Writer(status(run, ENV)["frontend"])
+        writer.start()
+        try:
+            writer.wait_acks(50, timeout=300)
+            killed = time.time()
+            pid = int((self.settings.store_dir / "envs" / ENV / "vms" / "db1" / "qemu.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(3)  # the writer meets a dead database; HAProxy marks db1 down
+            proc = self.timed("failover", lambda: run.invoke("failover", ENV, "--json", timeout=900))
+            report = json.loads(proc.stdout)
+            failed_over = time.time()
+            writer.wait_acks(50, timeout=300)
+        finally:
+            writer.stop.set()
+            writer.join(timeout=30)
+        notes = self.sql("db2", "SELECT note FROM records WHERE customer = 'failover'")
+        saved = {int(note) for note in notes.split()}
+        lost = {n: at for n, at in writer.acked.items() if n not in saved}
+        start, end = epoch(report["newest_saved_commit"]), epoch(report["primary_down_since"]) + 1
+        self.figures["failover"] = {
+            "report": report, "acknowledged": len(writer.acked), "lost": len(lost),
+            "failed": len(writer.failed), "outage_s": round(failed_over - killed, 1),
+            "lost_inside_window": all(start <= at <= end for at in lost.values()),
+        }  # fmt: skip
+        assert (report["old_primary"], report["new_primary"]) == ("db1", "db2"), report
+        assert self.figures["failover"]["lost_inside_window"], (lost, report)
+        self.timed("replacement_standby", lambda: run.invoke("up", ENV, timeout=1800))
+        assert self.db_roles() == {"db1": "standby", "db2": "primary"}, self.db_roles()
+        assert self.sql("db1", "SELECT pg_is_in_recovery()") == "t"
+
+    def db_roles(self) -> dict[str, str]:
+        return {i["name"]: i["lb_role"] for i in status(self.run, ENV)["instances"] if i["role"] == "db"}
+
+    def sql(self, name: str, query: str) -> str:
+        """`query` on the kiln database of db instance `name`, over its SSH channel."""
+        provider = get_provider(self.settings, environments.load(self.settings, ENV))
+        [instance] = [i for i in provider.instances("db") if i.name == name]
+        result = provider.channel(instance).run(
+            ["/usr/bin/psql", "-XqAt", "-d", "kiln", "-c", query], user="postgres", timeout=120
+        )
+        assert result.ok, f"{name}: {query}: {result.tail()}"
+        return result.out.strip()
+
     def clean_up(self, taps_before: set[str], dr_before: set[str]) -> list[str]:
         down, left = self.timed("down", lambda: vm_chain.tear_down(self.run, ENV, self.client, taps_before))
         if down.returncode != 0:
@@ -191,7 +252,7 @@ class Scenario:
         self.env_file.unlink(missing_ok=True)
         shutil.rmtree(self.settings.store_dir / "envs" / ENV, ignore_errors=True)  # keys, audit log
         found = sealed.files(self.settings, ENV)
-        for path in (found.encrypted, found.recipients):
+        for path in (found.encrypted, found.recipients, tls.ca_file(self.settings, ENV)):  # a pair's CA
             path.unlink(missing_ok=True)
         return left
 
@@ -201,6 +262,7 @@ def main() -> int:
     parser.add_argument(
         "--mb", type=int, default=16, help="MiB of data loaded before the backup (default 16)"
     )
+    parser.add_argument("--pair", action="store_true", help="a db primary and standby: failover instead")
     args = parser.parse_args()
     settings = Settings.from_env()
     scenario = Scenario(settings, args.mb)
@@ -213,7 +275,10 @@ def main() -> int:
     taps_before, dr_before = vm_chain.taps(), dr_footprint(scenario.client)
     failed = None
     try:
-        scenario.steps(web, db)
+        if args.pair:
+            scenario.pair_steps()
+        else:
+            scenario.steps(web, db)
     except (AssertionError, subprocess.SubprocessError, KilnError) as exc:
         failed = str(exc)[-3000:]
     finally:
