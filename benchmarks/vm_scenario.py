@@ -61,8 +61,7 @@ from kiln.vmdisk import PARTITION_START
 from tests.integration import provider_contract as contract
 from tests.integration import vm_chain
 from tests.integration.conftest import KilnRun
-from tests.integration.test_failover import Writer, epoch
-from tests.integration.test_rollout import status
+from tests.integration.db_writer import Writer, epoch
 from tests.s3server import S3Server
 
 ENV = f"vms{os.getpid()}"
@@ -192,7 +191,7 @@ class Scenario:
         self.write_environment()
         self.timed("up", lambda: run.invoke("up", ENV, timeout=1800))
         assert self.db_roles() == {"db1": "primary", "db2": "standby"}, self.db_roles()
-        writer = Writer(status(run, ENV)["frontend"])
+        writer = Writer(self.status()["frontend"])
         writer.start()
         try:
             writer.wait_acks(50, timeout=300)
@@ -222,8 +221,11 @@ class Scenario:
         assert self.db_roles() == {"db1": "standby", "db2": "primary"}, self.db_roles()
         assert self.sql("db1", "SELECT pg_is_in_recovery()") == "t"
 
+    def status(self) -> dict:
+        return json.loads(self.run.invoke("status", ENV, "--json").stdout)
+
     def db_roles(self) -> dict[str, str]:
-        return {i["name"]: i["lb_role"] for i in status(self.run, ENV)["instances"] if i["role"] == "db"}
+        return {i["name"]: i["lb_role"] for i in self.status()["instances"] if i["role"] == "db"}
 
     def sql(self, name: str, query: str) -> str:
         """`query` on the kiln database of db instance `name`, over its SSH channel."""

@@ -66,6 +66,7 @@ UNIT_TESTS_KEPT = {
     "tests/integration/__init__.py",  # what benchmarks/ imports: ruff sorts it as the project's
     "tests/integration/conftest.py",
     "tests/integration/vm_chain.py",  # conftest.py imports it
+    "tests/integration/db_writer.py",  # benchmarks/vm_scenario.py imports it
     "tests/s3server.py",  # benchmarks/ import it: ruff sorts it as the project's only if it is there
 }
 # Appended to web's suite (tests are no input of the version: the image stays the session's).
