@@ -206,7 +206,11 @@ def test_failover_under_a_steady_writer_loses_only_what_its_window_says(kiln, pa
     # What was lost was acknowledged inside the window the report gives (HAProxy counts whole seconds).
     start, end = epoch(report["newest_saved_commit"]), epoch(report["primary_down_since"]) + 1
     assert all(start <= at <= end for at in lost.values()), (lost, report)
-    assert all(killed - 1 <= sent <= failed_over for sent in outage), "writes failed only in the outage"
+    since_kill = [(round(sent - killed, 2), round(answered - killed, 2)) for sent, answered in writer.failed]
+    assert all(killed - 1 <= sent <= failed_over for sent in outage), (
+        f"writes failed only in the outage: (sent, answered) {since_kill} seconds after the kill, "
+        f"failover done at {failed_over - killed:.2f} s"
+    )
     assert roles(kiln) == {"db2": "primary"}
     assert not docker_client.containers.list(all=True, filters={"name": f"kiln-{ENV}-db1"})
 
