@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -146,6 +147,7 @@ def main() -> None:
     backup = BackupSettings()
     figures: dict[str, object] = {"mb": args.mb, "repository": "s3" if args.s3 else "volume"}
     writer = server = None
+    s3_folder = Path(tempfile.mkdtemp(prefix=f"kiln-{env}-s3-")) if args.s3 else None
     try:
         ensure_secrets(settings, env)
         key, password = secret(settings, env, "KILN_BACKUP_KEY"), secret(settings, env, "KILN_DB_PASSWORD")
@@ -161,7 +163,7 @@ def main() -> None:
         wait_for_service(lambda: b'"database": "ok"' in http(url + "/health")[1], "source web", 60)
         if args.s3:
             gateway = client.networks.get(f"kiln-{env}-z0").attrs["IPAM"]["Config"][0]["Gateway"]
-            server = S3Server(gateway, Path(tempfile.mkdtemp(prefix=f"kiln-{env}-s3-")), f"kiln-{env}")
+            server = S3Server(gateway, s3_folder, f"kiln-{env}")
             repo = S3Repository(server.bucket, server.endpoint, uri_style="path", ca_file=str(server.ca))
             backup = BackupSettings(repository="s3", s3=repo)
             credentials = {
@@ -223,6 +225,8 @@ def main() -> None:
             writer.stop.set()
         if server is not None:
             server.close()
+        if s3_folder is not None:  # the test server's TLS key and log
+            shutil.rmtree(s3_folder, ignore_errors=True)
         containers.remove_site(client, f"kiln.env={env}")
         for volume in containers.repo_volumes(env).values():
             with contextlib.suppress(docker.errors.NotFound):
