@@ -252,6 +252,12 @@ def database_lines(hosts: dict[str, str]) -> list[str]:
         # the applications keep their connections open between requests, and replication streams
         "    timeout client 1h",
         "    timeout server 1h",
+        # UP only when PostgreSQL accepts connections and its agent says primary: with the port
+        # alone a standby counted as UP (and took writes) until its agent first answered
+        "    option tcp-check",
+        f"    tcp-check connect port {DATABASE_PORT}",
+        f"    tcp-check connect port {AGENT_PORT}",
+        "    tcp-check expect string up",
         # connections to a server marked down are cut, so clients reconnect to the new primary
         f"    default-server check inter 500ms rise 1 fall 2 agent-check agent-port {AGENT_PORT} "
         "agent-inter 500ms resolvers docker init-addr none on-marked-down shutdown-sessions",

@@ -296,3 +296,56 @@ def test_a_db_version_that_dies_is_rolled_back_and_the_primary_never_changes(
     assert after == before, f"db instances changed: {before} -> {after}"
     assert all(version == running_version for version, _ in after.values())
     assert not writer.failed, "no write failed at the web tier"
+
+
+BOOTING_STANDBY = """
+import socket
+listener = socket.create_server(("0.0.0.0", 5432))
+while True:
+    listener.accept()[0].close()
+"""
+
+
+def test_a_db_server_whose_agent_is_silent_takes_no_connection(kiln, baked_all, docker_client, tmp_path):
+    """A standby whose PostgreSQL listens before its role agent answers (its first boot) must not
+    count as UP: HAProxy ignores an agent it cannot reach, so the port check alone let it take
+    the application's writes. The database section's own check needs the agent's "up"."""
+    store = DockerImageStore(docker_client, Settings(project_root=kiln.project, image_repo=kiln.prefix))
+    name = f"{kiln.prefix}-silent-agent"
+    config = haproxy.render_config(
+        [], port=80, health_path="/health", checks=haproxy.Checks(0.5, 2, 3), database={"db1": f"{name}-db1"}
+    )
+    # the check under test, not the HTTP side's files the provider would mount
+    lines = [line for line in config.splitlines() if "errorfile" not in line and "server-state" not in line]
+    (tmp_path / "haproxy.cfg").write_text("\n".join(lines) + "\n")
+    (tmp_path / "run").mkdir()
+    network = docker_client.networks.create(name)
+    try:
+        web_image = store.find("web", baked_all["web"]).image
+        docker_client.containers.run(
+            web_image, ["python3", "-c", BOOTING_STANDBY], entrypoint=[], user="root",
+            name=f"{name}-db1", network=name, detach=True,
+        )  # fmt: skip
+        docker_client.containers.run(
+            store.find("lb", baked_all["lb"]).image, ["haproxy", "-f", "/etc/kiln-test/haproxy.cfg"],
+            entrypoint=[], user="root", name=f"{name}-lb", network=name, detach=True,
+            volumes={
+                str(tmp_path / "haproxy.cfg"): {"bind": "/etc/kiln-test/haproxy.cfg", "mode": "ro"},
+                str(tmp_path / "run"): {"bind": "/run/haproxy", "mode": "rw"},
+            },
+        )  # fmt: skip
+        api = haproxy.RuntimeAPI(tmp_path / "run" / "admin.sock")
+        deadline = time.monotonic() + 30
+        while not (api.ready() and (seen := api.stats(haproxy.DATABASE).get("db1")) and seen.check):
+            assert time.monotonic() < deadline, "HAProxy never checked db1"
+            time.sleep(0.2)
+        states = []
+        for _ in range(8):  # four check intervals
+            seen = api.stats(haproxy.DATABASE)["db1"]
+            states.append((seen.healthy, seen.check))
+            time.sleep(0.25)
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"name": name}):
+            container.remove(force=True)
+        network.remove()
+    assert not any(healthy for healthy, _ in states), states

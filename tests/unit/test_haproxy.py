@@ -56,6 +56,13 @@ def test_with_a_standby_database_connections_go_to_the_server_whose_agent_says_p
     for words in (["agent-check"], ["agent-port", "5433"], ["resolvers", "docker"], ["init-addr", "none"]):
         assert " ".join(words) in " ".join(defaults)
     assert "on-marked-down" in defaults and "shutdown-sessions" in defaults
+    # the check itself needs the agent's "up": a standby whose agent is not answering yet stays DOWN
+    checks_in_order = [line.strip() for line in section if line.strip().startswith("tcp-check")]
+    assert checks_in_order == [
+        "tcp-check connect port 5432",
+        "tcp-check connect port 5433",
+        "tcp-check expect string up",
+    ]
     assert "    mode tcp" in section and "    bind :5432" in section
     assert "listen db" not in haproxy.render_config([], port=80, health_path="/health", checks=checks)
 
